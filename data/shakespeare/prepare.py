@@ -1,0 +1,109 @@
+"""Tiny-shakespeare in GPT-2 BPE tokens: writes train.bin, val.bin (uint16 ids) and meta.json.
+
+    python data/shakespeare/prepare.py [--out_dir DIR] [--input PATH]
+
+The text is --input if given, else <out_dir>/input.txt, downloaded there if missing. The first 90% of the characters
+is train (301,966 tokens), the rest val (36,059 tokens), as in nanoGPT. Offline, tiktoken needs its cached BPE files:
+set TIKTOKEN_CACHE_DIR to a folder holding them.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # run as a script, only data/<name> is on the path; tokenizer.py is 2 up
+from tokenizer import gpt2_encoding  # noqa: E402
+
+URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def download(url: str, dest: Path) -> None:
+    """Fetch url into dest through a temp file, so a failed or interrupted download leaves nothing behind."""
+    with urllib.request.urlopen(url, timeout=60) as response:
+        data = response.read()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_text(out_dir: Path, input_path: Path | None) -> tuple[str, str]:
+    """(text, source) from --input, else <out_dir>/input.txt, else a download. RuntimeError = one-line user error."""
+    if input_path is not None:
+        path, source = input_path, str(input_path)
+        if not path.is_file():
+            raise RuntimeError(f"--input {path} is not a file")
+    else:
+        path = out_dir / "input.txt"
+        source = str(path)
+        if not path.exists():
+            print(f"downloading tiny-shakespeare to {path}")
+            try:
+                download(URL, path)
+            except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
+                reason = getattr(e, "reason", None) or e
+                raise RuntimeError(
+                    f"could not download tiny-shakespeare ({reason}); put the text at {path} or pass --input PATH"
+                ) from e
+            source = URL
+    try:
+        return path.read_text(encoding="utf-8"), source
+    except UnicodeDecodeError as e:
+        raise RuntimeError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def write_dataset(out_dir: Path, train_ids: np.ndarray, val_ids: np.ndarray, meta: dict) -> None:
+    """Flat uint16 bins, then meta.json last: its presence means the folder is complete."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_ids.astype(np.uint16).tofile(out_dir / "train.bin")
+    val_ids.astype(np.uint16).tofile(out_dir / "val.bin")
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Prepare tiny-shakespeare in GPT-2 BPE tokens.")
+    parser.add_argument("--out_dir", type=Path, default=HERE, help="where the bins and meta.json go (default: here)")
+    parser.add_argument("--input", type=Path, default=None, help="text file (default: <out_dir>/input.txt)")
+    args = parser.parse_args(argv)
+
+    try:
+        text, source = read_text(args.out_dir, args.input)
+        enc = gpt2_encoding()
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    n = int(len(text) * 0.9)
+    if n == 0 or n == len(text):
+        print(f"error: {source} is too short to split 90/10 ({len(text)} characters)", file=sys.stderr)
+        return 1
+
+    # split the characters first, then encode each half, as nanoGPT does (a BPE token may not straddle the cut);
+    # encode_ordinary: a literal "<|endoftext|>" in the text stays text
+    assert enc.n_vocab <= 65536, "ids must fit in uint16"
+    train_ids = np.array(enc.encode_ordinary(text[:n]), dtype=np.uint16)
+    val_ids = np.array(enc.encode_ordinary(text[n:]), dtype=np.uint16)
+
+    meta = {
+        "tokenizer": "gpt2",
+        "vocab_size": enc.n_vocab,  # 50257; the model may pad its embedding table further
+        "train_tokens": len(train_ids),
+        "val_tokens": len(val_ids),
+        "source": source,
+    }
+    write_dataset(args.out_dir, train_ids, val_ids, meta)
+    print(f"{args.out_dir}: train {len(train_ids):,} tokens, val {len(val_ids):,} tokens, vocab {enc.n_vocab} (gpt2)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
