@@ -1,0 +1,156 @@
+"""Small things train.py, sample.py and bench.py share: device and dtype choice, autocast, peak FLOPs, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Dense bf16/fp16 tensor-core peak FLOP/s per GPU, from the vendors' data sheets (no sparsity). Matched as a
+# substring of torch.cuda.get_device_name(); the first match wins, so longer names come first.
+GPU_PEAK_FLOPS = [
+    ("GH200", 989e12),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A10G", 125e12),  # AWS's A10G: a little slower than the A10
+    ("A10", 125e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),  # with fp32 accumulation
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+]
+
+
+def default_device() -> str:
+    """The best device this machine has: cuda, then Apple's mps, then cpu."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_dtype(device: str) -> str:
+    """What the device does well: bf16 on CUDA GPUs that have it, else fp16 (with a GradScaler); float32 on
+    CPU (autocast there is slower than float32 on most CPUs) and on MPS (autocast there is young)."""
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def check_device(device: str) -> None:
+    """One clear error for a device this machine cannot use."""
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device = '{device}' but CUDA is not available here: use cpu{', mps' * _has_mps()}")
+    if kind == "mps" and not _has_mps():
+        raise ValueError(f"device = '{device}' but Apple MPS is not available here: use cpu")
+    if kind not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"device = '{device}' is not one of auto, cpu, cuda, cuda:N, mps")
+
+
+def _has_mps() -> bool:
+    return torch.backends.mps.is_available()
+
+
+def autocast(device: str, dtype: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass; a no-op in float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[dtype])
+
+
+@functools.cache
+def peak_flops(device: str, dtype: str) -> float:
+    """Peak FLOP/s of the device in use, for MFU. CUDA GPUs come from the table above (TF32 counts half the bf16
+    figure); a GPU not in the table, the CPU and MPS are measured once with a large matmul, so their MFU is
+    relative to what this machine's matmul achieves rather than to a data-sheet number."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, flops in GPU_PEAK_FLOPS:
+            if key in name:
+                return flops if dtype != "float32" else flops / 2
+    return measure_matmul_flops(device, DTYPES.get(dtype, torch.float32))
+
+
+def measure_matmul_flops(device: str, dtype: torch.dtype, n: int = 1024, reps: int = 8) -> float:
+    """Achieved FLOP/s of an n x n matmul on the device (best of reps)."""
+    if device == "cpu" and dtype != torch.float32:
+        dtype = torch.float32  # CPU autocast runs matmuls in float32 on most CPUs
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(reps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elif device.startswith("mps"):
+        torch.mps.synchronize()
+
+
+def save_checkpoint(obj: dict[str, Any], path: str) -> None:
+    """Atomic save: write a temporary file beside the target, flush it to disk, then rename it over the target,
+    so a crash mid-save leaves the previous checkpoint intact."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True (never unpickle arbitrary objects); one clear error if the file
+    is missing, truncated, or not one of this project's checkpoints."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint '{path}' not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint '{path}' cannot be read: {first[:200]}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise ValueError(f"checkpoint '{path}' is not a checkpoint of this project (no model / model_args)")
+    return ckpt
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print on the master process only (RANK unset or 0)."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs)
+
+
+def fail(message: str) -> None:
+    """A user's mistake: one line on stderr and exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class DummyWandb:
+    """Stands in for a wandb run when logging is off, so call sites need no branches."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass

@@ -1,0 +1,464 @@
+"""
+Train a GPT. Runs on one CPU, GPU or Apple MPS device, or on many GPUs with DistributedDataParallel (DDP).
+
+To run on a single device, e.g.:
+$ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
+
+To run with DDP on 4 GPUs on 1 node:
+$ torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2.py
+
+To run with DDP on 4 GPUs across 2 nodes:
+- Run on the first (master) node with example IP 123.456.123.456:
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 --master_port=1234 train.py
+- Run on the worker node:
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123.456 --master_port=1234 train.py
+(If your cluster does not have Infiniband interconnect prepend NCCL_IB_DISABLE=1)
+
+The functions here (get_lr, BatchSampler, get_batch, estimate_loss, checkpoints) import without starting a run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from common import (
+    DTYPES,
+    DummyWandb,
+    autocast,
+    check_device,
+    default_device,
+    default_dtype,
+    fail,
+    load_checkpoint,
+    peak_flops,
+    print0,
+    save_checkpoint,
+)
+from configurator import ConfigError, configure
+from model import GPT, GPT2_SIZES, GPTConfig
+
+ROOT = Path(__file__).resolve().parent
+
+# -----------------------------------------------------------------------------
+# default config values designed to train a gpt2 (124M) on OpenWebText; model shape knobs (n_layer, n_head,
+# n_embd, block_size, dropout, bias, ...) live in model.GPTConfig and are set the same way
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"
+    eval_interval: int = 2000
+    log_interval: int = 1
+    eval_iters: int = 200
+    eval_only: bool = False  # if True, script exits right after the first eval
+    always_save_checkpoint: bool = True  # if True, always save a checkpoint after each eval
+    init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), 'gpt2*', or a Hugging Face GPT-2 dir
+    # wandb logging (WANDB_API_KEY may come from a .env file; WANDB_MODE=offline works)
+    wandb_log: bool = False
+    wandb_project: str = "owt"
+    wandb_run_name: str = "gpt2"
+    # data
+    dataset: str = "openwebtext"
+    data_dir: str = "data"  # the bins are read from data_dir/dataset/{train,val}.bin
+    gradient_accumulation_steps: int = 5 * 8  # used to simulate larger batch sizes; summed over all DDP ranks
+    batch_size: int = 12  # if gradient_accumulation_steps > 1, this is the micro-batch size
+    # adamw optimizer
+    learning_rate: float = 6e-4  # max learning rate
+    max_iters: int = 600000  # total number of training iterations
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip gradients at this value, or disable if == 0.0
+    # learning rate decay settings
+    decay_lr: bool = True  # whether to decay the learning rate
+    warmup_iters: int = 2000  # how many steps to warm up for
+    lr_decay_iters: int = 600000  # should be ~= max_iters per Chinchilla
+    min_lr: float = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
+    # DDP settings
+    backend: str = "auto"  # 'auto' = nccl on CUDA, gloo on CPU; or 'nccl', 'gloo'
+    # system
+    device: str = "auto"  # 'auto' = cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype: str = "auto"  # 'auto' = bfloat16/float16 on CUDA, float32 elsewhere; or 'float32', 'bfloat16', 'float16'
+    compile: bool = True  # use PyTorch 2.0 to compile the model to be faster
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        for name in ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
+        if self.max_iters < 0:
+            raise ValueError(f"max_iters = {self.max_iters} must be >= 0")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype = '{self.dtype}' must be one of auto, {', '.join(DTYPES)}")
+        if self.backend not in ("auto", "nccl", "gloo"):
+            raise ValueError(f"backend = '{self.backend}' must be one of auto, nccl, gloo")
+        if self.init_from not in ("scratch", "resume", *GPT2_SIZES) and not os.path.isdir(self.init_from):
+            raise ValueError(
+                f"init_from = '{self.init_from}' must be scratch, resume, {', '.join(GPT2_SIZES)}, "
+                "or a directory holding a Hugging Face GPT-2 checkpoint"
+            )
+
+
+# -----------------------------------------------------------------------------
+
+
+def get_lr(it: int, cfg: TrainConfig) -> float:
+    """Learning rate at iteration it: linear warmup (non-zero at it=0), cosine decay, then min_lr."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    # 1) linear warmup for warmup_iters steps
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    # 2) if it > lr_decay_iters, return min learning rate
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    # 3) in between, use cosine decay down to min learning rate
+    decay_ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+class BatchSampler:
+    """Draws the random offsets of training sequences from its own generator, whose state goes into checkpoints,
+    so a resumed run draws exactly the batches the uninterrupted run would have drawn. Every DDP rank draws the
+    whole global batch of a step and keeps its own share, so the ranks together see what one process would."""
+
+    def __init__(self, n_tokens: int, seq_len: int, seed: int) -> None:
+        if n_tokens < seq_len + 1:
+            raise ValueError(f"the data holds {n_tokens} tokens, fewer than one sequence of {seq_len} + 1")
+        self.n_tokens = n_tokens
+        self.seq_len = seq_len
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def draw(self, n: int) -> torch.Tensor:
+        """n sequence start offsets (n,), each leaving room for seq_len + 1 tokens."""
+        return torch.randint(self.n_tokens - self.seq_len, (n,), generator=self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "seq_len": self.seq_len}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def get_batch(data: np.ndarray, offsets: torch.Tensor, seq_len: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs x and next-token targets y, both (B, seq_len), from the uint16 token array at the given offsets."""
+    x = torch.stack([torch.from_numpy(data[i : i + seq_len].astype(np.int64)) for i in offsets.tolist()])
+    y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + seq_len].astype(np.int64)) for i in offsets.tolist()])
+    if device.startswith("cuda"):
+        # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def open_split(data_dir: str, split: str) -> np.ndarray:
+    """The split's tokens as a read-only memory map (re-opened per use, which avoids a numpy memmap leak)."""
+    return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: torch.nn.Module, data_dir: str, seq_len: int, cfg: TrainConfig, device: str, dtype: str
+) -> dict[str, float]:
+    """Mean loss over eval_iters batches of each split. The batches are the same at every evaluation (a fixed
+    seed), so successive estimates differ by the model alone."""
+    out = {}
+    model.eval()
+    for split in ("train", "val"):
+        data = open_split(data_dir, split)
+        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1)
+        losses = torch.zeros(cfg.eval_iters)
+        for k in range(cfg.eval_iters):
+            X, Y = get_batch(data, sampler.draw(cfg.batch_size), seq_len, device)
+            with autocast(device, dtype):
+                _, loss = model(X, Y)
+            assert loss is not None
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def ensure_data(data_dir: str, dataset: str) -> None:
+    """Run data/<dataset>/prepare.py when the bins are missing; its own message says what to do if it cannot."""
+    if all(os.path.exists(os.path.join(data_dir, f)) for f in ("train.bin", "val.bin", "meta.json")):
+        return
+    script = ROOT / "data" / dataset / "prepare.py"
+    if not script.exists():
+        raise ValueError(
+            f"dataset '{dataset}': no train.bin/val.bin/meta.json in {data_dir} and no {script} to make them"
+        )
+    print(f"{data_dir} has no prepared data: running {script.relative_to(ROOT)}")
+    result = subprocess.run([sys.executable, str(script), "--out_dir", data_dir])
+    if result.returncode != 0:
+        raise ValueError(f"preparing dataset '{dataset}' failed (see the message above)")
+
+
+def read_vocab_size(data_dir: str) -> int | None:
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return int(json.load(f)["vocab_size"])
+
+
+def append_metrics(out_dir: str, record: dict[str, Any]) -> None:
+    with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def init_model(cfg: TrainConfig, model_cfg: GPTConfig, data_dir: str) -> tuple[GPT, dict[str, Any] | None]:
+    """The model as init_from asks, and the checkpoint when resuming."""
+    ckpt = None
+    if cfg.init_from == "scratch":
+        vocab_size = read_vocab_size(data_dir)
+        if vocab_size is not None:
+            model_cfg.vocab_size = vocab_size
+        print0(f"initializing a new model from scratch (vocab_size {model_cfg.vocab_size})")
+        model = GPT(model_cfg)
+    elif cfg.init_from == "resume":
+        ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+        print0(f"resuming training from {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path)
+        # the checkpoint's model shape wins; only dropout may change between runs
+        model_cfg = GPTConfig.from_dict({**ckpt["model_args"], "dropout": model_cfg.dropout})
+        model = GPT(model_cfg)
+        # a compiled model saved its weights under '_orig_mod.'; strip it so plain models load them
+        state_dict = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
+        model.load_state_dict(state_dict)
+    else:
+        print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
+        model = GPT.from_pretrained(cfg.init_from, dict(dropout=model_cfg.dropout))
+    # crop down the model block size if desired, using model surgery
+    if model_cfg.block_size < model.config.block_size:
+        model.crop_block_size(model_cfg.block_size)
+    return model, ckpt
+
+
+def main(argv: list[str]) -> None:
+    try:
+        cfg, model_cfg = configure(argv, TrainConfig(), GPTConfig(bias=False))
+    except ConfigError as e:
+        fail(str(e))
+    from dotenv import load_dotenv
+
+    load_dotenv()  # WANDB_API_KEY / HF_TOKEN may live in a .env file; variables already set win
+    try:
+        train(cfg, model_cfg)
+    except ValueError as e:  # bad data, checkpoint or device: one line, nothing written
+        fail(str(e))
+
+
+def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
+    # various inits, derived attributes, I/O setup
+    ddp = int(os.environ.get("RANK", -1)) != -1  # is this a ddp run?
+    device = default_device() if cfg.device == "auto" else cfg.device
+    if ddp:
+        ddp_rank = int(os.environ["RANK"])
+        ddp_local_rank = int(os.environ["LOCAL_RANK"])
+        ddp_world_size = int(os.environ["WORLD_SIZE"])
+        if device.startswith("cuda"):
+            device = f"cuda:{ddp_local_rank}"
+            torch.cuda.set_device(device)
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.startswith("cuda") else "gloo")
+        init_process_group(backend=backend)
+        if cfg.gradient_accumulation_steps % ddp_world_size != 0:
+            raise ValueError(
+                f"gradient_accumulation_steps = {cfg.gradient_accumulation_steps} must be divisible by the "
+                f"number of processes ({ddp_world_size})"
+            )
+    else:
+        ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
+    check_device(device)
+    master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
+    dtype = default_dtype(device) if cfg.dtype == "auto" else cfg.dtype
+    device_type = device.split(":")[0]
+    if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("dtype = 'bfloat16' is not supported by this GPU: use float16 or float32")
+    accum_global = cfg.gradient_accumulation_steps
+    accum_local = accum_global // ddp_world_size  # each rank runs its share of the micro-steps
+    seq_len = model_cfg.block_size
+    tokens_per_iter = accum_global * cfg.batch_size * seq_len
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if cfg.init_from != "resume" and not cfg.eval_only and os.path.exists(ckpt_path):
+        raise ValueError(
+            f"{ckpt_path} exists: pass --init_from=resume to continue that run, or choose another --out_dir"
+        )
+    print0(f"tokens per iteration will be: {tokens_per_iter:,} on {device} in {dtype}")
+
+    if master_process:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    torch.manual_seed(cfg.seed + ddp_rank)
+    torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
+    torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+
+    # data: prepared on the master process if missing, then memory-mapped by every rank
+    data_dir = os.path.join(cfg.data_dir, cfg.dataset)
+    if master_process:
+        ensure_data(data_dir, cfg.dataset)
+    if ddp:
+        torch.distributed.barrier()
+
+    model, ckpt = init_model(cfg, model_cfg, data_dir)
+    model_cfg = model.config
+    seq_len = model_cfg.block_size
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    model.to(device)
+    raw_model = model
+
+    # initialize a GradScaler. If enabled=False scaler is a no-op
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    train_sampler = BatchSampler(len(open_split(data_dir, "train")), seq_len, seed=cfg.seed)
+    iter_num, best_val_loss = 0, 1e9
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        train_sampler.load_state_dict(ckpt["sampler"])
+        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        if master_process:
+            set_rng_state(ckpt["rng"])
+        else:  # other ranks carry on from a state of their own, derived from the seed and the step
+            torch.manual_seed(cfg.seed + ddp_rank + 1000 * iter_num)
+    ckpt = None  # free up memory
+
+    if cfg.compile:
+        print0("compiling the model... (takes a ~minute)")
+        model = torch.compile(model)  # type: ignore[assignment]
+    if ddp:
+        model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)  # type: ignore[assignment]
+
+    run: Any = DummyWandb()
+    if cfg.wandb_log and master_process:
+        import wandb
+
+        run = wandb.init(
+            project=cfg.wandb_project, name=cfg.wandb_run_name, config={**asdict(cfg), **asdict(model_cfg)}
+        )
+    flops_peak = peak_flops(device, dtype) if master_process else 1.0
+
+    def checkpoint_dict() -> dict[str, Any]:
+        return {
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "model_args": asdict(model_cfg),
+            "iter_num": iter_num,
+            "best_val_loss": best_val_loss,
+            "config": asdict(cfg),
+            "rng": rng_state(),
+            "sampler": train_sampler.state_dict(),
+            "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+        }
+
+    # training loop
+    train_data = open_split(data_dir, "train")
+    start_iter = iter_num
+    progress = tqdm(total=cfg.max_iters, initial=iter_num, disable=not master_process, desc="train", dynamic_ncols=True)
+    t0 = time.time()
+    running_mfu = -1.0
+    while True:
+        lr = get_lr(iter_num, cfg)
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
+
+        # evaluate the loss on train/val sets and write checkpoints (a resumed run already did at its first step)
+        evaluate_now = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
+        if evaluate_now and master_process and not (iter_num == start_iter and cfg.init_from == "resume"):
+            losses = estimate_loss(raw_model, data_dir, seq_len, cfg, device, dtype)
+            progress.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            record = {"event": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
+            append_metrics(cfg.out_dir, {**record, "lr": lr, "tokens": iter_num * tokens_per_iter})
+            run.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+            if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
+                best_val_loss = min(best_val_loss, losses["val"])
+                if iter_num > 0:
+                    progress.write(f"saving checkpoint to {cfg.out_dir}")
+                    save_checkpoint(checkpoint_dict(), ckpt_path)
+        if iter_num >= cfg.max_iters or cfg.eval_only:
+            break
+
+        # forward backward update, with optional gradient accumulation to simulate larger batch size;
+        # all ranks draw the step's global batch from the shared sampler and each keeps its own micro-steps
+        offsets = train_sampler.draw(accum_global * cfg.batch_size).view(accum_global, cfg.batch_size)
+        step_loss = torch.zeros((), device=device)
+        for micro_step in range(accum_local):
+            X, Y = get_batch(train_data, offsets[ddp_rank * accum_local + micro_step], seq_len, device)
+            if ddp:
+                # in DDP training we only need to sync gradients at the last micro step.
+                model.require_backward_grad_sync = micro_step == accum_local - 1  # type: ignore[assignment]
+            with autocast(device, dtype):
+                _, loss = model(X, Y)
+                assert loss is not None
+                loss = loss / accum_local  # scale the loss to account for gradient accumulation
+            step_loss += loss.detach()
+            # backward pass, with gradient scaling if training in fp16
+            scaler.scale(loss).backward()
+        # clip the gradient
+        if cfg.grad_clip != 0.0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        # step the optimizer and scaler if training in fp16
+        scaler.step(optimizer)
+        scaler.update()
+        # flush the gradients as soon as we can, no need for this memory anymore
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+        progress.update(1)
+
+        # timing and logging: the loss is the mean over all micro-steps of all ranks
+        if iter_num % cfg.log_interval == 0:
+            if ddp:
+                torch.distributed.all_reduce(step_loss, op=torch.distributed.ReduceOp.AVG)
+            lossf = step_loss.item()  # a CPU-GPU sync point
+            t1 = time.time()
+            dt = (t1 - t0) / cfg.log_interval
+            t0 = t1
+            if iter_num - start_iter >= 5 * cfg.log_interval:  # let the training loop settle a bit
+                mfu = raw_model.estimate_mfu(tokens_per_iter // ddp_world_size, dt, flops_peak)
+                running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+            if master_process:
+                mfu_str = f"{running_mfu * 100:.1f}%" if running_mfu >= 0 else "-"
+                progress.set_postfix(loss=f"{lossf:.4f}", ms=f"{dt * 1000:.0f}", mfu=mfu_str)
+                append_metrics(
+                    cfg.out_dir,
+                    {"event": "train", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "mfu": running_mfu},
+                )
+                run.log({"iter": iter_num, "train/step_loss": lossf, "mfu": running_mfu})
+    progress.close()
+    run.finish()
+    if ddp:
+        destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
