@@ -50,6 +50,7 @@ from common import (
 )
 from configurator import ConfigError, configure
 from model import GPT, GPT2_SIZES, GPTConfig
+from tokenizer import load_meta
 
 ROOT = Path(__file__).resolve().parent
 
@@ -210,14 +211,6 @@ def ensure_data(data_dir: str, dataset: str) -> None:
         raise ValueError(f"preparing dataset '{dataset}' failed (see the message above)")
 
 
-def read_vocab_size(data_dir: str) -> int | None:
-    path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return int(json.load(f)["vocab_size"])
-
-
 def append_metrics(out_dir: str, record: dict[str, Any]) -> None:
     with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -236,13 +229,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def init_model(cfg: TrainConfig, model_cfg: GPTConfig, data_dir: str) -> tuple[GPT, dict[str, Any] | None]:
+def init_model(cfg: TrainConfig, model_cfg: GPTConfig, meta: dict[str, Any]) -> tuple[GPT, dict[str, Any] | None]:
     """The model as init_from asks, and the checkpoint when resuming."""
     ckpt = None
     if cfg.init_from == "scratch":
-        vocab_size = read_vocab_size(data_dir)
-        if vocab_size is not None:
-            model_cfg.vocab_size = vocab_size
+        model_cfg.vocab_size = int(meta["vocab_size"])
         print0(f"initializing a new model from scratch (vocab_size {model_cfg.vocab_size})")
         model = GPT(model_cfg)
     elif cfg.init_from == "resume":
@@ -328,7 +319,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
     if ddp:
         torch.distributed.barrier()
 
-    model, ckpt = init_model(cfg, model_cfg, data_dir)
+    meta = load_meta(data_dir)  # the tokenizer travels in the checkpoint, so sample.py needs no data folder
+    model, ckpt = init_model(cfg, model_cfg, meta)
     model_cfg = model.config
     seq_len = model_cfg.block_size
     model.gradient_checkpointing = cfg.gradient_checkpointing
@@ -375,6 +367,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
             "iter_num": iter_num,
             "best_val_loss": best_val_loss,
             "config": asdict(cfg),
+            "tokenizer_meta": meta,
             "rng": rng_state(),
             "sampler": train_sampler.state_dict(),
             "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
