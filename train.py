@@ -158,6 +158,15 @@ class BatchSampler:
         self.generator.set_state(state["generator"])
 
 
+def rank_offsets(sampler: BatchSampler, accum_global: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's share of one step's global batch, (accum_global // world_size, batch_size) offsets: every rank
+    draws the whole (accum_global, batch_size) batch, so all samplers stay in step, and keeps its own block of
+    micro-steps, rows [rank * accum_local, (rank + 1) * accum_local)."""
+    accum_local = accum_global // world_size
+    offsets = sampler.draw(accum_global * batch_size).view(accum_global, batch_size)  # (accum_global, B)
+    return offsets[rank * accum_local : (rank + 1) * accum_local]  # (accum_local, B)
+
+
 def get_batch(data: np.ndarray, offsets: torch.Tensor, seq_len: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs x and next-token targets y, both (B, seq_len), from the uint16 token array at the given offsets."""
     x = torch.stack([torch.from_numpy(data[i : i + seq_len].astype(np.int64)) for i in offsets.tolist()])
@@ -402,10 +411,10 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
 
         # forward backward update, with optional gradient accumulation to simulate larger batch size;
         # all ranks draw the step's global batch from the shared sampler and each keeps its own micro-steps
-        offsets = train_sampler.draw(accum_global * cfg.batch_size).view(accum_global, cfg.batch_size)
+        offsets = rank_offsets(train_sampler, accum_global, cfg.batch_size, ddp_rank, ddp_world_size)
         step_loss = torch.zeros((), device=device)
         for micro_step in range(accum_local):
-            X, Y = get_batch(train_data, offsets[ddp_rank * accum_local + micro_step], seq_len, device)
+            X, Y = get_batch(train_data, offsets[micro_step], seq_len, device)
             if ddp:
                 # in DDP training we only need to sync gradients at the last micro step.
                 model.require_backward_grad_sync = micro_step == accum_local - 1  # type: ignore[assignment]
