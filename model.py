@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+
+import gmm
+from gmm import Memory, Routing
 
 GPT2_SIZES = {  # name -> (n_layer, n_head, n_embd); all have vocab 50257 and 1024 positions
     "gpt2": (12, 12, 768),  # 124M params
@@ -38,15 +43,42 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
+    # gated memory mixture (gmm.py), carried from segment to segment; gmm_experts = 0 leaves a plain GPT
+    gmm_experts: int = 0  # 0 = no memory, 1 = one memory bank (the RMT baseline), 2..8 = a routed mixture
+    gmm_slots: int = 16  # M: slots per expert, read slots and write tokens per segment
+    gmm_pooling: str = "mean"  # how the router pools the write states: mean | max | attention
+    gmm_temperature: float = 1.0  # softmax temperature of the routers, > 0
+    gmm_candidate: str = "write"  # what experts move towards: write (W) | projected (tanh(Wu [E; W]))
+    gmm_write_scale: str = "normalized"  # write strength: prob (p_j) | normalized (p_j / max p)
+    gmm_routing: str = "write"  # the read mixes experts with the write's routing | a separate read router
+    gmm_init: str = "learned"  # initial expert states: learned | orthogonal | zeros, or one per expert, a,b,...
+    gmm_load_balance: float = 0.01  # weight of the Switch load-balance loss in the training loss
+    gmm_entropy: float = 0.0  # weight of the mean routing entropy in the training loss (> 0 sharpens routing)
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "gmm_slots"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd = {self.n_embd} must be divisible by n_head = {self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout = {self.dropout} must be in [0, 1)")
+        if not 0 <= self.gmm_experts <= gmm.MAX_EXPERTS:
+            raise ValueError(f"gmm_experts = {self.gmm_experts} must be 0 (no memory), 1 (one bank) or 2..8 experts")
+        choices = {
+            "gmm_pooling": ("mean", "max", "attention"),
+            "gmm_candidate": ("write", "projected"),
+            "gmm_write_scale": ("prob", "normalized"),
+            "gmm_routing": ("write", "read"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} = '{getattr(self, name)}' must be one of {', '.join(allowed)}")
+        if not self.gmm_temperature > 0:
+            raise ValueError(f"gmm_temperature = {self.gmm_temperature} must be > 0")
+        if self.gmm_load_balance < 0:
+            raise ValueError(f"gmm_load_balance = {self.gmm_load_balance} must be >= 0")
+        gmm.parse_init(self.gmm_init, max(1, self.gmm_experts))
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
@@ -167,6 +199,15 @@ class Transformer(nn.Module):
         self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
 
 
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # (B, L, vocab) with targets, else (B, 1, vocab)
+    loss: torch.Tensor | None  # what training minimises: lm_loss plus the weighted auxiliary losses
+    lm_loss: torch.Tensor | None  # the language-model cross-entropy alone, what evaluation reports
+    aux: dict[str, torch.Tensor]  # unweighted auxiliary losses: load_balance, entropy (k > 1 only)
+    routing: list[Routing]  # one per segment, in order (empty without memory)
+    memory: Memory | None  # what the last segment wrote
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -174,6 +215,12 @@ class GPT(nn.Module):
         self.gradient_checkpointing = False  # recompute each block's activations in backward to save memory
         self.transformer = Transformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.memory = None
+        if config.gmm_experts > 0:
+            self.memory = gmm.GatedMemoryMixture(
+                config.n_embd, config.gmm_experts, config.gmm_slots, config.gmm_pooling, config.gmm_temperature,
+                config.gmm_candidate, config.gmm_write_scale, config.gmm_routing, config.gmm_init,
+            )  # fmt: skip
         # weight tying: https://paperswithcode.com/method/weight-tying
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -199,31 +246,89 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        bptt_segments: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> (logits, loss). With targets: logits (B, T, vocab) and the mean cross-entropy
-        over targets != -1. Without: logits of the last position only, (B, 1, vocab).
-        With a kv_cache the tokens continue the cached sequence at position kv_cache.pos."""
-        device = idx.device
-        b, t = idx.size()
-        start = kv_cache.pos if kv_cache is not None else 0
-        if start + t > self.config.block_size:
-            raise ValueError(f"cannot forward {start + t} positions: block_size is {self.config.block_size}")
-        pos = torch.arange(start, start + t, dtype=torch.long, device=device)  # (t,)
-        tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
-        pos_emb = self.transformer.wpe(pos)  # position embeddings of shape (t, n_embd)
-        x = self.transformer.drop(tok_emb + pos_emb)
-        x = self.run_blocks(x, kv_cache)
-        x = self.transformer.ln_f(x)
+        """idx (B, L) token ids -> (logits, loss), as in nanoGPT. With targets: logits (B, L, vocab) and the loss
+        (mean cross-entropy over targets != -1, plus the memory's auxiliary losses when it is on). Without: logits
+        of the last position only, (B, 1, vocab). L may exceed block_size: the tokens run as consecutive segments
+        of block_size (see forward_segments). With a kv_cache (no memory) the tokens continue the cached sequence."""
         if kv_cache is not None:
-            kv_cache.pos += t
-        if targets is not None:
-            logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
-        # inference-time mini-optimization: only forward the lm_head on the very last position
-        logits = self.lm_head(x[:, [-1], :])  # note: using list [-1] to preserve the time dim
-        return logits, None
+            if self.memory is not None:
+                raise ValueError("with memory on, decode incrementally through SegmentDecoder")
+            h = self.extend_cache(self.embed(idx, kv_cache.pos), kv_cache)
+            return self.lm_head(h[:, [-1], :]), None
+        out = self.forward_segments(idx, targets, bptt_segments=bptt_segments)
+        return out.logits, out.loss
+
+    def forward_segments(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        memory: Memory | None = None,
+        bptt_segments: int = 0,
+    ) -> ModelOutput:
+        """Run idx (B, L) as segments of block_size tokens (the last may be shorter), in order, each reading the
+        memory the previous one wrote. Gradients flow back through bptt_segments segments at a time (0 = all):
+        the memory is detached at every multiple of bptt_segments (truncated BPTT)."""
+        B, L = idx.size()
+        T = self.config.block_size
+        if self.memory is not None and memory is None:
+            memory = self.memory.initial(B)
+        logits_all, routings = [], []
+        for s, start in enumerate(range(0, L, T)):
+            if memory is not None and bptt_segments > 0 and s > 0 and s % bptt_segments == 0:
+                memory = Memory(memory.experts.detach(), memory.route.detach())
+            last_only = targets is None and start + T < L  # only the final position's logits are needed
+            logits, memory, routing = self.segment(idx[:, start : start + T], memory, skip_logits=last_only)
+            if logits is not None:
+                logits_all.append(logits)
+            if routing is not None:
+                routings.append(routing)
+        if targets is None:
+            # inference-time mini-optimization: only forward the lm_head on the very last position
+            return ModelOutput(logits_all[-1][:, [-1], :], None, None, {}, routings, memory)
+        logits = torch.cat(logits_all, dim=1) if len(logits_all) > 1 else logits_all[0]  # (B, L, vocab)
+        lm_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss, aux = lm_loss, {}
+        if self.memory is not None and self.config.gmm_experts > 1:
+            probs = torch.cat([r.probs for r in routings])  # (S*B, k) every routing decision of the batch
+            aux = {"load_balance": gmm.load_balance_loss(probs), "entropy": gmm.routing_entropy(probs)}
+            loss = loss + self.config.gmm_load_balance * aux["load_balance"] + self.config.gmm_entropy * aux["entropy"]
+        return ModelOutput(logits, loss, lm_loss, aux, routings, memory)
+
+    def segment(
+        self, idx: torch.Tensor, memory: Memory | None, skip_logits: bool = False
+    ) -> tuple[torch.Tensor | None, Memory | None, Routing | None]:
+        """One segment, idx (B, T) with T <= block_size: [read slots][tokens][write tokens] through the stack.
+        Returns the tokens' logits (B, T, vocab) (None if skip_logits), the memory this segment wrote, and the
+        write's routing. Without memory it is a plain GPT forward."""
+        x = self.embed(idx, 0)  # (B, T, D)
+        if self.memory is None or memory is None:
+            return (None if skip_logits else self.lm_head(self.transformer.ln_f(self.run_blocks(x)))), None, None
+        M, T = self.config.gmm_slots, idx.size(1)
+        write = self.memory.write_emb.unsqueeze(0).expand(idx.size(0), -1, -1).to(x.dtype)  # (B, M, D)
+        x = torch.cat([self.memory.read(memory).to(x.dtype), x, write], dim=1)  # (B, M + T + M, D)
+        h = self.transformer.ln_f(self.run_blocks(x))
+        memory, routing = self.memory.write(memory, h[:, M + T :])
+        return (None if skip_logits else self.lm_head(h[:, M : M + T])), memory, routing
+
+    def embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+        """Token plus position embeddings (B, T, D) for tokens at positions start..start+T-1 of their segment."""
+        if start + idx.size(1) > self.config.block_size:
+            raise ValueError(f"cannot embed position {start + idx.size(1) - 1}: block_size is {self.config.block_size}")
+        pos = torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device)  # (T,)
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+
+    def extend_cache(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run embeddings x (B, T, D) through the stack after the cache's positions; the final hidden states
+        (after ln_f) come back, (B, T, D), and the cache now holds T more positions."""
+        h = self.transformer.ln_f(self.run_blocks(x, cache))
+        cache.pos += x.size(1)
+        return h
 
     def run_blocks(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """The transformer stack on (B, T, n_embd) embeddings; recomputed in backward if gradient_checkpointing."""
@@ -325,17 +430,11 @@ class GPT(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Continue idx (B, T) by max_new_tokens sampled tokens; temperature 0 is greedy decoding.
-        With use_cache, each new token costs one position through a KV cache instead of the whole context.
-        Past block_size the context slides as in nanoGPT, re-encoding the last block_size tokens each step."""
-        cache = None
-        if use_cache:
-            p = next(self.parameters())
-            cache = KVCache(self.config, idx.size(0), self.config.block_size, p.device, p.dtype)
-        for token in self.stream(idx, max_new_tokens, temperature, top_k, top_p, cache, generator):
-            idx = torch.cat((idx, token), dim=1)
-        return idx
+        """Continue idx (B, T) by max_new_tokens sampled tokens; temperature 0 is greedy decoding."""
+        tokens = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
+        return torch.cat([idx, *tokens], dim=1)
 
+    @torch.no_grad()
     def stream(
         self,
         idx: torch.Tensor,
@@ -343,23 +442,81 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        cache: KVCache | None = None,
+        use_cache: bool = True,
         generator: torch.Generator | None = None,
-    ):
-        """Yield the sampled tokens (B, 1) one at a time, for streamed output."""
+    ) -> Iterator[torch.Tensor]:
+        """Yield sampled tokens (B, 1) one at a time, for streamed output.
+        Without memory the context is the last block_size tokens, as in nanoGPT; with use_cache, each new token
+        costs one position through a KV cache until the window starts to slide, after which every step
+        re-encodes the window. With memory the context is unbounded: the sequence runs as segments
+        (SegmentDecoder), in constant memory. use_cache=False recomputes everything each step (the reference)."""
         block_size = self.config.block_size
-        for _ in range(max_new_tokens):
-            window = idx[:, -block_size:]  # (B, <=block_size)
-            if cache is None:
-                logits, _ = self(window)
-            elif cache.pos > 0 and cache.pos < block_size and idx.size(1) == cache.pos + 1:
+        decoder = SegmentDecoder(self, idx.size(0)) if use_cache and self.memory is not None else None
+        cache = None
+        if use_cache and self.memory is None:
+            p = next(self.parameters())
+            cache = KVCache(self.config, idx.size(0), block_size, p.device, p.dtype)
+        logits = None
+        for step in range(max_new_tokens):
+            if decoder is not None:
+                logits = decoder.feed(idx if step == 0 else idx[:, -1:])[:, [-1]]
+            elif cache is None:
+                logits, _ = self(idx if self.memory is not None else idx[:, -block_size:])
+            elif 0 < cache.pos < block_size and idx.size(1) == cache.pos + 1:
                 logits, _ = self(idx[:, -1:], kv_cache=cache)  # only the newest token goes through the model
             else:  # first step, or the window slid: (re)fill the cache with the whole window
                 cache.reset()
-                logits, _ = self(window, kv_cache=cache)
+                logits, _ = self(idx[:, -block_size:], kv_cache=cache)
             token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, token), dim=1)
             yield token
+
+
+class SegmentDecoder:
+    """Incremental decoding that equals GPT.forward on the same tokens, memory or not.
+
+    Within a segment each token costs one position through the KV cache. When a segment is full and another
+    token comes, the segment's write tokens run through the cache, the memory takes the write, and the next
+    segment starts from a fresh cache holding only its read slots. Without memory the segments are independent,
+    as in forward."""
+
+    def __init__(self, model: GPT, batch_size: int) -> None:
+        cfg = model.config
+        self.model = model
+        self.slots = cfg.gmm_slots if model.memory is not None else 0
+        p = next(model.parameters())
+        self.cache = KVCache(cfg, batch_size, 2 * self.slots + cfg.block_size, p.device, p.dtype)
+        self.memory = model.memory.initial(batch_size) if model.memory is not None else None
+        self.t = 0  # text tokens in the current segment
+        self.start_segment()
+
+    def start_segment(self) -> None:
+        self.cache.reset()
+        self.t = 0
+        if self.model.memory is not None and self.memory is not None:
+            self.model.extend_cache(self.model.memory.read(self.memory), self.cache)
+
+    def end_segment(self) -> None:
+        memory_module = self.model.memory
+        if memory_module is not None and self.memory is not None:
+            write = memory_module.write_emb.unsqueeze(0).expand(self.cache.k.size(1), -1, -1)  # (B, M, D)
+            W = self.model.extend_cache(write, self.cache)
+            self.memory, _ = memory_module.write(self.memory, W)
+        self.start_segment()
+
+    def feed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, n) that continue the sequence -> their logits (B, n, vocab)."""
+        T = self.model.config.block_size
+        out, i = [], 0
+        while i < idx.size(1):
+            if self.t == T:
+                self.end_segment()
+            take = min(idx.size(1) - i, T - self.t)
+            x = self.model.embed(idx[:, i : i + take], self.t)
+            out.append(self.model.lm_head(self.model.extend_cache(x, self.cache)))
+            self.t += take
+            i += take
+        return torch.cat(out, dim=1)
 
 
 def sample_next(
