@@ -110,13 +110,19 @@ def synchronize(device: str) -> None:
 
 def save_checkpoint(obj: dict[str, Any], path: str) -> None:
     """Atomic save: write a temporary file beside the target, flush it to disk, then rename it over the target,
-    so a crash mid-save leaves the previous checkpoint intact."""
+    so a crash mid-save leaves the previous checkpoint intact. A save that fails (a full disk) removes its partial
+    temporary file rather than leave it filling the disk."""
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -132,6 +138,17 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise ValueError(f"checkpoint '{path}' is not a checkpoint of this project (no model / model_args)")
     return ckpt
+
+
+def check_model_args(saved: dict[str, Any], requested: dict[str, Any], keys: set[str], path: str) -> None:
+    """A run that loads a checkpoint may not silently ask for a different model: the first model setting in
+    `keys` (what the user set) that differs from the checkpoint's is an error. dropout may change."""
+    for key in sorted(keys):
+        if key in saved and key in requested and key != "dropout" and saved[key] != requested[key]:
+            raise ValueError(
+                f"{key} = {requested[key]!r} disagrees with {path}, which was trained with {key} = {saved[key]!r}: "
+                "drop the setting, or train a new model in another out_dir"
+            )
 
 
 def print0(*args: Any, **kwargs: Any) -> None:

@@ -136,3 +136,14 @@ def _describe(hint: Any) -> str:
     if hint is type(None):
         return "None"
     return getattr(hint, "__name__", str(hint))
+
+
+def explicit_keys(argv: list[str]) -> set[str]:
+    """The keys argv sets, by config file or --key=value: what a user asked for, as opposed to a default."""
+    keys: set[str] = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            keys.add(arg[2:].partition("=")[0])
+        else:
+            keys.update(read_config_file(arg))
+    return keys

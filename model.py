@@ -408,12 +408,16 @@ class GPT(nn.Module):
         return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra)
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward and backward), per the PaLM paper appendix B:
-        https://arxiv.org/abs/2204.02311"""
-        N = self.get_num_params()
+        """Training FLOPs per text token (forward and backward), per the PaLM paper appendix B:
+        https://arxiv.org/abs/2204.02311. With memory each segment of T tokens runs T + 2M positions, and the
+        memory's own weights act on M slots per segment."""
         cfg = self.config
+        n_mem = sum(p.numel() for p in self.memory.parameters()) if self.memory is not None else 0
+        N = self.get_num_params() - n_mem
+        M = cfg.gmm_slots if self.memory is not None else 0
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        return 6 * N + 12 * L * H * Q * T
+        S = T + 2 * M  # positions per segment
+        return (6 * N + 12 * L * H * Q * S) * S / T + 6 * n_mem * M / T
 
     def estimate_mfu(self, tokens_per_iter: int, dt: float, peak_flops: float) -> float:
         """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (see common.peak_flops)."""

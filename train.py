@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from common import (
     DummyWandb,
     autocast,
     check_device,
+    check_model_args,
     default_device,
     default_dtype,
     fail,
@@ -48,7 +49,7 @@ from common import (
     print0,
     save_checkpoint,
 )
-from configurator import ConfigError, configure
+from configurator import ConfigError, configure, explicit_keys
 from model import GPT, GPT2_SIZES, GPTConfig
 from tokenizer import load_meta
 
@@ -98,11 +99,21 @@ class TrainConfig:
     compile: bool = True  # use PyTorch 2.0 to compile the model to be faster
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     seed: int = 1337
+    # memory (gmm.py; set gmm_experts and the other gmm_* model knobs to turn it on)
+    n_segments: int = 1  # segments of block_size tokens per training sequence; evaluation always uses this many
+    bptt_segments: int = 0  # gradients flow back through this many segments at a time; 0 = all of them
+    segment_curriculum: list[int] = field(default_factory=list)  # e.g. [2, 4, 6]: segments per sequence in equal
+    # stages of the run (the last stage usually equals n_segments); empty = n_segments throughout
 
     def __post_init__(self) -> None:
-        for name in ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size"):
+        positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size")
+        for name in (*positive, "n_segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
+        if self.bptt_segments < 0:
+            raise ValueError(f"bptt_segments = {self.bptt_segments} must be >= 0 (0 = through all segments)")
+        if any(n < 1 for n in self.segment_curriculum):
+            raise ValueError(f"segment_curriculum = {self.segment_curriculum} must hold positive segment counts")
         if self.max_iters < 0:
             raise ValueError(f"max_iters = {self.max_iters} must be >= 0")
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -147,9 +158,12 @@ class BatchSampler:
         self.seq_len = seq_len
         self.generator = torch.Generator().manual_seed(seed)
 
-    def draw(self, n: int) -> torch.Tensor:
-        """n sequence start offsets (n,), each leaving room for seq_len + 1 tokens."""
-        return torch.randint(self.n_tokens - self.seq_len, (n,), generator=self.generator)
+    def draw(self, n: int, seq_len: int | None = None) -> torch.Tensor:
+        """n sequence start offsets (n,), each leaving room for seq_len + 1 tokens (the sampler's by default)."""
+        seq_len = self.seq_len if seq_len is None else seq_len
+        if self.n_tokens < seq_len + 1:
+            raise ValueError(f"the data holds {self.n_tokens} tokens, fewer than one sequence of {seq_len} + 1")
+        return torch.randint(self.n_tokens - seq_len, (n,), generator=self.generator)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "seq_len": self.seq_len}
@@ -158,12 +172,22 @@ class BatchSampler:
         self.generator.set_state(state["generator"])
 
 
-def rank_offsets(sampler: BatchSampler, accum_global: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+def segments_at(it: int, cfg: TrainConfig) -> int:
+    """Segments per training sequence at iteration it: the curriculum's stage, or n_segments without one."""
+    stages = cfg.segment_curriculum
+    if not stages:
+        return cfg.n_segments
+    return stages[min(len(stages) - 1, it * len(stages) // max(1, cfg.max_iters))]
+
+
+def rank_offsets(
+    sampler: BatchSampler, accum_global: int, batch_size: int, rank: int, world_size: int, seq_len: int | None = None
+) -> torch.Tensor:
     """This rank's share of one step's global batch, (accum_global // world_size, batch_size) offsets: every rank
     draws the whole (accum_global, batch_size) batch, so all samplers stay in step, and keeps its own block of
     micro-steps, rows [rank * accum_local, (rank + 1) * accum_local)."""
     accum_local = accum_global // world_size
-    offsets = sampler.draw(accum_global * batch_size).view(accum_global, batch_size)  # (accum_global, B)
+    offsets = sampler.draw(accum_global * batch_size, seq_len).view(accum_global, batch_size)  # (accum_global, B)
     return offsets[rank * accum_local : (rank + 1) * accum_local]  # (accum_local, B)
 
 
@@ -184,23 +208,26 @@ def open_split(data_dir: str, split: str) -> np.ndarray:
 
 @torch.no_grad()
 def estimate_loss(
-    model: torch.nn.Module, data_dir: str, seq_len: int, cfg: TrainConfig, device: str, dtype: str
+    model: GPT, data_dir: str, seq_len: int, cfg: TrainConfig, device: str, dtype: str
 ) -> dict[str, float]:
-    """Mean loss over eval_iters batches of each split. The batches are the same at every evaluation (a fixed
-    seed), so successive estimates differ by the model alone."""
-    out = {}
+    """Mean language-model loss over eval_iters batches of each split ('train', 'val'), and with memory the mean
+    unweighted auxiliary losses ('train_load_balance', ...). The batches are the same at every evaluation (a
+    fixed seed), so successive estimates differ by the model alone."""
+    out: dict[str, float] = {}
     model.eval()
     for split in ("train", "val"):
         data = open_split(data_dir, split)
         sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1)
-        losses = torch.zeros(cfg.eval_iters)
-        for k in range(cfg.eval_iters):
+        sums: dict[str, float] = {}
+        for _ in range(cfg.eval_iters):
             X, Y = get_batch(data, sampler.draw(cfg.batch_size), seq_len, device)
             with autocast(device, dtype):
-                _, loss = model(X, Y)
-            assert loss is not None
-            losses[k] = loss.item()
-        out[split] = losses.mean().item()
+                result = model.forward_segments(X, Y)
+            assert result.lm_loss is not None
+            values = {split: result.lm_loss, **{f"{split}_{k}": v for k, v in result.aux.items()}}
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value.item() / cfg.eval_iters
+        out.update(sums)
     model.train()
     return out
 
@@ -238,8 +265,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def init_model(cfg: TrainConfig, model_cfg: GPTConfig, meta: dict[str, Any]) -> tuple[GPT, dict[str, Any] | None]:
-    """The model as init_from asks, and the checkpoint when resuming."""
+def init_model(
+    cfg: TrainConfig, model_cfg: GPTConfig, meta: dict[str, Any], explicit: set[str] | None = None
+) -> tuple[GPT, dict[str, Any] | None]:
+    """The model as init_from asks, and the checkpoint when resuming. `explicit` holds the keys the user set; a
+    model setting among them that disagrees with the checkpoint is an error, not silently overridden."""
     ckpt = None
     if cfg.init_from == "scratch":
         model_cfg.vocab_size = int(meta["vocab_size"])
@@ -249,6 +279,7 @@ def init_model(cfg: TrainConfig, model_cfg: GPTConfig, meta: dict[str, Any]) -> 
         ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
         print0(f"resuming training from {ckpt_path}")
         ckpt = load_checkpoint(ckpt_path)
+        check_model_args(ckpt["model_args"], asdict(model_cfg), explicit or set(), ckpt_path)
         # the checkpoint's model shape wins; only dropout may change between runs
         model_cfg = GPTConfig.from_dict({**ckpt["model_args"], "dropout": model_cfg.dropout})
         model = GPT(model_cfg)
@@ -257,7 +288,8 @@ def init_model(cfg: TrainConfig, model_cfg: GPTConfig, meta: dict[str, Any]) -> 
         model.load_state_dict(state_dict)
     else:
         print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
-        model = GPT.from_pretrained(cfg.init_from, dict(dropout=model_cfg.dropout))
+        memory_args = {k: v for k, v in asdict(model_cfg).items() if k.startswith("gmm_")}
+        model = GPT.from_pretrained(cfg.init_from, dict(dropout=model_cfg.dropout, **memory_args))
     # crop down the model block size if desired, using model surgery
     if model_cfg.block_size < model.config.block_size:
         model.crop_block_size(model_cfg.block_size)
@@ -267,18 +299,19 @@ def init_model(cfg: TrainConfig, model_cfg: GPTConfig, meta: dict[str, Any]) -> 
 def main(argv: list[str]) -> None:
     try:
         cfg, model_cfg = configure(argv, TrainConfig(), GPTConfig(bias=False))
+        explicit = explicit_keys(argv)
     except ConfigError as e:
         fail(str(e))
     from dotenv import load_dotenv
 
     load_dotenv()  # WANDB_API_KEY / HF_TOKEN may live in a .env file; variables already set win
     try:
-        train(cfg, model_cfg)
+        train(cfg, model_cfg, explicit)
     except ValueError as e:  # bad data, checkpoint or device: one line, nothing written
         fail(str(e))
 
 
-def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
+def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = None) -> None:
     # various inits, derived attributes, I/O setup
     ddp = int(os.environ.get("RANK", -1)) != -1  # is this a ddp run?
     device = default_device() if cfg.device == "auto" else cfg.device
@@ -306,7 +339,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
         raise ValueError("dtype = 'bfloat16' is not supported by this GPU: use float16 or float32")
     accum_global = cfg.gradient_accumulation_steps
     accum_local = accum_global // ddp_world_size  # each rank runs its share of the micro-steps
-    seq_len = model_cfg.block_size
+    seq_len = model_cfg.block_size * cfg.n_segments  # one evaluation sequence: n_segments segments
     tokens_per_iter = accum_global * cfg.batch_size * seq_len
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.init_from != "resume" and not cfg.eval_only and os.path.exists(ckpt_path):
@@ -329,9 +362,9 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
         torch.distributed.barrier()
 
     meta = load_meta(data_dir)  # the tokenizer travels in the checkpoint, so sample.py needs no data folder
-    model, ckpt = init_model(cfg, model_cfg, meta)
+    model, ckpt = init_model(cfg, model_cfg, meta, explicit)
     model_cfg = model.config
-    seq_len = model_cfg.block_size
+    seq_len = model_cfg.block_size * cfg.n_segments
     model.gradient_checkpointing = cfg.gradient_checkpointing
     model.to(device)
     raw_model = model
@@ -340,12 +373,12 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     train_sampler = BatchSampler(len(open_split(data_dir, "train")), seq_len, seed=cfg.seed)
-    iter_num, best_val_loss = 0, 1e9
+    iter_num, best_val_loss, tokens_seen = 0, 1e9, 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         train_sampler.load_state_dict(ckpt["sampler"])
-        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        iter_num, best_val_loss, tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
         if master_process:
             set_rng_state(ckpt["rng"])
         else:  # other ranks carry on from a state of their own, derived from the seed and the step
@@ -356,7 +389,12 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
         print0("compiling the model... (takes a ~minute)")
         model = torch.compile(model)  # type: ignore[assignment]
     if ddp:
-        model = DDP(model, device_ids=[ddp_local_rank] if device_type == "cuda" else None)  # type: ignore[assignment]
+        # with memory, a sequence of one segment leaves the write path unused, which DDP must be told of
+        model = DDP(  # type: ignore[assignment]
+            model,
+            device_ids=[ddp_local_rank] if device_type == "cuda" else None,
+            find_unused_parameters=model_cfg.gmm_experts > 0,
+        )
 
     run: Any = DummyWandb()
     if cfg.wandb_log and master_process:
@@ -375,11 +413,12 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
             "model_args": asdict(model_cfg),
             "iter_num": iter_num,
             "best_val_loss": best_val_loss,
+            "tokens_seen": tokens_seen,
             "config": asdict(cfg),
             "tokenizer_meta": meta,
             "rng": rng_state(),
             "sampler": train_sampler.state_dict(),
-            "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+            "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
         }
 
     # training loop
@@ -397,10 +436,12 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
         evaluate_now = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
         if evaluate_now and master_process and not (iter_num == start_iter and cfg.init_from == "resume"):
             losses = estimate_loss(raw_model, data_dir, seq_len, cfg, device, dtype)
-            progress.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            aux = {k: v for k, v in losses.items() if k not in ("train", "val")}
+            aux_str = "".join(f", {k} {v:.4f}" for k, v in aux.items())
+            progress.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{aux_str}")
             record = {"event": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
-            append_metrics(cfg.out_dir, {**record, "lr": lr, "tokens": iter_num * tokens_per_iter})
-            run.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+            append_metrics(cfg.out_dir, {**record, **aux, "lr": lr, "tokens": tokens_seen})
+            run.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr, **aux})
             if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0:
@@ -411,15 +452,17 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
 
         # forward backward update, with optional gradient accumulation to simulate larger batch size;
         # all ranks draw the step's global batch from the shared sampler and each keeps its own micro-steps
-        offsets = rank_offsets(train_sampler, accum_global, cfg.batch_size, ddp_rank, ddp_world_size)
+        train_len = model_cfg.block_size * segments_at(iter_num, cfg)
+        tokens_per_iter = accum_global * cfg.batch_size * train_len
+        offsets = rank_offsets(train_sampler, accum_global, cfg.batch_size, ddp_rank, ddp_world_size, train_len)
         step_loss = torch.zeros((), device=device)
         for micro_step in range(accum_local):
-            X, Y = get_batch(train_data, offsets[micro_step], seq_len, device)
+            X, Y = get_batch(train_data, offsets[micro_step], train_len, device)
             if ddp:
                 # in DDP training we only need to sync gradients at the last micro step.
                 model.require_backward_grad_sync = micro_step == accum_local - 1  # type: ignore[assignment]
             with autocast(device, dtype):
-                _, loss = model(X, Y)
+                _, loss = model(X, Y, bptt_segments=cfg.bptt_segments)
                 assert loss is not None
                 loss = loss / accum_local  # scale the loss to account for gradient accumulation
             step_loss += loss.detach()
@@ -435,6 +478,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig) -> None:
         # flush the gradients as soon as we can, no need for this memory anymore
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
+        tokens_seen += tokens_per_iter
         progress.update(1)
 
         # timing and logging: the loss is the mean over all micro-steps of all ranks
