@@ -1,9 +1,37 @@
 """Shared pytest setup: put the repo root on sys.path so tests import model, train, tokenizer... as top-level modules
-(`uv run pytest` does not add the working directory itself)."""
+(`uv run pytest` does not add the working directory itself); `shakespeare_char_data`, the char dataset prepared once
+per session for tests that train."""
 
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+# --- shared data ------------------------------------------------------------------------------------------------------
+
+# ../shared beside the project root (a device checkout may hold it at ./shared)
+SHARED = next((p for p in (ROOT.parent / "shared", ROOT / "shared") if p.is_dir()), ROOT.parent / "shared")
+SHAKESPEARE_TXT = SHARED / "data" / "tinyshakespeare" / "input.txt"
+
+
+@pytest.fixture(scope="session")
+def shakespeare_char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir whose shakespeare_char/ holds train.bin, val.bin and meta.json, prepared once per session from
+    the shared tiny-shakespeare text (offline): pass it as --data_dir with --dataset=shakespeare_char."""
+    if not SHAKESPEARE_TXT.is_file():
+        pytest.skip(f"{SHAKESPEARE_TXT} not found")
+    data_dir = tmp_path_factory.mktemp("data")
+    script = ROOT / "data" / "shakespeare_char" / "prepare.py"
+    out = data_dir / "shakespeare_char"
+    subprocess.run(
+        [sys.executable, str(script), "--out_dir", str(out), "--input", str(SHAKESPEARE_TXT)],
+        check=True,
+        capture_output=True,
+    )
+    return data_dir

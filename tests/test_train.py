@@ -1,0 +1,434 @@
+"""train.py, end to end on tiny CPU configs of the char-level tiny-shakespeare, and the checkpoint helpers in common.py.
+
+Proves, by equivalence:
+- DDP: `torchrun --nproc_per_node=2` with gradient_accumulation_steps=4 (2 micro-steps per rank) logs the same
+  per-iteration train losses and ends with the same weights as one process running all 4 micro-steps; rank_offsets
+  splits each step's global batch into disjoint per-rank blocks that together are the one-process batch.
+- Exact resume: 4 iterations, then --init_from=resume to 8, equals 8 iterations straight (train losses of iterations
+  5..8 and final weights bit for bit, with dropout on so the restored RNG matters).
+- Same seed and config give the same losses; another seed gives other losses.
+- gradient_checkpointing=True recomputes every block in backward and gives the losses of False.
+- eval_only from a local Hugging Face GPT-2 directory evaluates to the loss Hugging Face's own model computes on the
+  same batches, writes one eval line and no checkpoint.
+And, by hand-computed values or observed behaviour: get_lr's warmup, peak, cosine decay and floor; metrics.jsonl's
+eval and train lines; the auto-prepare step; wandb offline logging; atomic checkpoint saves (a save that fails midway
+leaves the previous file intact), weights_only loads (a pickled object that would run code is refused), one-line
+errors for missing/corrupt checkpoints; and exit status 2 with one stderr line for each user mistake, nothing written.
+
+In-process runs call train.main(argv) exactly as the command line does; subprocesses are used where the process
+boundary is the point (exit status, stderr, torchrun, wandb). Torch runs on one thread: tiny models are fastest so
+and the numbers do not depend on the machine's core count.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import model
+import train
+from common import load_checkpoint, save_checkpoint
+from train import BatchSampler, TrainConfig, get_batch, get_lr, open_split, rank_offsets
+
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared beside the project root (a device checkout may hold it at ./shared)
+SHARED = next((p for p in (ROOT.parent / "shared", ROOT / "shared") if p.is_dir()), ROOT.parent / "shared")
+SHAKESPEARE_TXT = SHARED / "data" / "tinyshakespeare" / "input.txt"
+TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
+
+# a 1-layer, 32-wide char model on 16-token sequences: a training step takes milliseconds on one CPU thread
+TINY = [
+    "--device=cpu",
+    "--dtype=float32",
+    "--compile=False",
+    "--n_layer=1",
+    "--n_head=2",
+    "--n_embd=32",
+    "--block_size=16",
+    "--batch_size=2",
+    "--gradient_accumulation_steps=1",
+    "--eval_iters=2",
+    "--log_interval=1",
+    "--warmup_iters=2",
+    "--learning_rate=1e-2",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def char_args(data_dir: Path, out_dir: Path, *args: str) -> list[str]:
+    """train.py arguments for a tiny shakespeare_char run; later arguments override earlier ones."""
+    return [f"--data_dir={data_dir}", "--dataset=shakespeare_char", f"--out_dir={out_dir}", *TINY, *args]
+
+
+def run_train(data_dir: Path, out_dir: Path, *args: str) -> None:
+    train.main(char_args(data_dir, out_dir, *args))
+
+
+def run_script(args: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """python train.py args, as a user would run it from the repo root."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def metrics(out_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(out_dir: Path) -> dict[int, float]:
+    return {r["iter"]: r["loss"] for r in metrics(out_dir) if r["event"] == "train"}
+
+
+def weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(str(out_dir / "ckpt.pt"))["model"]
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *words: str) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+    return lines[0]
+
+
+# --- learning rate ----------------------------------------------------------------------------------------------------
+
+
+def test_get_lr_schedule() -> None:
+    cfg = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=100)
+    lrs = [get_lr(it, cfg) for it in range(150)]
+    assert 0 < lrs[0] < cfg.learning_rate  # the first step already learns
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True))  # linear warmup
+    assert lrs[10] == cfg.learning_rate == max(lrs)  # peak at warmup_iters
+    assert all(a > b for a, b in zip(lrs[10:100], lrs[11:101], strict=True))  # cosine decay
+    assert lrs[55] == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))  # halfway: cos(pi/2) = 0
+    assert all(lr == cfg.min_lr for lr in lrs[100:])  # the floor after lr_decay_iters
+
+
+def test_get_lr_constant_without_decay() -> None:
+    cfg = TrainConfig(learning_rate=3e-5, decay_lr=False, warmup_iters=10, lr_decay_iters=100)
+    assert {get_lr(it, cfg) for it in range(200)} == {3e-5}
+
+
+# --- batches and DDP --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_rank_offsets_partition_the_global_batch(world_size: int) -> None:
+    accum_global, batch_size = 4, 3
+    one = BatchSampler(10_000, 16, seed=0)
+    ranks = [BatchSampler(10_000, 16, seed=0) for _ in range(world_size)]
+    for _ in range(3):  # the samplers stay in step across iterations
+        expected = rank_offsets(one, accum_global, batch_size, rank=0, world_size=1)  # (4, 3)
+        shares = [rank_offsets(s, accum_global, batch_size, r, world_size) for r, s in enumerate(ranks)]
+        assert all(s.shape == (accum_global // world_size, batch_size) for s in shares)
+        # rank r holds rows [r * accum_local, (r + 1) * accum_local): disjoint blocks that stack to the whole batch
+        assert torch.equal(torch.cat(shares), expected)
+        assert not torch.equal(shares[0], shares[1])
+
+
+@pytest.mark.slow
+def test_ddp_equals_one_process(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    # no dropout: each DDP rank seeds its own dropout masks (seed + rank), so only the deterministic path can match
+    args = ["--gradient_accumulation_steps=4", "--max_iters=3", "--eval_interval=3", "--lr_decay_iters=3"]
+    run_train(shakespeare_char_data, tmp_path / "one", *args)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    cmd += char_args(shakespeare_char_data, tmp_path / "ddp", *args)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    one, ddp = train_losses(tmp_path / "one"), train_losses(tmp_path / "ddp")
+    assert list(ddp) == [1, 2, 3]
+    assert ddp == pytest.approx(one, rel=1e-5, abs=1e-6)
+    one_w, ddp_w = weights(tmp_path / "one"), weights(tmp_path / "ddp")
+    assert one_w.keys() == ddp_w.keys()
+    for k in one_w:
+        torch.testing.assert_close(ddp_w[k], one_w[k], rtol=0, atol=1e-5)
+
+
+# --- determinism and resume -------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_losses(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    args = ["--max_iters=3", "--eval_interval=100", "--dropout=0.1"]
+    run_train(shakespeare_char_data, tmp_path / "a", *args, "--seed=1337")
+    run_train(shakespeare_char_data, tmp_path / "b", *args, "--seed=1337")
+    run_train(shakespeare_char_data, tmp_path / "c", *args, "--seed=7")
+    a, b, c = (train_losses(tmp_path / name) for name in "abc")
+    assert a == b
+    assert all(a[it] != c[it] for it in a)
+
+
+def test_exact_resume(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    # dropout makes the torch RNG matter; the sampler's state decides the batches
+    args = ["--eval_interval=4", "--lr_decay_iters=8", "--warmup_iters=2", "--dropout=0.1"]
+    run_train(shakespeare_char_data, tmp_path / "straight", *args, "--max_iters=8")
+    run_train(shakespeare_char_data, tmp_path / "resumed", *args, "--max_iters=4")
+    assert load_checkpoint(str(tmp_path / "resumed" / "ckpt.pt"))["iter_num"] == 4
+    run_train(shakespeare_char_data, tmp_path / "resumed", *args, "--max_iters=8", "--init_from=resume")
+
+    straight, resumed = train_losses(tmp_path / "straight"), train_losses(tmp_path / "resumed")
+    assert list(resumed) == list(range(1, 9))
+    assert [resumed[it] for it in range(5, 9)] == [straight[it] for it in range(5, 9)]
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_checkpoint(str(tmp_path / "resumed" / "ckpt.pt"))["iter_num"] == 8
+    # the resumed run did not evaluate again at its first step: eval lines at 0, 4 and 8 only
+    assert [r["iter"] for r in metrics(tmp_path / "resumed") if r["event"] == "eval"] == [0, 4, 8]
+
+
+# --- logging ----------------------------------------------------------------------------------------------------------
+
+
+def test_metrics_lines(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    run_train(shakespeare_char_data, tmp_path, "--max_iters=6", "--eval_interval=3", "--log_interval=2")
+    records = metrics(tmp_path)
+    evals = [r for r in records if r["event"] == "eval"]
+    trains = [r for r in records if r["event"] == "train"]
+    assert len(evals) + len(trains) == len(records)
+    assert [r["iter"] for r in evals] == [0, 3, 6]
+    assert [r["iter"] for r in trains] == [2, 4, 6]
+    for r in evals:
+        assert math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"])
+    assert abs(evals[0]["val_loss"] - math.log(65)) < 0.2  # an untrained model is near uniform over 65 characters
+    for r in trains:
+        assert math.isfinite(r["loss"]) and r["lr"] > 0
+    assert (tmp_path / "ckpt.pt").is_file()
+
+
+@pytest.mark.slow
+def test_wandb_offline(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    args = char_args(shakespeare_char_data, tmp_path / "out", "--max_iters=2", "--eval_interval=2", "--wandb_log=True")
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    result = run_script(args, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    # the run's log holds what train.py logged
+    (log,) = runs[0].glob("run-*.wandb")
+    assert b"train/step_loss" in log.read_bytes() and b"val/loss" in log.read_bytes()
+
+
+# --- features ---------------------------------------------------------------------------------------------------------
+
+
+def test_gradient_checkpointing_same_losses(
+    shakespeare_char_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+    block_forward = model.Block.forward
+
+    def counting_forward(self: model.Block, *args: Any, **kwargs: Any) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return block_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.Block, "forward", counting_forward)
+    losses, counts = {}, {}
+    for flag in (False, True):
+        calls = 0
+        out = tmp_path / str(flag)
+        run_train(
+            shakespeare_char_data,
+            out,
+            "--n_layer=2",
+            "--dropout=0.1",
+            "--max_iters=3",
+            "--eval_interval=100",
+            f"--gradient_checkpointing={flag}",
+        )
+        losses[flag], counts[flag] = train_losses(out), calls
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+    # the recomputation happened: each of 2 blocks ran once more in the backward of each of 3 steps
+    assert counts[True] - counts[False] == 2 * 3
+
+
+@pytest.fixture
+def shakespeare_bpe_data(tmp_path: Path) -> Path:
+    """A data_dir whose shakespeare/ holds tiny-shakespeare in GPT-2 BPE tokens (tiktoken's files from the cache)."""
+    if not SHAKESPEARE_TXT.is_file() or not TIKTOKEN_CACHE.is_dir():
+        pytest.skip(f"{SHAKESPEARE_TXT} or {TIKTOKEN_CACHE} not found")
+    data_dir = tmp_path / "data"
+    script = ROOT / "data" / "shakespeare" / "prepare.py"
+    cmd = [sys.executable, str(script), "--out_dir", str(data_dir / "shakespeare"), "--input", str(SHAKESPEARE_TXT)]
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(TIKTOKEN_CACHE)}
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    return data_dir
+
+
+@pytest.mark.slow
+def test_eval_only_from_hugging_face_dir(shakespeare_bpe_data: Path, tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()  # vocab 50257
+    hf.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "out"
+    seq_len, batch_size, eval_iters = 32, 2, 2
+    train.main(
+        [
+            f"--data_dir={shakespeare_bpe_data}",
+            "--dataset=shakespeare",
+            f"--out_dir={out}",
+            *TINY,
+            f"--init_from={tmp_path / 'hf'}",
+            "--eval_only=True",
+            f"--block_size={seq_len}",  # cropped from the checkpoint's 64 positions
+            f"--batch_size={batch_size}",
+            f"--eval_iters={eval_iters}",
+        ]
+    )
+    records = metrics(out)
+    assert [r["event"] for r in records] == ["eval"]
+    assert not (out / "ckpt.pt").exists()
+
+    # the same batches estimate_loss draws (a sampler seeded with seed + 1 per split), through Hugging Face's model
+    cfg = TrainConfig()
+    for split in ("train", "val"):
+        data = open_split(str(shakespeare_bpe_data / "shakespeare"), split)
+        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1)
+        losses = []
+        with torch.no_grad():
+            for _ in range(eval_iters):
+                X, Y = get_batch(data, sampler.draw(batch_size), seq_len, "cpu")
+                logits = hf(X).logits  # (B, T, 50257)
+                losses.append(F.cross_entropy(logits.view(-1, logits.size(-1)), Y.view(-1)).item())
+        assert records[0][f"{split}_loss"] == pytest.approx(sum(losses) / eval_iters, abs=1e-4)
+
+
+def test_auto_prepare(tmp_path: Path) -> None:
+    if not SHAKESPEARE_TXT.is_file():
+        pytest.skip(f"{SHAKESPEARE_TXT} not found")
+    data_dir = tmp_path / "data"
+    (data_dir / "shakespeare_char").mkdir(parents=True)
+    shutil.copy(SHAKESPEARE_TXT, data_dir / "shakespeare_char" / "input.txt")
+    run_train(data_dir, tmp_path / "out", "--max_iters=2", "--eval_interval=2")
+    prepared = data_dir / "shakespeare_char"
+    assert all((prepared / f).is_file() for f in ("train.bin", "val.bin", "meta.json"))
+    assert json.loads((prepared / "meta.json").read_text())["vocab_size"] == 65
+    assert list(train_losses(tmp_path / "out")) == [1, 2]
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------------
+
+
+def tiny_ckpt(value: float) -> dict[str, Any]:
+    return {"model": {"w": torch.full((4,), value)}, "model_args": {"n_layer": 1}}
+
+
+def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(tiny_ckpt(1.0), path)
+    before = Path(path).read_bytes()
+
+    def crash(obj: object, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tiny_ckpt(2.0), path)
+    monkeypatch.undo()
+
+    assert Path(path).read_bytes() == before
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((4,), 1.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no partial file left beside it
+    save_checkpoint(tiny_ckpt(3.0), path)  # and the next save goes through
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((4,), 3.0))
+
+
+def write_marker(path: str) -> None:
+    Path(path).write_text("code ran while loading")
+
+
+class Payload:
+    """A pickled object whose unpickling calls write_marker: what a malicious checkpoint would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return write_marker, (self.path,)
+
+
+def test_load_refuses_pickled_objects(tmp_path: Path) -> None:
+    path, marker = tmp_path / "ckpt.pt", tmp_path / "marker"
+    torch.save({**tiny_ckpt(1.0), "extra": Payload(str(marker))}, path)
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(str(path))
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is live: a plain unpickle runs it
+    assert marker.exists()
+
+
+def test_real_checkpoint_loads_weights_only(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    run_train(shakespeare_char_data, tmp_path, "--max_iters=1", "--eval_interval=1", "--eval_iters=1")
+    ckpt = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["iter_num"] == 1 and ckpt["tokenizer_meta"]["vocab_size"] == 65
+    assert ckpt["config"]["dataset"] == "shakespeare_char" and ckpt["model_args"]["n_embd"] == 32
+
+
+def test_missing_or_corrupt_checkpoint(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    save_checkpoint(tiny_ckpt(1.0), str(good))
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "garbage.pt").write_bytes(b"\x00\x01 not a checkpoint" * 10)
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    cases = {"missing.pt": "not found", "truncated.pt": "cannot be read", "garbage.pt": "cannot be read"}
+    cases |= {"list.pt": "not a checkpoint of this project", "foreign.pt": "not a checkpoint of this project"}
+    for name, words in cases.items():
+        with pytest.raises(ValueError) as e:
+            load_checkpoint(str(tmp_path / name))
+        message = str(e.value)
+        assert "\n" not in message and str(tmp_path / name) in message and words in message, message
+
+
+# --- user mistakes on the command line --------------------------------------------------------------------------------
+
+
+def test_unknown_key_exits_2_with_a_suggestion() -> None:
+    assert_one_error_line(run_script(["--n_layers=2"]), "'n_layers'", "did you mean 'n_layer'?")
+
+
+def test_wrong_type_exits_2() -> None:
+    assert_one_error_line(run_script(["--batch_size=abc"]), "batch_size", "'abc'", "int")
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    assert_one_error_line(run_script([str(tmp_path / "nope.py")]), "nope.py", "not found")
+
+
+def test_scratch_over_existing_checkpoint_exits_2(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    save_checkpoint(tiny_ckpt(1.0), str(tmp_path / "ckpt.pt"))
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    result = run_script(char_args(shakespeare_char_data, tmp_path, "--max_iters=1"))
+    assert_one_error_line(result, "ckpt.pt exists", "--init_from=resume")
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no metrics.jsonl either
+
+
+def test_dataset_without_data_or_prepare_exits_2(tmp_path: Path) -> None:
+    args = [f"--data_dir={tmp_path}", "--dataset=no_such_set", f"--out_dir={tmp_path / 'out'}", *TINY]
+    assert_one_error_line(run_script(args), "'no_such_set'", "prepare.py")
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
