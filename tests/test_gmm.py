@@ -1,0 +1,269 @@
+"""The gated memory mixture, proved on tiny CPU models.
+
+- Causality: no logit at position t depends on a token after t, across segment boundaries, for every memory mode.
+- Memory carries information: segment 1 changes segment 3's logits with memory on, and not with memory off.
+- The language-model loss alone trains every memory parameter (router, gates, candidates, initial states, writes).
+- The auxiliary losses and the expert update match hand-computed values.
+- The incremental decoder (generation) equals the full forward across segment boundaries.
+- Truncated BPTT stops gradients where it should; gradient checkpointing changes nothing.
+- Every bad memory setting is one line naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import gmm
+from configurator import ConfigError, configure
+from gmm import ExpertUpdater, Memory, load_balance_loss, routing_entropy
+from model import GPT, GPTConfig, SegmentDecoder
+from train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+T, V = 8, 50  # block_size (tokens per segment) and vocabulary of the tiny models
+
+
+def tiny(**kw: object) -> GPT:
+    torch.manual_seed(0)
+    args: dict = dict(block_size=T, vocab_size=V, n_layer=2, n_head=2, n_embd=32, gmm_slots=3)
+    args.update(kw)
+    return GPT(GPTConfig(**args)).eval()
+
+
+MODES = [
+    dict(gmm_experts=k, gmm_routing=r, gmm_pooling=p)
+    for k in (0, 1, 4)
+    for r in ("write", "read")
+    for p in ("mean", "max", "attention")
+    if k > 1 or (r == "write" and p == "mean")  # routing and pooling only exist with k > 1
+]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(str(v) for v in m.values()))
+def test_causal_across_segments(mode: dict) -> None:
+    model = tiny(**mode)
+    idx = torch.randint(V, (2, 3 * T + 3))  # three full segments and a short one
+    logits, _ = model(idx, idx)
+    for t in (2, T - 1, T, 2 * T + 1):  # inside a segment, at the end of one, at the start of the next
+        changed = idx.clone()
+        changed[:, t + 1 :] = (changed[:, t + 1 :] + 1) % V
+        logits2, _ = model(changed, changed)
+        assert torch.equal(logits[:, : t + 1], logits2[:, : t + 1]), f"position <= {t} saw the future"
+        assert not torch.allclose(logits[:, t + 1 :], logits2[:, t + 1 :])  # the change itself is visible
+
+
+@pytest.mark.parametrize("experts", [0, 1, 4])
+def test_memory_carries_segment_1_to_segment_3(experts: int) -> None:
+    model = tiny(gmm_experts=experts)
+    idx = torch.randint(V, (2, 3 * T))
+    changed = idx.clone()
+    changed[:, :T] = (changed[:, :T] + 7) % V  # segment 1 only
+    seg3 = slice(2 * T, 3 * T)
+    diff = (model(idx, idx)[0][:, seg3] - model(changed, changed)[0][:, seg3]).abs().max().item()
+    if experts == 0:
+        assert diff == 0.0  # without memory the segments are independent
+    else:
+        assert diff > 1e-4
+
+
+@pytest.mark.parametrize("routing", ["write", "read"])
+@pytest.mark.parametrize("candidate", ["write", "projected"])
+@pytest.mark.parametrize("experts", [1, 4])
+def test_lm_loss_alone_trains_every_memory_parameter(experts: int, candidate: str, routing: str) -> None:
+    model = tiny(gmm_experts=experts, gmm_candidate=candidate, gmm_routing=routing, gmm_pooling="attention")
+    model.train()
+    idx = torch.randint(V, (2, 3 * T))
+    out = model.forward_segments(idx, idx)
+    assert out.lm_loss is not None
+    out.lm_loss.backward()
+    assert model.memory is not None
+    names = [n for n, _ in model.memory.named_parameters()]
+    for expected in ("init_states", "write_emb", "updater.gate_weight"):
+        assert expected in names
+    if experts > 1:
+        assert "gate.router.weight" in names and "gate.query" in names
+    if candidate == "projected":
+        assert "updater.cand_weight" in names
+    if routing == "read" and experts > 1:
+        assert "reader.scorer.weight" in names
+    for name, p in model.memory.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient from the LM loss"
+
+
+def test_load_balance_hand_computed() -> None:
+    # two decisions, k = 2: tops are expert 0 and expert 0 -> f = (1, 0); P = mean probs = (0.75, 0.25)
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4]])
+    assert load_balance_loss(probs).item() == pytest.approx(2 * (1.0 * 0.75 + 0.0 * 0.25))
+    # uniform routing -> 1; everything on one expert -> k
+    assert load_balance_loss(torch.full((5, 4), 0.25)).item() == pytest.approx(1.0)
+    assert load_balance_loss(torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 3)).item() == pytest.approx(4.0)
+
+
+def test_routing_entropy_hand_computed() -> None:
+    probs = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    assert routing_entropy(probs).item() == pytest.approx((math.log(2) + 0.0) / 2)
+    assert routing_entropy(torch.full((3, 8), 1 / 8)).item() == pytest.approx(math.log(8))
+
+
+def test_aux_losses_are_added_with_their_weights() -> None:
+    model = tiny(gmm_experts=4, gmm_load_balance=0.5, gmm_entropy=-0.25)
+    idx = torch.randint(V, (2, 2 * T))
+    out = model.forward_segments(idx, idx)
+    assert out.loss is not None and out.lm_loss is not None
+    expected = out.lm_loss + 0.5 * out.aux["load_balance"] - 0.25 * out.aux["entropy"]
+    assert torch.allclose(out.loss, expected)
+    probs = torch.cat([r.probs for r in out.routing])
+    assert torch.allclose(out.aux["load_balance"], load_balance_loss(probs))
+    # evaluation reports the LM loss alone: it is the cross-entropy of the logits
+    ce = torch.nn.functional.cross_entropy(out.logits.view(-1, V), idx.view(-1))
+    assert torch.allclose(out.lm_loss, ce)
+
+
+@pytest.mark.parametrize("write_scale", ["prob", "normalized"])
+def test_expert_update_formula(write_scale: str) -> None:
+    torch.manual_seed(1)
+    B, k, M, D = 2, 3, 4, 5
+    up = ExpertUpdater(D, k, "write", write_scale)
+    experts, W = torch.randn(B, k, M, D), torch.randn(B, M, D)
+    p = torch.softmax(torch.randn(B, k), dim=-1)
+    new, a = up(experts, W, p)
+    for b in range(B):
+        for j in range(k):
+            g = torch.sigmoid(torch.cat([experts[b, j], W[b]], dim=-1) @ up.gate_weight[j] + up.gate_bias[j])
+            s = p[b, j] if write_scale == "prob" else p[b, j] / p[b].max()
+            assert torch.allclose(a[b, j], s * g, atol=1e-6)
+            assert torch.allclose(new[b, j], (1 - s * g) * experts[b, j] + s * g * W[b], atol=1e-6)
+
+
+def test_initial_states() -> None:
+    model = tiny(gmm_experts=3, gmm_slots=4, gmm_init="learned,orthogonal,zeros")
+    assert model.memory is not None
+    states = model.memory.init_states.detach()
+    ortho = states[1].view(4, -1)  # 4 slots x 32 dims: orthogonal rows of norm sqrt(32)
+    assert torch.allclose(ortho @ ortho.T, 32 * torch.eye(4), atol=1e-4)
+    assert torch.equal(states[2], torch.zeros_like(states[2]))
+    model.train()
+    idx = torch.randint(V, (2, 2 * T))
+    out = model.forward_segments(idx, idx)
+    assert out.lm_loss is not None
+    out.lm_loss.backward()
+    grad = model.memory.init_states.grad
+    assert grad is not None
+    assert grad[0].abs().sum() > 0  # learned
+    assert grad[1].abs().sum() == 0 and grad[2].abs().sum() == 0  # fixed starting points
+
+
+@pytest.mark.parametrize("mode", [dict(gmm_experts=0), dict(gmm_experts=1), dict(gmm_experts=4, gmm_routing="read")])
+def test_incremental_decoding_equals_full_forward(mode: dict) -> None:
+    model = tiny(**mode)
+    idx = torch.randint(V, (2, 3 * T + 5))
+    full, _ = model(idx, idx)
+    with torch.no_grad():
+        decoder = SegmentDecoder(model, 2)
+        chunks = [idx[:, :5], idx[:, 5:6], idx[:, 6 : 2 * T + 1], *idx[:, 2 * T + 1 :].split(1, dim=1)]
+        incremental = torch.cat([decoder.feed(c) for c in chunks], dim=1)
+    assert torch.allclose(full, incremental, atol=1e-5)
+
+
+def test_generation_streams_past_block_size_with_and_without_cache() -> None:
+    model = tiny(gmm_experts=4)
+    prompt = torch.randint(V, (2, 3))
+    cached = model.generate(prompt, 4 * T, temperature=0)
+    recomputed = model.generate(prompt, 4 * T, temperature=0, use_cache=False)
+    assert cached.shape == (2, 3 + 4 * T)
+    assert torch.equal(cached, recomputed)
+
+
+def test_truncated_bptt_stops_gradient() -> None:
+    """The loss of segment 3 reaches segment 1's input embeddings through the memory, unless the memory was
+    detached in between: bptt_segments = k detaches it before segments k+1, 2k+1, ..."""
+    model = tiny(gmm_experts=2)
+    model.train()
+    idx = torch.randint(V, (1, 3 * T))
+    for bptt, reaches in ((0, True), (1, False), (2, False), (3, True)):
+        embeddings: list[torch.Tensor] = []  # each segment's input embeddings, in order
+        hook = model.transformer.drop.register_forward_hook(lambda m, i, o, seen=embeddings: seen.append(o))
+        out = model.forward_segments(idx, idx, bptt_segments=bptt)
+        hook.remove()
+        seg3 = torch.nn.functional.cross_entropy(out.logits[0, 2 * T :], idx[0, 2 * T :])
+        (g,) = torch.autograd.grad(seg3, embeddings[0], allow_unused=True)
+        assert (g is not None and g.abs().sum().item() > 0) == reaches, f"bptt_segments={bptt}"
+
+
+def test_gradient_checkpointing_with_memory_gives_same_gradients() -> None:
+    grads = []
+    for ckpt in (False, True):
+        model = tiny(gmm_experts=4)
+        model.train()
+        model.gradient_checkpointing = ckpt
+        idx = torch.randint(V, (2, 3 * T), generator=torch.Generator().manual_seed(3))
+        _, loss = model(idx, idx)
+        assert loss is not None
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("--gmm_experts=9", "gmm_experts = 9 must be 0 (no memory), 1 (one bank) or 2..8 experts"),
+        ("--gmm_experts=-1", "gmm_experts = -1 must be"),
+        ("--gmm_slots=0", "gmm_slots = 0 must be a positive integer"),
+        ("--gmm_pooling=sum", "gmm_pooling = 'sum' must be one of mean, max, attention"),
+        ("--gmm_temperature=0", "gmm_temperature = 0.0 must be > 0"),
+        ("--gmm_candidate=delta", "gmm_candidate = 'delta' must be one of write, projected"),
+        ("--gmm_write_scale=full", "gmm_write_scale = 'full' must be one of prob, normalized"),
+        ("--gmm_routing=both", "gmm_routing = 'both' must be one of write, read"),
+        ("--gmm_init=random", "gmm_init = 'random' must be one of learned, orthogonal, zeros"),
+        (
+            "--gmm_init=learned,zeros",
+            "gmm_init = 'learned,zeros' must be one of learned, orthogonal, zeros or a comma-separated list of 4",
+        ),
+        ("--gmm_load_balance=-1", "gmm_load_balance = -1.0 must be >= 0"),
+        ("--gmm_experts=two", "gmm_experts = 'two' in --gmm_experts=two has the wrong type: expected int"),
+        ("--n_segments=0", "n_segments = 0 must be a positive integer"),
+        ("--bptt_segments=-2", "bptt_segments = -2 must be >= 0"),
+        ("--segment_curriculum=[2,0]", "segment_curriculum = [2, 0] must hold positive segment counts"),
+    ],
+)
+def test_bad_memory_settings_are_one_clear_line(arg: str, message: str) -> None:
+    extra = ["--gmm_experts=4"] if "gmm_init=learned,zeros" in arg else []
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        configure([*extra, arg], TrainConfig(), GPTConfig())
+
+
+def test_bad_memory_setting_from_the_command_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "train.py", "config/train_gmm_shakespeare.py", "--gmm_pooling=sum", f"--out_dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: gmm_pooling = 'sum' must be one of mean, max, attention"]
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_memory_state_is_explicit() -> None:
+    """A segment's memory goes in as an argument and comes out as a value: feeding segment 2 with the memory
+    segment 1 returned reproduces the two-segment forward, and the module keeps no state between calls."""
+    model = tiny(gmm_experts=4)
+    idx = torch.randint(V, (2, 2 * T))
+    full = model.forward_segments(idx, idx)
+    assert model.memory is not None
+    first = model.forward_segments(idx[:, :T], idx[:, :T])
+    second = model.forward_segments(idx[:, T:], idx[:, T:], memory=first.memory)
+    assert torch.allclose(torch.cat([first.logits, second.logits], dim=1), full.logits, atol=1e-6)
+    assert isinstance(first.memory, Memory) and first.memory.experts.shape == (2, 4, 3, 32)
+    assert len(full.routing) == 2 and full.routing[0].probs.shape == (2, 4)
+    with pytest.raises(ValueError, match="gmm_init"):
+        gmm.parse_init("learned,learned", 3)
