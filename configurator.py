@@ -51,7 +51,10 @@ def configure(argv: list[str], *defaults: Any) -> list[Any]:
         key, eq, raw = arg[2:].partition("=")
         if not eq:
             raise ConfigError(f"argument '{arg}' must be --key=value or a config file path")
-        assign(key, parse_value(raw), arg)
+        value = parse_value(raw)
+        if key in owners and not _matches(value, hints[owners[key]][key])[0]:
+            value = raw  # a string setting may look like a number: --out_dir=1e-3, --wandb_run_name=2024
+        assign(key, value, arg)
 
     out = []
     for d, v in zip(defaults, values, strict=True):

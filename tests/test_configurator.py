@@ -217,3 +217,8 @@ def test_every_config_file_loads(path: Path) -> None:
     assert isinstance(cfg, TrainConfig) and isinstance(model_cfg, GPTConfig)
     # each file changes something, so it was read (not silently skipped)
     assert cfg != TrainConfig() or model_cfg != GPTConfig(bias=False)
+
+
+def test_string_setting_that_looks_like_a_number_stays_a_string() -> None:
+    cfg, _ = both(["--out_dir=1e-3", "--wandb_run_name=2024"])
+    assert cfg.out_dir == "1e-3" and cfg.wandb_run_name == "2024"
