@@ -52,7 +52,8 @@ def configure(argv: list[str], *defaults: Any) -> list[Any]:
         if not eq:
             raise ConfigError(f"argument '{arg}' must be --key=value or a config file path")
         value = parse_value(raw)
-        if key in owners and not _matches(value, hints[owners[key]][key])[0]:
+        hint = hints[owners[key]][key] if key in owners else Any
+        if not _matches(value, hint)[0] and _matches(raw, hint)[0]:
             value = raw  # a string setting may look like a number: --out_dir=1e-3, --wandb_run_name=2024
         assign(key, value, arg)
 
