@@ -434,7 +434,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
 
         # evaluate the loss on train/val sets and write checkpoints (a resumed run already did at its first step)
         evaluate_now = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
-        if evaluate_now and master_process and not (iter_num == start_iter and cfg.init_from == "resume"):
+        if evaluate_now and master_process and (cfg.eval_only or iter_num > start_iter or cfg.init_from != "resume"):
             losses = estimate_loss(raw_model, data_dir, seq_len, cfg, device, dtype)
             aux = {k: v for k, v in losses.items() if k not in ("train", "val")}
             aux_str = "".join(f", {k} {v:.4f}" for k, v in aux.items())
