@@ -1,0 +1,331 @@
+"""
+Benchmark a GPT: training step time, tokens/s, MFU and peak memory, or generation speed with and without the KV cache.
+
+$ python bench.py                                    # a GPT-2 124M training step, batch 12 x 1024, synthetic tokens
+$ python bench.py --mode=sample --device=cpu         # greedy generation: KV cache vs. recomputing the whole context
+$ python bench.py --n_layer=4 --block_size=256 --compile=False --profile=True --json=bench_out/result.json
+
+The model's shape is GPTConfig's (GPT-2 124M by default) and is set by the same --key=value flags as in train.py.
+compile defaults to None = auto: on for training on CUDA, off otherwise, because on CPU and MPS the compile time
+dwarfs a short benchmark (and on CPU needs a C++ compiler), and in sample mode every new sequence length recompiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psutil
+import torch
+
+from common import (
+    DTYPES,
+    autocast,
+    check_device,
+    default_device,
+    default_dtype,
+    fail,
+    peak_flops,
+    synchronize,
+)
+from configurator import ConfigError, configure
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+
+
+@dataclass
+class BenchConfig:
+    mode: str = "train"  # 'train': forward, backward and AdamW step; 'sample': generation with vs. without KV cache
+    batch_size: int = 12  # sequences per step (train) or generated side by side (sample)
+    real_data: bool = False  # if True, batches come from data_dir/dataset/train.bin; else random tokens
+    dataset: str = "openwebtext"
+    data_dir: str = "data"
+    device: str = "auto"  # 'auto' = cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype: str = "auto"  # 'auto' = bfloat16/float16 on CUDA, float32 elsewhere; or 'float32', 'bfloat16', 'float16'
+    compile: bool | None = None  # None = auto: compile for training on CUDA only (see the docstring)
+    profile: bool = False  # write a torch.profiler trace of the timed iterations to out_dir
+    out_dir: str = "bench_out"
+    warmup_iters: int = 10  # untimed iterations first (compilation, allocator and cache warm-up)
+    iters: int = 20  # timed iterations (train mode)
+    seed: int = 1337
+    # sample mode
+    prompt_len: int = 16  # random prompt tokens per sequence
+    new_tokens: int = 128  # tokens generated per sequence
+    json: str = ""  # if set, also write the results to this path as JSON
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("train", "sample"):
+            raise ValueError(f"mode = '{self.mode}' must be one of train, sample")
+        for name in ("batch_size", "iters", "prompt_len", "new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
+        if self.warmup_iters < 0:
+            raise ValueError(f"warmup_iters = {self.warmup_iters} must be >= 0")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype = '{self.dtype}' must be one of auto, {', '.join(DTYPES)}")
+
+
+# -----------------------------------------------------------------------------
+
+
+def resolve(cfg: BenchConfig) -> tuple[str, str, bool]:
+    """The (device, dtype, compile) that 'auto' and None stand for on this machine."""
+    device = default_device() if cfg.device == "auto" else cfg.device
+    check_device(device)
+    dtype = default_dtype(device) if cfg.dtype == "auto" else cfg.dtype
+    if dtype == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise ValueError("dtype = 'bfloat16' is not supported by this GPU: use float16 or float32")
+    compile = cfg.compile if cfg.compile is not None else (cfg.mode == "train" and device.startswith("cuda"))
+    return device, dtype, compile
+
+
+class PeakMemory:
+    """Peak memory of the run, by the best measure the device has (named in `kind`)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.rss = 0
+        if device.startswith("cuda"):
+            self.kind = "cuda max_memory_allocated"
+            torch.cuda.reset_peak_memory_stats(device)
+        elif device.startswith("mps"):
+            self.kind = "mps driver_allocated_memory (at the end)"
+        else:
+            self.kind = "process RSS (max over iterations)"
+
+    def sample(self) -> None:
+        """Called after each iteration: RSS has no peak counter of its own (ru_maxrss would count the whole run)."""
+        if not self.device.startswith(("cuda", "mps")):
+            self.rss = max(self.rss, psutil.Process().memory_info().rss)
+
+    def peak(self) -> int:
+        if self.device.startswith("cuda"):
+            return torch.cuda.max_memory_allocated(self.device)
+        if self.device.startswith("mps"):
+            return torch.mps.driver_allocated_memory()
+        self.sample()
+        return self.rss
+
+
+def trace_path(out_dir: str, mode: str) -> str:
+    """Chrome trace JSON (chrome://tracing, https://ui.perfetto.dev); the .pt.trace.json ending lets TensorBoard's
+    profiler plugin find it too (tensorboard --logdir <out_dir>)."""
+    return os.path.join(out_dir, f"bench_{mode}.pt.trace.json")
+
+
+def profiler(device: str) -> torch.profiler.profile:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities, record_shapes=True, profile_memory=True, with_stack=False)
+
+
+def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
+    """Time warmup_iters + iters training steps (forward, backward, clip, AdamW) on batches of batch_size x
+    block_size tokens; report the median step time, tokens/s, MFU and peak memory."""
+    device, dtype, compile = resolve(cfg)
+    device_type = device.split(":")[0]
+    torch.manual_seed(cfg.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    memory = PeakMemory(device)
+    T = model_cfg.block_size
+    model = GPT(model_cfg).to(device)
+    raw_model = model
+    optimizer = model.configure_optimizers(1e-1, 6e-4, (0.9, 0.95), device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    if compile:
+        print("compiling the model... (takes a ~minute)")
+        model = torch.compile(model)  # type: ignore[assignment]
+
+    if cfg.real_data:
+        from train import BatchSampler, get_batch, open_split
+
+        data_dir = os.path.join(cfg.data_dir, cfg.dataset)
+        if not os.path.isfile(os.path.join(data_dir, "train.bin")):
+            raise ValueError(f"real_data: {data_dir}/train.bin not found; run data/{cfg.dataset}/prepare.py first")
+        data = open_split(data_dir, "train")
+        sampler = BatchSampler(len(data), T, seed=cfg.seed)
+        next_batch = lambda: get_batch(data, sampler.draw(cfg.batch_size), T, device)
+    else:  # one fixed batch of random tokens: no data loading in the measurement
+        x = torch.randint(model_cfg.vocab_size, (cfg.batch_size, T), device=device)
+        y = torch.randint(model_cfg.vocab_size, (cfg.batch_size, T), device=device)
+        next_batch = lambda: (x, y)
+
+    def step() -> float:
+        X, Y = next_batch()
+        with autocast(device, dtype):
+            _, loss = model(X, Y)
+        assert loss is not None
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()  # a sync point, as a training loop's logging would have
+
+    print(f"train: {raw_model.get_num_params() / 1e6:.2f}M params, batch {cfg.batch_size} x {T} tokens, ", end="")
+    print(f"{device} {dtype}, compile {'on' if compile else 'off'}{', real data' if cfg.real_data else ''}")
+    for _ in range(cfg.warmup_iters):
+        step()
+        memory.sample()
+    prof = profiler(device) if cfg.profile else None
+    times = []
+    if prof is not None:
+        prof.start()
+    for i in range(cfg.iters):
+        synchronize(device)
+        t0 = time.perf_counter()
+        loss = step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        memory.sample()
+        print(f"iter {i}: {times[-1] * 1000:.2f} ms, loss {loss:.4f}")
+    result: dict[str, Any] = {}
+    if prof is not None:
+        prof.stop()
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        prof.export_chrome_trace(trace_path(cfg.out_dir, "train"))
+        result["trace"] = trace_path(cfg.out_dir, "train")
+    dt = statistics.median(times)
+    tokens = cfg.batch_size * T
+    flops = peak_flops(device, dtype)
+    result.update(
+        mode="train",
+        device=device,
+        dtype=dtype,
+        compile=compile,
+        params=raw_model.get_num_params(),
+        batch_size=cfg.batch_size,
+        block_size=T,
+        ms_per_iter=dt * 1000,
+        ms_per_iter_all=[t * 1000 for t in times],
+        tokens_per_s=tokens / dt,
+        mfu=raw_model.estimate_mfu(tokens, dt, flops),
+        peak_flops=flops,
+        memory_bytes=memory.peak(),
+        memory_kind=memory.kind,
+    )
+    return result
+
+
+@torch.no_grad()
+def bench_sample(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
+    """Greedy generation of new_tokens after the same random prompt, batch_size sequences at once, with the KV
+    cache and without it (every step re-encodes the context); reports each one's tokens/s, whether both produced
+    the same tokens, and the speed-up."""
+    device, dtype, compile = resolve(cfg)
+    torch.manual_seed(cfg.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    memory = PeakMemory(device)
+    model = GPT(model_cfg).to(device)
+    model.eval()
+    if compile:
+        model.compile(dynamic=True)  # compiles __call__ in place, which generate's steps go through
+    prompt = torch.randint(model_cfg.vocab_size, (cfg.batch_size, cfg.prompt_len), device=device)
+    print(f"sample: {model.get_num_params() / 1e6:.2f}M params, batch {cfg.batch_size}, ", end="")
+    print(f"prompt {cfg.prompt_len} + {cfg.new_tokens} new tokens, greedy, {device} {dtype}, ", end="")
+    print(f"compile {'on' if compile else 'off'}")
+    outputs, seconds = {}, {}
+    prof = profiler(device) if cfg.profile else None
+    if prof is not None:
+        prof.start()
+    for use_cache in (True, False):
+        name = "kv_cache" if use_cache else "no_cache"
+        with autocast(device, dtype):
+            # a short untimed run first: kernel selection, allocator, compilation
+            model.generate(prompt, min(cfg.new_tokens, 4), temperature=0.0, use_cache=use_cache)
+            synchronize(device)
+            t0 = time.perf_counter()
+            outputs[name] = model.generate(prompt, cfg.new_tokens, temperature=0.0, use_cache=use_cache)
+            synchronize(device)
+            seconds[name] = time.perf_counter() - t0
+        memory.sample()
+        print(f"{name}: {seconds[name]:.3f} s")
+    result: dict[str, Any] = {}
+    if prof is not None:
+        prof.stop()
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        prof.export_chrome_trace(trace_path(cfg.out_dir, "sample"))
+        result["trace"] = trace_path(cfg.out_dir, "sample")
+    same = torch.equal(outputs["kv_cache"], outputs["no_cache"])
+    differ = (outputs["kv_cache"] != outputs["no_cache"]).any(dim=0).nonzero()
+    n_new = cfg.batch_size * cfg.new_tokens
+    result.update(
+        mode="sample",
+        device=device,
+        dtype=dtype,
+        compile=compile,
+        params=model.get_num_params(),
+        batch_size=cfg.batch_size,
+        prompt_len=cfg.prompt_len,
+        new_tokens=cfg.new_tokens,
+        tokens_per_s_kv_cache=n_new / seconds["kv_cache"],
+        tokens_per_s_no_cache=n_new / seconds["no_cache"],
+        ms_per_token_kv_cache=seconds["kv_cache"] / cfg.new_tokens * 1000,
+        ms_per_token_no_cache=seconds["no_cache"] / cfg.new_tokens * 1000,
+        speedup=seconds["no_cache"] / seconds["kv_cache"],
+        same_tokens=same,
+        # first generated position where any sequence differs (low precision can flip a near-tie), else None
+        first_difference=None if same else int(differ[0]) - cfg.prompt_len,
+        memory_bytes=memory.peak(),
+        memory_kind=memory.kind,
+    )
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The results a person reads, as a two-column table."""
+    gib = result["memory_bytes"] / 2**30
+    if result["mode"] == "train":
+        rows = [
+            ("ms/iter (median)", f"{result['ms_per_iter']:.2f}"),
+            ("tokens/s", f"{result['tokens_per_s']:,.0f}"),
+            ("MFU", f"{result['mfu'] * 100:.2f}% of {result['peak_flops'] / 1e12:.3g} TFLOP/s"),
+            ("peak memory", f"{gib:.3f} GiB ({result['memory_kind']})"),
+        ]
+    else:
+        same = "yes" if result["same_tokens"] else f"NO, first at new token {result['first_difference']}"
+        rows = [
+            ("tokens/s, KV cache", f"{result['tokens_per_s_kv_cache']:,.1f}"),
+            ("tokens/s, no cache", f"{result['tokens_per_s_no_cache']:,.1f}"),
+            ("speed-up", f"{result['speedup']:.2f}x"),
+            ("same tokens", same),
+            ("peak memory", f"{gib:.3f} GiB ({result['memory_kind']})"),
+        ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 5}"]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    try:
+        cfg, model_cfg = configure(argv, BenchConfig(), GPTConfig())
+    except ConfigError as e:
+        fail(str(e))
+    try:
+        result = bench_train(cfg, model_cfg) if cfg.mode == "train" else bench_sample(cfg, model_cfg)
+    except ValueError as e:  # bad device, dtype or data: one line
+        fail(str(e))
+    print(format_table(result))
+    if "trace" in result:
+        print(f"profiler trace written to {result['trace']}")
+    if cfg.json:
+        os.makedirs(os.path.dirname(cfg.json) or ".", exist_ok=True)
+        with open(cfg.json, "w") as f:
+            json.dump({**result, "config": asdict(cfg), "model_args": asdict(model_cfg)}, f, indent=2)
+        print(f"results written to {cfg.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
