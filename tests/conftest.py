@@ -2,11 +2,18 @@
 (`uv run pytest` does not add the working directory itself); `shakespeare_char_data`, the char dataset prepared once
 per session for tests that train."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# one thread per process: the tiny test models gain nothing from more, and tests that start subprocesses (DDP,
+# scripts run as a user would) would otherwise oversubscribe the cores many times over
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -18,6 +25,9 @@ if str(ROOT) not in sys.path:
 # ../shared beside the project root (a device checkout may hold it at ./shared)
 SHARED = next((p for p in (ROOT.parent / "shared", ROOT / "shared") if p.is_dir()), ROOT.parent / "shared")
 SHAKESPEARE_TXT = SHARED / "data" / "tinyshakespeare" / "input.txt"
+# tiktoken's GPT-2 BPE files, as tiktoken's own cache would hold them after a download (this machine has no network)
+if (SHARED / "tiktoken_cache").is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 
 
 @pytest.fixture(scope="session")
