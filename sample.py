@@ -16,11 +16,21 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from common import DTYPES, autocast, check_device, default_device, default_dtype, fail, load_checkpoint
-from configurator import ConfigError, configure
+from common import (
+    DTYPES,
+    autocast,
+    check_device,
+    check_model_args,
+    default_device,
+    default_dtype,
+    fail,
+    load_checkpoint,
+)
+from configurator import ConfigError, configure, explicit_keys
 from model import GPT, GPT2_SIZES, GPTConfig
 from tokenizer import Tokenizer, get_tokenizer
 
@@ -75,17 +85,23 @@ def resolve_device(cfg: SampleConfig) -> tuple[str, str]:
     return device, dtype
 
 
-def load_model(cfg: SampleConfig) -> tuple[GPT, Tokenizer]:
-    """The model (in eval mode, on cfg's device) and its tokenizer: a checkpoint's own, or GPT-2's BPE."""
+def load_model(cfg: SampleConfig, model_args: dict[str, Any] | None = None) -> tuple[GPT, Tokenizer]:
+    """The model (in eval mode, on cfg's device) and its tokenizer: a checkpoint's own, or GPT-2's BPE.
+    model_args are model settings the user gave (e.g. gmm_experts=4): they must agree with the checkpoint."""
     device, _ = resolve_device(cfg)
+    model_args = model_args or {}
     if cfg.init_from == "resume":
-        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+        ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+        ckpt = load_checkpoint(ckpt_path)
+        check_model_args(ckpt["model_args"], model_args, set(model_args), ckpt_path)
         model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
         # a compiled model saved its weights under '_orig_mod.'; strip it so the plain model loads them
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
         meta = ckpt.get("tokenizer_meta") or {"tokenizer": "gpt2", "vocab_size": 50257}  # older: nanoGPT's default
         n_text_ids = int(meta["vocab_size"])
     else:
+        if model_args:
+            raise ValueError(f"{', '.join(sorted(model_args))} cannot be set when sampling from {cfg.init_from}")
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # stderr is for errors; a bar there would precede a one-line error
@@ -192,12 +208,12 @@ def generate_text(
     return text
 
 
-def sample(cfg: SampleConfig) -> list[str]:
+def sample(cfg: SampleConfig, model_args: dict[str, Any] | None = None) -> list[str]:
     """Print cfg.num_samples samples to stdout, separated as nanoGPT does; returns their continuations."""
     torch.manual_seed(cfg.seed)
     torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
     torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
-    model, tokenizer = load_model(cfg)
+    model, tokenizer = load_model(cfg, model_args)
     prompt_ids = encode_prompt(read_prompt(cfg.start), tokenizer, model.config.vocab_size)
 
     def write(s: str) -> None:
@@ -213,11 +229,13 @@ def sample(cfg: SampleConfig) -> list[str]:
 
 def main(argv: list[str]) -> None:
     try:
-        (cfg,) = configure(argv, SampleConfig())
+        # model settings are accepted only to be checked against the checkpoint's (see load_model)
+        cfg, model_cfg = configure(argv, SampleConfig(), GPTConfig())
+        model_args = {k: getattr(model_cfg, k) for k in explicit_keys(argv) if hasattr(model_cfg, k)}
     except ConfigError as e:
         fail(str(e))
     try:
-        sample(cfg)
+        sample(cfg, model_args)
     except ValueError as e:  # bad checkpoint, prompt or device: one line
         fail(str(e))
     except OSError as e:  # e.g. GPT-2 weights that can be neither found locally nor downloaded

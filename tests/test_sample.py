@@ -223,3 +223,41 @@ def test_padding_ids_are_never_sampled() -> None:
     assert torch.isinf(logits[..., 65:]).all() and torch.isfinite(logits[..., :65]).all()
     out = model.generate(torch.zeros(4, 1, dtype=torch.long), 30, temperature=1.0, top_k=None)
     assert out.max() < 65
+
+
+def test_sampling_with_a_disagreeing_model_setting_is_one_line(
+    out_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = [f"--out_dir={out_dir}", "--device=cpu", "--num_samples=1", "--max_new_tokens=3"]
+    code, _, err = run_main([*base, "--gmm_experts=4"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: gmm_experts = 4 disagrees with {out_dir / 'ckpt.pt'}, which was trained with gmm_experts = 0: "
+        "drop the setting, or train a new model in another out_dir"
+    ]
+    code, _, err = run_main([*base, "--gmm_experts=0", "--n_layer=1"], capsys)  # agreeing settings are fine
+    assert code == 0, err
+
+
+def test_memory_model_streams_past_block_size(
+    shakespeare_char_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A GMM checkpoint samples 3 segments' worth of text in one stream, and the cached stream (segment by
+    segment through the memory) prints exactly what recomputing everything prints."""
+    train.main(
+        [
+            "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--device=cpu", "--compile=False",
+            "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2", "--n_segments=2",
+            "--gmm_experts=2", "--gmm_slots=4", "--dataset=shakespeare_char", "--gradient_accumulation_steps=1",
+            f"--data_dir={shakespeare_char_data}", f"--out_dir={tmp_path}",
+        ]
+    )  # fmt: skip
+    capsys.readouterr()
+    outputs = []
+    for cache in (True, False):
+        argv = [f"--out_dir={tmp_path}", "--device=cpu", "--num_samples=1", "--max_new_tokens=48"]
+        code, out, err = run_main([*argv, "--temperature=0", f"--kv_cache={cache}"], capsys)
+        assert code == 0, err
+        outputs.append(out)
+    assert outputs[0] == outputs[1]
+    assert len(samples_of(outputs[0])[0]) == 1 + 48  # the prompt "\n" and 48 characters
