@@ -1,0 +1,122 @@
+"""The README's commands run as written, with small overrides, so the documentation cannot rot.
+
+Every `uv run ...` and `torchrun ...` line in the README's bash blocks is executed in order, as a subprocess from
+the repo root, with overrides that make it tiny and offline: a 1-layer model, 2 iterations, CPU, outputs in a
+temporary directory, data prepared from ../shared instead of downloaded, a random local GPT-2 instead of OpenAI's
+weights, and 2 CPU processes instead of 8 GPUs. `uv run pytest` itself is what CI runs, so it is skipped here.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configurator import read_config_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = next((p for p in (ROOT.parent / "shared", ROOT / "shared") if p.is_dir()), ROOT.parent / "shared")
+SHAKESPEARE_TXT = SHARED / "data" / "tinyshakespeare" / "input.txt"
+
+TINY_MODEL = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16"]
+TRAIN = ["--device=cpu", "--compile=False", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+         "--log_interval=1", "--batch_size=2", "--gradient_accumulation_steps=2", "--wandb_log=False"]  # fmt: skip
+SAMPLE = ["--device=cpu", "--num_samples=1", "--max_new_tokens=5"]
+BENCH = ["--device=cpu", "--batch_size=2", "--iters=2", "--warmup_iters=1", "--new_tokens=4", "--vocab_size=101"]
+
+
+def readme_commands() -> list[str]:
+    """The command lines of the README's bash blocks, comments stripped, in order."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split(" #")[0].strip()
+            if line.startswith(("uv run ", "torchrun ")):
+                commands.append(line)
+    return commands
+
+
+def model_setting(argv: list[str], key: str, default: str) -> str:
+    """What a script's argv sets key to, through its config files or --key=value (the last one wins)."""
+    value = default
+    for arg in argv:
+        if arg.startswith(f"--{key}="):
+            value = arg.split("=", 1)[1]
+        elif arg.endswith(".py") and not arg.startswith("--"):
+            value = str(read_config_file(str(ROOT / arg)).get(key, value))
+    return value
+
+
+def runnable(command: str, tmp: Path, hf_dir: Path) -> list[str] | None:
+    """The README command as a small offline argv, or None for the test command itself."""
+    words = shlex.split(command)
+    if words[0] == "torchrun":  # 8 GPUs -> 2 CPU processes
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        words = [w for w in words[1:] if not w.startswith(("--standalone", "--nproc_per_node"))]
+    else:
+        assert words[:2] == ["uv", "run"], command
+        launcher, words = [sys.executable], words[2:]
+    script, args = words[0], words[1:]
+    data = tmp / "data"
+    if script == "pytest":
+        return None
+    if script == "data/shakespeare/prepare.py":
+        return [*launcher, script, *args, "--input", str(SHAKESPEARE_TXT), "--out_dir", str(data / "shakespeare")]
+    if script == "data/openwebtext/prepare.py":  # the same recipe on local text files instead of the Hub
+        docs = tmp / "owt_docs"
+        docs.mkdir(exist_ok=True)
+        for i in range(3):
+            (docs / f"doc{i}.txt").write_text(SHAKESPEARE_TXT.read_text()[i * 5000 : (i + 1) * 5000])
+        out = data / "openwebtext_local"
+        return [*launcher, script, *args, "--text_files", str(docs / "*.txt"), "--out_dir", str(out), "--num_proc=1"]
+    if script in ("train.py", "sample.py"):
+        out_dir = model_setting(args, "out_dir", "out")
+        extra = [f"--out_dir={tmp / out_dir}"]
+        if script == "train.py":
+            extra += [*TRAIN, *TINY_MODEL, f"--data_dir={data}"]
+            if model_setting(args, "dataset", "openwebtext") == "openwebtext":  # 9B tokens: use a small dataset
+                extra.append("--dataset=shakespeare_char")
+        else:
+            extra += SAMPLE
+        if model_setting(args, "init_from", "scratch").startswith("gpt2"):  # OpenAI's weights: a local GPT-2
+            extra.append(f"--init_from={hf_dir}")
+        return [*launcher, script, *args, *extra]
+    if script == "bench.py":
+        return [*launcher, script, *args, *BENCH, *TINY_MODEL]
+    raise AssertionError(f"the README runs {script}, which this test does not know how to make small")
+
+
+@pytest.mark.slow
+def test_readme_commands_run(tmp_path: Path) -> None:
+    if not SHAKESPEARE_TXT.is_file():
+        pytest.skip(f"{SHAKESPEARE_TXT} not found")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_dir = tmp_path / "hf_gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(hf_dir)
+    # what a user would have put in place of the download
+    (tmp_path / "data" / "shakespeare_char").mkdir(parents=True)
+    shutil.copy(SHAKESPEARE_TXT, tmp_path / "data" / "shakespeare_char" / "input.txt")
+
+    commands = readme_commands()
+    assert "uv run train.py config/train_gmm_shakespeare.py" in commands[0]  # the main job opens the README
+    assert commands[1] == "uv run pytest"
+    ran = 0
+    for command in commands:
+        argv = runnable(command, tmp_path, hf_dir)
+        if argv is None:
+            continue
+        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"README command failed: {command}\n{result.stderr[-3000:]}"
+        ran += 1
+    assert ran >= 15
+    # the quick start and its baselines trained and logged; the samples came from their checkpoints
+    for out in ("out-gmm-shakespeare", "out-gmm-off", "out-gmm-k1", "out-shakespeare-char-cpu"):
+        assert (tmp_path / out / "ckpt.pt").is_file(), out
+        assert (tmp_path / out / "metrics.jsonl").is_file(), out
