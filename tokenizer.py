@@ -68,9 +68,32 @@ def build_gpt2(meta: dict[str, Any]) -> Tokenizer:
     )
 
 
+def build_synthetic(meta: dict[str, Any]) -> Tokenizer:
+    """Named tokens (the synthetic memory tasks): meta["itos"][i] is the name of id i ("f12", "k3", "v7", "<q>");
+    text is names separated by spaces."""
+    itos = meta.get("itos")
+    if not isinstance(itos, list) or not all(isinstance(n, str) and n and n.split() == [n] for n in itos):
+        raise ValueError("synthetic tokenizer: meta['itos'] must be a list of non-empty names without spaces")
+    stoi = {n: i for i, n in enumerate(itos)}
+
+    def encode(s: str) -> list[int]:
+        names = s.split()
+        try:
+            return [stoi[n] for n in names]
+        except KeyError:
+            bad = next(n for n in names if n not in stoi)
+            raise ValueError(f"token {bad!r} is not in the synthetic vocabulary ({len(itos)} names)") from None
+
+    def decode(ids: list[int]) -> str:
+        return " ".join(itos[i] for i in ids)
+
+    return Tokenizer(encode, decode, eot=None)
+
+
 TOKENIZERS: dict[str, Callable[[dict[str, Any]], Tokenizer]] = {
     "char": build_char,
     "gpt2": build_gpt2,
+    "synthetic": build_synthetic,
 }
 
 

@@ -1,14 +1,18 @@
 """What the prepare scripts share: getting the text (a local file or a download) and writing a dataset folder.
 
 A dataset folder holds train.bin and val.bin (flat uint16 token ids) and meta.json, written last, so that its
-presence means the folder is complete.
+presence means the folder is complete. The synthetic memory tasks (recall, copy, needle) also write answer masks,
+train_mask.bin and val_mask.bin, and share their vocabulary, command-line flags and writer here.
 """
 
+import argparse
 import http.client
 import json
 import os
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -60,3 +64,151 @@ def write_dataset(out_dir: Path, train_ids: np.ndarray, val_ids: np.ndarray, met
     train_ids.astype(np.uint16).tofile(out_dir / "train.bin")
     val_ids.astype(np.uint16).tofile(out_dir / "val.bin")
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# --- synthetic memory tasks (data/recall, data/copy, data/needle) ----------------------------------------------------
+#
+# The three tasks share one small vocabulary, the same whatever the episode length, so a model trained on 4-segment
+# episodes can be evaluated on 16-segment ones. Fillers are disjoint from keys and values: an answer can only be the
+# key or value that the episode put there.
+
+N_FILLERS, N_KEYS, N_VALUES = 64, 16, 16
+QUERY, COPY = 0, 1  # the markers "<q>" and "<copy>"
+FILLER0 = 2
+KEY0 = FILLER0 + N_FILLERS
+VALUE0 = KEY0 + N_KEYS
+SYNTHETIC_ITOS = [
+    "<q>",
+    "<copy>",
+    *(f"f{i}" for i in range(N_FILLERS)),
+    *(f"k{i}" for i in range(N_KEYS)),
+    *(f"v{i}" for i in range(N_VALUES)),
+]  # 98 names; id i decodes to SYNTHETIC_ITOS[i]
+
+
+class UsageError(Exception):
+    """A bad command-line argument: main() prints it as one line and returns 2."""
+
+
+class EpisodeArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting, so every bad argument is one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        try:
+            value = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {s!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonnegative_int = _int_at_least(0)
+
+
+def episode_parser(description: str, default_out_dir: Path) -> EpisodeArgumentParser:
+    """The flags every synthetic task takes; the task adds its own."""
+    p = EpisodeArgumentParser(description=description)
+    p.add_argument("--out_dir", type=Path, default=default_out_dir, help="where the files go (default: here)")
+    p.add_argument("--n_segments", type=positive_int, default=4, help="segments per episode (default: 4)")
+    p.add_argument("--block_size", type=positive_int, default=16, help="tokens per segment (default: 16)")
+    p.add_argument("--train_episodes", type=positive_int, default=20000, help="episodes in train.bin (default: 20000)")
+    p.add_argument("--val_episodes", type=positive_int, default=500, help="episodes in val.bin (default: 500)")
+    p.add_argument("--seed", type=nonnegative_int, default=1337, help="numpy seed; same seed, same files (1337)")
+    return p
+
+
+def fillers(rng: np.random.Generator, n: int, episode_len: int) -> np.ndarray:
+    """(n, episode_len) random filler ids: the background a task writes its keys, values and markers into."""
+    return rng.integers(FILLER0, FILLER0 + N_FILLERS, size=(n, episode_len), dtype=np.int64)
+
+
+# generate(rng, n) -> (tokens, mask), both (n, episode_len): ids, and 1 where the token is a scored answer
+EpisodeGenerator = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
+
+
+def write_episodes(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict) -> None:
+    """For each split ("train", "val"): <split>.bin (uint16 ids) and <split>_mask.bin (uint8, 1 = answer), both
+    flat, episode after episode; then meta.json last. An old meta.json goes first, so a folder interrupted halfway
+    never looks complete, and each file appears whole (temp file, then rename)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    files: list[tuple[str, bytes]] = []
+    for split, (tokens, mask) in splits.items():
+        assert tokens.shape == mask.shape and tokens.ndim == 2, "tokens and mask must both be (episodes, episode_len)"
+        assert tokens.min() >= 0 and tokens.max() < 65536, "ids must fit in uint16"
+        files += [
+            (f"{split}.bin", tokens.astype(np.uint16).tobytes()),
+            (f"{split}_mask.bin", mask.astype(np.uint8).tobytes()),
+        ]
+    files.append(("meta.json", (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode("utf-8")))
+    for name, data in files:
+        tmp = out_dir / (name + ".tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, out_dir / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def prepare_episodes(
+    args: argparse.Namespace, task: str, generate: EpisodeGenerator, answer_len: int, settings: dict[str, int]
+) -> int:
+    """Generate train and val episodes, write them with their meta.json, print one summary line; returns 0.
+
+    Train and val draw from independent streams of the seed, so val does not change with --train_episodes."""
+    train_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(args.seed).spawn(2))
+    splits = {"train": generate(train_rng, args.train_episodes), "val": generate(val_rng, args.val_episodes)}
+    episode_len = args.n_segments * args.block_size
+    meta = {
+        "tokenizer": "synthetic",
+        "vocab_size": len(SYNTHETIC_ITOS),
+        "task": task,
+        "episode_len": episode_len,
+        "n_segments": args.n_segments,
+        "block_size": args.block_size,
+        "answer_len": answer_len,
+        # a model that knows the format but remembers nothing: each answer token right with chance 1/n_values,
+        # all answer tokens of an episode right with chance (1/n_values)^answer_len
+        "chance": 1 / N_VALUES,
+        "chance_exact": (1 / N_VALUES) ** answer_len,
+        "n_values": N_VALUES,
+        "n_keys": N_KEYS,
+        "n_fillers": N_FILLERS,
+        "train_episodes": args.train_episodes,
+        "val_episodes": args.val_episodes,
+        "train_tokens": args.train_episodes * episode_len,
+        "val_tokens": args.val_episodes * episode_len,
+        "seed": args.seed,
+        **settings,
+        "itos": SYNTHETIC_ITOS,
+    }
+    write_episodes(args.out_dir, splits, meta)
+    print(
+        f"{args.out_dir}: {task}, {args.train_episodes:,} train / {args.val_episodes:,} val episodes of "
+        f"{args.n_segments} x {args.block_size} tokens, {answer_len} answer token(s) each, chance {1 / N_VALUES:.4f}"
+    )
+    return 0
+
+
+def episode_batch(
+    tokens: np.ndarray, mask: np.ndarray, episodes: np.ndarray, episode_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reading contract of an episode-aligned split, as a reference: x, y (int64) and y_mask (bool), each
+    (B, episode_len), for the given episode indices. x = episode[0:L], y = episode[1:L] + [the next token], and y
+    counts only where y_mask is 1. The next token is the next episode's first, never an answer; after the last
+    episode there is none, so it is 0 with mask 0."""
+    idx = np.asarray(episodes, dtype=np.int64)[:, None] * episode_len + np.arange(episode_len + 1)  # (B, L+1)
+    inside = idx < len(tokens)
+    idx = np.minimum(idx, len(tokens) - 1)
+    seq = np.where(inside, tokens[idx], 0).astype(np.int64)  # (B, L+1)
+    answer = inside & (mask[idx] != 0)  # (B, L+1)
+    return seq[:, :-1], seq[:, 1:], answer[:, 1:]
