@@ -1,0 +1,242 @@
+"""Synthetic memory tasks: data/recall, data/copy and data/needle prepare.py, their writer in data/common.py and the
+"synthetic" tokenizer.
+
+Proves, on tiny settings in tmp_path, that each task writes episode-aligned uint16 bins and uint8 answer masks of
+exactly episodes * episode_len entries; that every episode has answer_len answers, all in its last segment, and that
+a hand-written oracle reading only the episode finds each masked answer where the task put it (and, with a gap, only
+in an earlier segment: without memory it is a guess); that the same seed gives the same bytes and another seed other
+bytes, and val does not depend on --train_episodes; that the vocabulary and meta.json are the same whatever
+n_segments; that episode_batch reads the contract train.py follows; that a bad argument is one line on stderr, exit 2,
+and nothing written; and that the synthetic tokenizer round-trips. One test runs a prepare.py as a user would.
+"""
+
+import functools
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from data.common import COPY, KEY0, N_KEYS, N_VALUES, QUERY, SYNTHETIC_ITOS, VALUE0, episode_batch
+from tokenizer import get_tokenizer, load_meta
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("recall", "copy", "needle")
+TINY = ["--block_size", "12", "--n_segments", "3", "--train_episodes", "40", "--val_episodes", "10"]
+
+
+@functools.cache
+def load_prepare(task: str) -> ModuleType:
+    """Import data/<task>/prepare.py as a module without running it."""
+    spec = importlib.util.spec_from_file_location(f"prepare_synthetic_{task}", ROOT / "data" / task / "prepare.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prepare(task: str, out_dir: Path, *extra: str) -> dict:
+    assert load_prepare(task).main(["--out_dir", str(out_dir), *TINY, *extra]) == 0
+    return load_meta(str(out_dir))
+
+
+def episodes(out_dir: Path, split: str, episode_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(episodes, episode_len) tokens and mask, read the way train.py reads the bins."""
+    tokens = np.memmap(out_dir / f"{split}.bin", dtype=np.uint16, mode="r")
+    mask = np.memmap(out_dir / f"{split}_mask.bin", dtype=np.uint8, mode="r")
+    assert len(tokens) == len(mask) and len(tokens) % episode_len == 0
+    return np.asarray(tokens).reshape(-1, episode_len), np.asarray(mask).reshape(-1, episode_len)
+
+
+def is_key(t: int) -> bool:
+    return KEY0 <= t < KEY0 + N_KEYS
+
+
+def is_value(t: int) -> bool:
+    return VALUE0 <= t < VALUE0 + N_VALUES
+
+
+# --- oracles: read an episode as a person would, and say where its answers are and what they must be ---------------
+
+
+def oracle_recall(ep: list[int], T: int, meta: dict) -> dict[int, int]:
+    """The value paired with the queried key in segment 1, at the last position."""
+    L = len(ep)
+    pairs: dict[int, int] = {}
+    for i in range(0, T, 2):  # the pairs are k v k v ... from the start of segment 1
+        if not is_key(ep[i]):
+            break
+        assert ep[i] not in pairs, "keys of an episode are distinct"
+        assert is_value(ep[i + 1])
+        pairs[ep[i]] = ep[i + 1]
+    assert meta["min_pairs"] <= len(pairs) <= meta["max_pairs"]
+    assert ep[L - 3] == QUERY and ep[L - 2] in pairs
+    body = ep[2 * len(pairs) : L - 3]
+    assert not any(is_key(t) or is_value(t) or t == QUERY for t in body), "only fillers between pairs and query"
+    return {L - 1: pairs[ep[L - 2]]}
+
+
+def oracle_copy(ep: list[int], T: int, meta: dict) -> dict[int, int]:
+    """The string at the start of segment 1, again after <copy>."""
+    L, C = len(ep), meta["copy_len"]
+    string = ep[:C]
+    assert all(is_value(t) for t in string)
+    assert ep[L - C - 1] == COPY
+    assert not any(is_value(t) or t == COPY for t in ep[C : L - C - 1]), "only fillers between string and <copy>"
+    return {L - C + j: string[j] for j in range(C)}
+
+
+def oracle_needle(ep: list[int], T: int, meta: dict) -> dict[int, int]:
+    """The value after the one key in the haystack, which lies in an earlier segment (the query's own without gap)."""
+    L = len(ep)
+    keys = [i for i in range(L - 3) if is_key(ep[i])]
+    assert len(keys) == 1, "exactly one fact"
+    i = keys[0]
+    assert is_value(ep[i + 1]) and i // T == (i + 1) // T, "the fact lies within one segment"
+    assert L == T or i // T < L // T - 1, "the fact is not in the last segment"
+    assert ep[L - 3] == QUERY and ep[L - 2] == ep[i]
+    assert sum(is_value(t) for t in ep[: L - 1]) == 1
+    return {L - 1: ep[i + 1]}
+
+
+ORACLES = {"recall": oracle_recall, "copy": oracle_copy, "needle": oracle_needle}
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("n_segments", [1, 3])
+def test_files_masks_and_oracle(task: str, n_segments: int, tmp_path: Path) -> None:
+    meta = prepare(task, tmp_path, "--n_segments", str(n_segments))
+    assert (meta["n_segments"], meta["block_size"], meta["episode_len"]) == (n_segments, 12, n_segments * 12)
+    S, T, L = meta["n_segments"], meta["block_size"], meta["episode_len"]
+    assert meta["task"] == task and meta["tokenizer"] == "synthetic" and meta["itos"] == SYNTHETIC_ITOS
+    assert meta["vocab_size"] == len(SYNTHETIC_ITOS) < 128 and meta["n_values"] == N_VALUES
+    assert meta["chance"] == pytest.approx(1 / N_VALUES)
+    assert meta["chance_exact"] == pytest.approx(N_VALUES ** -meta["answer_len"])
+    assert meta["answer_len"] == (4 if task == "copy" else 1)
+    assert meta["seed"] == 1337
+    for split, n in (("train", 40), ("val", 10)):
+        assert meta[f"{split}_episodes"] == n and meta[f"{split}_tokens"] == n * L
+        assert (tmp_path / f"{split}.bin").stat().st_size == n * L * 2  # uint16
+        assert (tmp_path / f"{split}_mask.bin").stat().st_size == n * L  # uint8
+        tokens, mask = episodes(tmp_path, split, L)
+        assert tokens.shape == (n, L) and set(np.unique(mask)) <= {0, 1}
+        assert (mask.sum(axis=1) == meta["answer_len"]).all()
+        assert not mask[:, : (S - 1) * T].any(), "every answer in the last segment"
+        assert not mask[:, 0].any(), "the first token of an episode, a target of the previous one, is never scored"
+        for ep, m in zip(tokens.tolist(), mask, strict=True):
+            answers = ORACLES[task](ep, T, meta)
+            assert sorted(answers) == np.flatnonzero(m).tolist()
+            assert all(ep[i] == v for i, v in answers.items())
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_seeds(task: str, tmp_path: Path) -> None:
+    a, b, c, d = (tmp_path / x for x in "abcd")
+    prepare(task, a)
+    prepare(task, b)
+    prepare(task, c, "--seed", "7")
+    prepare(task, d, "--train_episodes", "5")
+    for name in ("train.bin", "train_mask.bin", "val.bin", "val_mask.bin", "meta.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs for the same seed"
+    for name in ("train.bin", "val.bin"):
+        assert (a / name).read_bytes() != (c / name).read_bytes(), f"{name} is the same for another seed"
+    assert (a / "val.bin").read_bytes() == (d / "val.bin").read_bytes(), "val depends on --train_episodes"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_vocabulary_independent_of_length(task: str, tmp_path: Path) -> None:
+    metas = [prepare(task, tmp_path / str(s), "--n_segments", str(s)) for s in (1, 2, 6)]
+    varying = {"n_segments", "episode_len", "train_tokens", "val_tokens"}
+    for meta in metas[1:]:
+        assert meta.keys() == metas[0].keys()
+        assert {k: v for k, v in meta.items() if k not in varying} == {
+            k: v for k, v in metas[0].items() if k not in varying
+        }
+
+
+def test_needle_fact_reaches_every_earlier_segment(tmp_path: Path) -> None:
+    """At 16 segments (the length-generalisation eval) the fact lands in all 15 earlier segments, never the last."""
+    meta = prepare("needle", tmp_path, "--n_segments", "16", "--train_episodes", "400")
+    tokens, _ = episodes(tmp_path, "train", meta["episode_len"])
+    is_fact_key = (tokens >= KEY0) & (tokens < KEY0 + N_KEYS)
+    is_fact_key[:, -2] = False  # the query's key
+    rows, cols = np.nonzero(is_fact_key)
+    assert (np.bincount(rows, minlength=400) == 1).all()
+    assert set((cols // meta["block_size"]).tolist()) == set(range(15))
+
+
+def test_episode_batch_contract(tmp_path: Path) -> None:
+    """x is the episode, y the episode shifted by one; only answers count; the last episode's final target pads."""
+    meta = prepare("copy", tmp_path)
+    L = meta["episode_len"]
+    tokens = np.memmap(tmp_path / "val.bin", dtype=np.uint16, mode="r")
+    mask = np.memmap(tmp_path / "val_mask.bin", dtype=np.uint8, mode="r")
+    eps, m = episodes(tmp_path, "val", L)
+    x, y, y_mask = episode_batch(tokens, mask, np.array([2, 9]), L)  # 9 is the last of 10 episodes
+    assert x.shape == y.shape == y_mask.shape == (2, L)
+    assert (x == eps[[2, 9]]).all()
+    assert (y[:, :-1] == eps[[2, 9], 1:]).all() and y[0, -1] == eps[3, 0] and y[1, -1] == 0
+    assert (y_mask[:, :-1] == m[[2, 9], 1:]).all() and not y_mask[:, -1].any()
+    assert y_mask.sum() == 2 * meta["answer_len"]
+    # the scored targets are exactly the answers the oracle names, each predicted from the tokens before it
+    for row, e in zip(range(2), (2, 9), strict=True):
+        answers = oracle_copy(eps[e].tolist(), meta["block_size"], meta)
+        assert {i + 1: int(y[row, i]) for i in np.flatnonzero(y_mask[row])} == answers
+
+
+BAD_ARGS = [
+    ("recall", ["--n_segments", "0"], "--n_segments"),
+    ("recall", ["--block_size", "7", "--max_pairs", "4"], "--block_size 7"),
+    ("recall", ["--n_segments", "1", "--block_size", "10"], "--block_size 10"),
+    ("recall", ["--min_pairs", "3", "--max_pairs", "2"], "--min_pairs 3"),
+    ("recall", ["--max_pairs", "17", "--block_size", "64"], "--max_pairs 17"),
+    ("copy", ["--copy_len", "16"], "--copy_len 16"),
+    ("copy", ["--train_episodes", "many"], "--train_episodes"),
+    ("needle", ["--n_segments", "1", "--block_size", "4"], "--block_size 4"),
+    ("needle", ["--seed", "-1"], "--seed"),
+    ("needle", ["--copy_len", "3"], "--copy_len"),
+]
+
+
+@pytest.mark.parametrize(("task", "args", "named"), BAD_ARGS)
+def test_bad_argument(
+    task: str, args: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "out"
+    assert load_prepare(task).main(["--out_dir", str(out_dir), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
+    assert not out_dir.exists()
+
+
+def test_synthetic_tokenizer_round_trip(tmp_path: Path) -> None:
+    tok = get_tokenizer(prepare("recall", tmp_path))
+    ids = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)[:100].tolist()
+    text = tok.decode(ids)
+    assert tok.encode(text) == ids
+    assert tok.decode(tok.encode("k3 v7 <q>  f12\n")) == "k3 v7 <q> f12"
+    with pytest.raises(ValueError, match="'x9' is not in the synthetic vocabulary"):
+        tok.encode("k3 x9")
+    with pytest.raises(ValueError, match="synthetic tokenizer"):
+        get_tokenizer({"tokenizer": "synthetic", "itos": ["a b"]})
+
+
+def test_prepare_as_a_user_would(tmp_path: Path) -> None:
+    """A subprocess, the way data/README.md says to run it; a bad argument is one line and exit 2."""
+    script = str(ROOT / "data" / "needle" / "prepare.py")
+    done = subprocess.run(
+        [sys.executable, script, "--out_dir", str(tmp_path), "--n_segments", "16", "--val_episodes", "3"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "needle, 20,000 train / 3 val episodes of 16 x 16 tokens" in done.stdout
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert (tmp_path / "val_mask.bin").stat().st_size == 3 * meta["episode_len"] == 3 * 256
+    bad = subprocess.run([sys.executable, script, "--block_size", "x"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--block_size" in bad.stderr
