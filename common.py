@@ -89,8 +89,9 @@ def measure_matmul_flops(device: str, dtype: torch.dtype, n: int = 1024, reps: i
     """Achieved FLOP/s of an n x n matmul on the device (best of reps)."""
     if device == "cpu" and dtype != torch.float32:
         dtype = torch.float32  # CPU autocast runs matmuls in float32 on most CPUs
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # its own generator: measuring must not move the global RNG of a run
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     best = float("inf")
     for _ in range(reps):
         synchronize(device)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
@@ -151,11 +152,12 @@ class BatchSampler:
     so a resumed run draws exactly the batches the uninterrupted run would have drawn. Every DDP rank draws the
     whole global batch of a step and keeps its own share, so the ranks together see what one process would."""
 
-    def __init__(self, n_tokens: int, seq_len: int, seed: int) -> None:
+    def __init__(self, n_tokens: int, seq_len: int, seed: int, align: int = 1) -> None:
         if n_tokens < seq_len + 1:
             raise ValueError(f"the data holds {n_tokens} tokens, fewer than one sequence of {seq_len} + 1")
         self.n_tokens = n_tokens
         self.seq_len = seq_len
+        self.align = align  # offsets are multiples of this: the episode length of an episode-aligned dataset
         self.generator = torch.Generator().manual_seed(seed)
 
     def draw(self, n: int, seq_len: int | None = None) -> torch.Tensor:
@@ -163,7 +165,10 @@ class BatchSampler:
         seq_len = self.seq_len if seq_len is None else seq_len
         if self.n_tokens < seq_len + 1:
             raise ValueError(f"the data holds {self.n_tokens} tokens, fewer than one sequence of {seq_len} + 1")
-        return torch.randint(self.n_tokens - seq_len, (n,), generator=self.generator)
+        # the last offset leaves room for the target of the sequence's final token
+        return (
+            torch.randint((self.n_tokens - seq_len - 1) // self.align + 1, (n,), generator=self.generator) * self.align
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "seq_len": self.seq_len}
@@ -191,10 +196,16 @@ def rank_offsets(
     return offsets[rank * accum_local : (rank + 1) * accum_local]  # (accum_local, B)
 
 
-def get_batch(data: np.ndarray, offsets: torch.Tensor, seq_len: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs x and next-token targets y, both (B, seq_len), from the uint16 token array at the given offsets."""
+def get_batch(
+    data: np.ndarray, offsets: torch.Tensor, seq_len: int, device: str, mask: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs x and next-token targets y, both (B, seq_len), from the uint16 token array at the given offsets.
+    With an answer mask (synthetic tasks), targets whose token is not an answer are -1: only answers count."""
     x = torch.stack([torch.from_numpy(data[i : i + seq_len].astype(np.int64)) for i in offsets.tolist()])
     y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + seq_len].astype(np.int64)) for i in offsets.tolist()])
+    if mask is not None:
+        answer = torch.stack([torch.from_numpy(mask[i + 1 : i + 1 + seq_len] != 0) for i in offsets.tolist()])
+        y = y.masked_fill(~answer, -1)
     if device.startswith("cuda"):
         # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
@@ -206,28 +217,57 @@ def open_split(data_dir: str, split: str) -> np.ndarray:
     return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
 
 
+def open_mask(data_dir: str, split: str) -> np.ndarray | None:
+    """The split's answer mask (uint8, 1 = a scored answer token) if the dataset has one, else None."""
+    path = os.path.join(data_dir, f"{split}_mask.bin")
+    return np.memmap(path, dtype=np.uint8, mode="r") if os.path.exists(path) else None
+
+
 @torch.no_grad()
 def estimate_loss(
-    model: GPT, data_dir: str, seq_len: int, cfg: TrainConfig, device: str, dtype: str
-) -> dict[str, float]:
-    """Mean language-model loss over eval_iters batches of each split ('train', 'val'), and with memory the mean
-    unweighted auxiliary losses ('train_load_balance', ...). The batches are the same at every evaluation (a
-    fixed seed), so successive estimates differ by the model alone."""
-    out: dict[str, float] = {}
+    model: GPT, data_dir: str, seq_len: int, cfg: TrainConfig, device: str, dtype: str, align: int = 1
+) -> dict[str, Any]:
+    """Evaluate eval_iters batches of each split ('train', 'val'); the batches are the same at every evaluation
+    (a fixed seed), so successive estimates differ by the model alone. Returns per split:
+    - split: the mean language-model loss (over answer tokens only where the dataset has an answer mask);
+    - split_seg_loss: that loss per segment index, a list of n_segments values;
+    - split_acc_token, split_acc_answer: with an answer mask, the share of answer tokens predicted right
+      (greedy) and of answers (all tokens of a sequence's answer) entirely right;
+    - split_load_balance, split_entropy: with memory of k > 1 experts, the unweighted auxiliary losses."""
+    out: dict[str, Any] = {}
     model.eval()
+    T = model.config.block_size
+    n_seg = -(-seq_len // T)
     for split in ("train", "val"):
-        data = open_split(data_dir, split)
-        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1)
-        sums: dict[str, float] = {}
+        data, mask = open_split(data_dir, split), open_mask(data_dir, split)
+        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1, align=align)
+        seg_sum, seg_count = torch.zeros(n_seg), torch.zeros(n_seg)
+        sums = {"tok_right": 0.0, "tok": 0.0, "ans_right": 0.0, "ans": 0.0}
+        aux: dict[str, float] = {}
         for _ in range(cfg.eval_iters):
-            X, Y = get_batch(data, sampler.draw(cfg.batch_size), seq_len, device)
+            X, Y = get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, mask)
             with autocast(device, dtype):
                 result = model.forward_segments(X, Y)
-            assert result.lm_loss is not None
-            values = {split: result.lm_loss, **{f"{split}_{k}": v for k, v in result.aux.items()}}
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value.item() / cfg.eval_iters
-        out.update(sums)
+            logits = result.logits.float()
+            valid = Y != -1  # (B, L)
+            ce = F.cross_entropy(logits.transpose(1, 2), Y, ignore_index=-1, reduction="none")  # (B, L)
+            seg = torch.arange(seq_len, device=Y.device) // T  # (L,) segment index of each position
+            seg_sum += torch.zeros(n_seg, device=Y.device).index_add_(0, seg, (ce * valid).sum(0)).cpu()
+            seg_count += torch.zeros(n_seg, device=Y.device).index_add_(0, seg, valid.sum(0).float()).cpu()
+            right = (logits.argmax(-1) == Y) | ~valid
+            has_answer = valid.any(dim=1)
+            sums["tok_right"] += ((logits.argmax(-1) == Y) & valid).sum().item()
+            sums["tok"] += valid.sum().item()
+            sums["ans_right"] += (right.all(dim=1) & has_answer).sum().item()
+            sums["ans"] += has_answer.sum().item()
+            for k, v in result.aux.items():
+                aux[f"{split}_{k}"] = aux.get(f"{split}_{k}", 0.0) + v.item() / cfg.eval_iters
+        out[split] = (seg_sum.sum() / seg_count.sum().clamp_min(1)).item()
+        out[f"{split}_seg_loss"] = [round(v, 5) for v in (seg_sum / seg_count.clamp_min(1)).tolist()]
+        if mask is not None:
+            out[f"{split}_acc_token"] = sums["tok_right"] / max(1.0, sums["tok"])
+            out[f"{split}_acc_answer"] = sums["ans_right"] / max(1.0, sums["ans"])
+        out.update(aux)
     model.train()
     return out
 
@@ -365,6 +405,13 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
     model, ckpt = init_model(cfg, model_cfg, meta, explicit)
     model_cfg = model.config
     seq_len = model_cfg.block_size * cfg.n_segments
+    # an episode-aligned dataset (the synthetic tasks): every sequence is exactly one episode
+    align = int(meta.get("episode_len", 1))
+    if align > 1 and (seq_len != align or cfg.segment_curriculum):
+        raise ValueError(
+            f"dataset '{cfg.dataset}' holds episodes of {align} tokens: block_size * n_segments must equal it "
+            f"(now {model_cfg.block_size} * {cfg.n_segments}), with no segment_curriculum"
+        )
     model.gradient_checkpointing = cfg.gradient_checkpointing
     model.to(device)
     raw_model = model
@@ -372,7 +419,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
     # initialize a GradScaler. If enabled=False scaler is a no-op
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    train_sampler = BatchSampler(len(open_split(data_dir, "train")), seq_len, seed=cfg.seed)
+    train_sampler = BatchSampler(len(open_split(data_dir, "train")), seq_len, seed=cfg.seed, align=align)
     iter_num, best_val_loss, tokens_seen = 0, 1e9, 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -422,7 +469,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         }
 
     # training loop
-    train_data = open_split(data_dir, "train")
+    train_data, train_mask = open_split(data_dir, "train"), open_mask(data_dir, "train")
     start_iter = iter_num
     progress = tqdm(total=cfg.max_iters, initial=iter_num, disable=not master_process, desc="train", dynamic_ncols=True)
     t0 = time.time()
@@ -435,13 +482,16 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         # evaluate the loss on train/val sets and write checkpoints (a resumed run already did at its first step)
         evaluate_now = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
         if evaluate_now and master_process and (cfg.eval_only or iter_num > start_iter or cfg.init_from != "resume"):
-            losses = estimate_loss(raw_model, data_dir, seq_len, cfg, device, dtype)
-            aux = {k: v for k, v in losses.items() if k not in ("train", "val")}
-            aux_str = "".join(f", {k} {v:.4f}" for k, v in aux.items())
-            progress.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{aux_str}")
+            losses = estimate_loss(raw_model, data_dir, seq_len, cfg, device, dtype, align)
+            extra = {k: v for k, v in losses.items() if k not in ("train", "val")}
+            scalars = {k: v for k, v in extra.items() if isinstance(v, float) and not k.startswith("train_")}
+            line = "".join(f", {k} {v:.4f}" for k, v in scalars.items())
+            progress.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{line}")
             record = {"event": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
-            append_metrics(cfg.out_dir, {**record, **aux, "lr": lr, "tokens": tokens_seen})
-            run.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr, **aux})
+            append_metrics(cfg.out_dir, {**record, **extra, "lr": lr, "tokens": tokens_seen})
+            per_segment = {f"val/seg_loss_{i}": v for i, v in enumerate(losses["val_seg_loss"])}
+            run.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+                     **{k: v for k, v in extra.items() if isinstance(v, float)}, **per_segment})  # fmt: skip
             if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0:
@@ -457,7 +507,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         offsets = rank_offsets(train_sampler, accum_global, cfg.batch_size, ddp_rank, ddp_world_size, train_len)
         step_loss = torch.zeros((), device=device)
         for micro_step in range(accum_local):
-            X, Y = get_batch(train_data, offsets[micro_step], train_len, device)
+            X, Y = get_batch(train_data, offsets[micro_step], train_len, device, train_mask)
             if ddp:
                 # in DDP training we only need to sync gradients at the last micro step.
                 model.require_backward_grad_sync = micro_step == accum_local - 1  # type: ignore[assignment]
