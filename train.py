@@ -105,12 +105,15 @@ class TrainConfig:
     bptt_segments: int = 0  # gradients flow back through this many segments at a time; 0 = all of them
     segment_curriculum: list[int] = field(default_factory=list)  # e.g. [2, 4, 6]: segments per sequence in equal
     # stages of the run (the last stage usually equals n_segments); empty = n_segments throughout
+    curriculum_iters: int = 0  # iterations the curriculum's stages span; 0 = max_iters (like lr_decay_iters)
 
     def __post_init__(self) -> None:
         positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size")
         for name in (*positive, "n_segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
+        if self.curriculum_iters < 0:
+            raise ValueError(f"curriculum_iters = {self.curriculum_iters} must be >= 0 (0 = max_iters)")
         if self.bptt_segments < 0:
             raise ValueError(f"bptt_segments = {self.bptt_segments} must be >= 0 (0 = through all segments)")
         if any(n < 1 for n in self.segment_curriculum):
@@ -152,13 +155,15 @@ class BatchSampler:
     so a resumed run draws exactly the batches the uninterrupted run would have drawn. Every DDP rank draws the
     whole global batch of a step and keeps its own share, so the ranks together see what one process would."""
 
-    def __init__(self, n_tokens: int, seq_len: int, seed: int, align: int = 1) -> None:
+    def __init__(
+        self, n_tokens: int, seq_len: int, seed: int, align: int = 1, generator: torch.Generator | None = None
+    ) -> None:
         if n_tokens < seq_len + 1:
             raise ValueError(f"the data holds {n_tokens} tokens, fewer than one sequence of {seq_len} + 1")
         self.n_tokens = n_tokens
         self.seq_len = seq_len
         self.align = align  # offsets are multiples of this: the episode length of an episode-aligned dataset
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
 
     def draw(self, n: int, seq_len: int | None = None) -> torch.Tensor:
         """n sequence start offsets (n,), each leaving room for seq_len + 1 tokens (the sampler's by default)."""
@@ -182,7 +187,8 @@ def segments_at(it: int, cfg: TrainConfig) -> int:
     stages = cfg.segment_curriculum
     if not stages:
         return cfg.n_segments
-    return stages[min(len(stages) - 1, it * len(stages) // max(1, cfg.max_iters))]
+    span = cfg.curriculum_iters or cfg.max_iters
+    return stages[min(len(stages) - 1, it * len(stages) // max(1, span))]
 
 
 def rank_offsets(
@@ -272,8 +278,9 @@ def estimate_loss(
     return out
 
 
-def ensure_data(data_dir: str, dataset: str) -> None:
-    """Run data/<dataset>/prepare.py when the bins are missing; its own message says what to do if it cannot."""
+def ensure_data(data_dir: str, dataset: str, prepare_args: list[str] | None = None) -> None:
+    """Run data/<dataset>/prepare.py (with prepare_args) when the bins are missing; its own message says what to do
+    if it cannot."""
     if all(os.path.exists(os.path.join(data_dir, f)) for f in ("train.bin", "val.bin", "meta.json")):
         return
     script = ROOT / "data" / dataset / "prepare.py"
@@ -282,9 +289,18 @@ def ensure_data(data_dir: str, dataset: str) -> None:
             f"dataset '{dataset}': no train.bin/val.bin/meta.json in {data_dir} and no {script} to make them"
         )
     print(f"{data_dir} has no prepared data: running {script.relative_to(ROOT)}")
-    result = subprocess.run([sys.executable, str(script), "--out_dir", data_dir])
+    result = subprocess.run([sys.executable, str(script), *(prepare_args or []), "--out_dir", data_dir])
     if result.returncode != 0:
         raise ValueError(f"preparing dataset '{dataset}' failed (see the message above)")
+
+
+def episode_dir(data_dir: str, meta: dict[str, Any], n_segments: int, block_size: int) -> str:
+    """Where a run finds sequences of n_segments segments of block_size tokens. Text: the dataset's folder, cut
+    anywhere. An episode dataset (a synthetic task): its own folder if its episodes have that shape, else a sibling
+    folder `<folder>_s<n>_t<T>` holding the same task at that length, made by its prepare.py (see ensure_data)."""
+    if "episode_len" not in meta or (meta["n_segments"], meta["block_size"]) == (n_segments, block_size):
+        return data_dir
+    return f"{data_dir.rstrip(os.sep)}_s{n_segments}_t{block_size}"
 
 
 def append_metrics(out_dir: str, record: dict[str, Any]) -> None:
@@ -405,13 +421,18 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
     model, ckpt = init_model(cfg, model_cfg, meta, explicit)
     model_cfg = model.config
     seq_len = model_cfg.block_size * cfg.n_segments
-    # an episode-aligned dataset (the synthetic tasks): every sequence is exactly one episode
-    align = int(meta.get("episode_len", 1))
-    if align > 1 and (seq_len != align or cfg.segment_curriculum):
-        raise ValueError(
-            f"dataset '{cfg.dataset}' holds episodes of {align} tokens: block_size * n_segments must equal it "
-            f"(now {model_cfg.block_size} * {cfg.n_segments}), with no segment_curriculum"
-        )
+    # every segment count the run uses, with where its data lives: an episode dataset (a synthetic task) holds one
+    # length per folder, and a sequence is exactly one episode; text is cut to any length from one folder
+    episodic = "episode_len" in meta
+    stage_dirs = {
+        n: episode_dir(data_dir, meta, n, model_cfg.block_size) for n in {cfg.n_segments, *cfg.segment_curriculum}
+    }
+    if master_process and episodic:
+        for n, folder in stage_dirs.items():
+            prepare_args = [*meta["prepare_args"], "--n_segments", str(n), "--block_size", str(model_cfg.block_size)]
+            ensure_data(folder, cfg.dataset, prepare_args)
+    if ddp:
+        torch.distributed.barrier()
     model.gradient_checkpointing = cfg.gradient_checkpointing
     model.to(device)
     raw_model = model
@@ -419,7 +440,14 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
     # initialize a GradScaler. If enabled=False scaler is a no-op
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    train_sampler = BatchSampler(len(open_split(data_dir, "train")), seq_len, seed=cfg.seed, align=align)
+    # one generator draws every batch, whatever the stage, so its state alone makes a resume exact
+    generator = torch.Generator().manual_seed(cfg.seed)
+    stages: dict[int, tuple[BatchSampler, np.ndarray, np.ndarray | None]] = {}
+    for n, folder in stage_dirs.items():
+        tokens, n_len = open_split(folder, "train"), model_cfg.block_size * n
+        sampler = BatchSampler(len(tokens), n_len, cfg.seed, align=n_len if episodic else 1, generator=generator)
+        stages[n] = (sampler, tokens, open_mask(folder, "train"))
+    train_sampler = stages[cfg.n_segments][0]
     iter_num, best_val_loss, tokens_seen = 0, 1e9, 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -469,7 +497,6 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         }
 
     # training loop
-    train_data, train_mask = open_split(data_dir, "train"), open_mask(data_dir, "train")
     start_iter = iter_num
     progress = tqdm(total=cfg.max_iters, initial=iter_num, disable=not master_process, desc="train", dynamic_ncols=True)
     t0 = time.time()
@@ -482,7 +509,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         # evaluate the loss on train/val sets and write checkpoints (a resumed run already did at its first step)
         evaluate_now = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
         if evaluate_now and master_process and (cfg.eval_only or iter_num > start_iter or cfg.init_from != "resume"):
-            losses = estimate_loss(raw_model, data_dir, seq_len, cfg, device, dtype, align)
+            eval_dir = stage_dirs[cfg.n_segments]
+            losses = estimate_loss(raw_model, eval_dir, seq_len, cfg, device, dtype, seq_len if episodic else 1)
             extra = {k: v for k, v in losses.items() if k not in ("train", "val")}
             scalars = {k: v for k, v in extra.items() if isinstance(v, float) and not k.startswith("train_")}
             line = "".join(f", {k} {v:.4f}" for k, v in scalars.items())
@@ -502,9 +530,11 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
 
         # forward backward update, with optional gradient accumulation to simulate larger batch size;
         # all ranks draw the step's global batch from the shared sampler and each keeps its own micro-steps
-        train_len = model_cfg.block_size * segments_at(iter_num, cfg)
+        n_now = segments_at(iter_num, cfg)
+        train_len = model_cfg.block_size * n_now
+        stage_sampler, train_data, train_mask = stages[n_now]
         tokens_per_iter = accum_global * cfg.batch_size * train_len
-        offsets = rank_offsets(train_sampler, accum_global, cfg.batch_size, ddp_rank, ddp_world_size, train_len)
+        offsets = rank_offsets(stage_sampler, accum_global, cfg.batch_size, ddp_rank, ddp_world_size, train_len)
         step_loss = torch.zeros((), device=device)
         for micro_step in range(accum_local):
             X, Y = get_batch(train_data, offsets[micro_step], train_len, device, train_mask)

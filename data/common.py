@@ -189,6 +189,13 @@ def prepare_episodes(
         "val_tokens": args.val_episodes * episode_len,
         "seed": args.seed,
         **settings,
+        # what regenerates these episodes at another length (train.py's segment curriculum and length sweeps)
+        "prepare_args": [
+            a
+            for k, v in sorted(vars(args).items())
+            if k not in ("out_dir", "n_segments", "block_size")
+            for a in (f"--{k}", str(v))
+        ],
         "itos": SYNTHETIC_ITOS,
     }
     write_episodes(args.out_dir, splits, meta)
