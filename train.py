@@ -420,6 +420,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
     meta = load_meta(data_dir)  # the tokenizer travels in the checkpoint, so sample.py needs no data folder
     model, ckpt = init_model(cfg, model_cfg, meta, explicit)
     model_cfg = model.config
+    n_memory = sum(p.numel() for p in model.memory.parameters()) if model.memory is not None else 0
+    print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M (memory {n_memory / 1e6:.2f}M)")
     seq_len = model_cfg.block_size * cfg.n_segments
     # every segment count the run uses, with where its data lives: an episode dataset (a synthetic task) holds one
     # length per folder, and a sequence is exactly one episode; text is cut to any length from one folder

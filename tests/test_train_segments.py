@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,41 @@ def test_memory_run_with_curriculum_resumes_exactly(shakespeare_char_data: Path,
     with pytest.raises(SystemExit) as e:
         train.main([*base, f"--out_dir={tmp_path / 'split'}", "--max_iters=8", "--init_from=resume", "--gmm_experts=4"])
     assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_memory_under_ddp_equals_one_process(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    """Two gloo processes train a GMM model with segments exactly as one process does (same losses, weights)."""
+    args = [*TINY, f"--data_dir={shakespeare_char_data}", "--dataset=shakespeare_char", "--block_size=8",
+            "--n_segments=2", "--gmm_experts=2", "--gradient_accumulation_steps=2", "--max_iters=3",
+            "--eval_interval=3", "--lr_decay_iters=3"]  # fmt: skip
+    train.main([*args, f"--out_dir={tmp_path / 'one'}"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*cmd, *args, f"--out_dir={tmp_path / 'ddp'}"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def losses(out: Path) -> list[float]:
+        return [r["loss"] for r in metrics(out) if r["event"] == "train"]
+
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    one = torch.load(tmp_path / "one" / "ckpt.pt", weights_only=True)["model"]
+    ddp = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)["model"]
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], rtol=0, atol=1e-5)
+
+
+def test_memory_trains_under_bf16_autocast() -> None:
+    """AMP: a memory model's forward and backward run under bf16 autocast, with a finite loss near float32's."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=32, gmm_experts=4, gmm_slots=2))
+    idx = torch.randint(50, (2, 24))
+    _, loss32 = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss16 = model(idx, idx)
+    assert loss16 is not None and loss32 is not None and torch.isfinite(loss16)
+    assert abs(loss16.item() - loss32.item()) < 0.05
+    loss16.backward()
+    assert model.memory is not None and model.memory.write_emb.grad is not None
