@@ -282,8 +282,8 @@ class GPT(nn.Module):
         for s, start in enumerate(range(0, L, T)):
             if memory is not None and bptt_segments > 0 and s > 0 and s % bptt_segments == 0:
                 memory = Memory(memory.experts.detach(), memory.route.detach())
-            last_only = targets is None and start + T < L  # only the final position's logits are needed
-            logits, memory, routing = self.segment(idx[:, start : start + T], memory, skip_logits=last_only)
+            skip = targets is None and start + T < L  # without targets only the final segment's logits are used
+            logits, memory, routing = self.segment(idx[:, start : start + T], memory, skip_logits=skip)
             if logits is not None:
                 logits_all.append(logits)
             if routing is not None:
