@@ -267,3 +267,23 @@ def test_memory_state_is_explicit() -> None:
     assert len(full.routing) == 2 and full.routing[0].probs.shape == (2, 4)
     with pytest.raises(ValueError, match="gmm_init"):
         gmm.parse_init("learned,learned", 3)
+
+
+@pytest.mark.slow
+def test_compiled_memory_model_equals_eager() -> None:
+    """torch.compile keeps working with memory on: the same loss and gradients as eager mode."""
+    model = tiny(gmm_experts=4)
+    model.train()
+    idx = torch.randint(V, (2, 2 * T))
+    _, loss = model(idx, idx)
+    assert loss is not None
+    loss.backward()
+    eager = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    _, loss_c = torch.compile(model)(idx, idx)
+    assert loss_c is not None
+    loss_c.backward()
+    assert torch.allclose(loss_c, loss, atol=1e-5)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(p.grad, eager[name], atol=1e-5), name
