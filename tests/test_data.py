@@ -226,7 +226,7 @@ def test_missing_bpe_files_say_to_set_tiktoken_cache_dir(
 
 
 def test_tokenizer_errors_are_one_line() -> None:
-    with pytest.raises(ValueError, match=r"^unknown tokenizer 'x': known are char, gpt2$"):
+    with pytest.raises(ValueError, match=r"^unknown tokenizer 'x': known are char, gpt2, synthetic$"):
         get_tokenizer({"tokenizer": "x"})
 
     tok = get_tokenizer({"tokenizer": "char", "itos": list("ehlo ")})
