@@ -1,5 +1,5 @@
 # The quick start: a small character-level GPT on tiny-shakespeare that reads 4 segments of 64 characters in a
-# row, carrying a gated memory mixture of 4 experts from each segment to the next. About 10 minutes on a 2-core CPU.
+# row, carrying a gated memory mixture of 4 experts from each segment to the next. About 5 minutes on a 2-core CPU.
 # $ python train.py config/train_gmm_shakespeare.py
 # Baselines on the same data and schedule: --gmm_experts=0 (no memory), --gmm_experts=1 (one bank, RMT).
 # On a GPU scale it up from the command line, e.g.
