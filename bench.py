@@ -113,6 +113,16 @@ class PeakMemory:
         return self.rss
 
 
+def finish_profile(prof: Any, out_dir: str, mode: str) -> dict[str, Any]:
+    """Stop the profiler, if one ran, and write its Chrome trace; the result dict names the file."""
+    if prof is None:
+        return {}
+    prof.stop()
+    os.makedirs(out_dir, exist_ok=True)
+    prof.export_chrome_trace(trace_path(out_dir, mode))
+    return {"trace": trace_path(out_dir, mode)}
+
+
 def trace_path(out_dir: str, mode: str) -> str:
     """Chrome trace JSON (chrome://tracing, https://ui.perfetto.dev); the .pt.trace.json ending lets TensorBoard's
     profiler plugin find it too (tensorboard --logdir <out_dir>)."""
@@ -188,12 +198,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
         memory.sample()
         print(f"iter {i}: {times[-1] * 1000:.2f} ms, loss {loss:.4f}")
-    result: dict[str, Any] = {}
-    if prof is not None:
-        prof.stop()
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        prof.export_chrome_trace(trace_path(cfg.out_dir, "train"))
-        result["trace"] = trace_path(cfg.out_dir, "train")
+    result = finish_profile(prof, cfg.out_dir, "train")
     dt = statistics.median(times)
     tokens = cfg.batch_size * T
     flops = peak_flops(device, dtype)
@@ -250,12 +255,7 @@ def bench_sample(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
             seconds[name] = time.perf_counter() - t0
         memory.sample()
         print(f"{name}: {seconds[name]:.3f} s")
-    result: dict[str, Any] = {}
-    if prof is not None:
-        prof.stop()
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        prof.export_chrome_trace(trace_path(cfg.out_dir, "sample"))
-        result["trace"] = trace_path(cfg.out_dir, "sample")
+    result = finish_profile(prof, cfg.out_dir, "sample")
     same = torch.equal(outputs["kv_cache"], outputs["no_cache"])
     differ = (outputs["kv_cache"] != outputs["no_cache"]).any(dim=0).nonzero()
     n_new = cfg.batch_size * cfg.new_tokens

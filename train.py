@@ -165,15 +165,10 @@ class BatchSampler:
         self.align = align  # offsets are multiples of this: the episode length of an episode-aligned dataset
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
 
-    def draw(self, n: int, seq_len: int | None = None) -> torch.Tensor:
-        """n sequence start offsets (n,), each leaving room for seq_len + 1 tokens (the sampler's by default)."""
-        seq_len = self.seq_len if seq_len is None else seq_len
-        if self.n_tokens < seq_len + 1:
-            raise ValueError(f"the data holds {self.n_tokens} tokens, fewer than one sequence of {seq_len} + 1")
-        # the last offset leaves room for the target of the sequence's final token
-        return (
-            torch.randint((self.n_tokens - seq_len - 1) // self.align + 1, (n,), generator=self.generator) * self.align
-        )
+    def draw(self, n: int) -> torch.Tensor:
+        """n sequence start offsets (n,), each leaving room for seq_len + 1 tokens (the last for the final target)."""
+        high = (self.n_tokens - self.seq_len - 1) // self.align + 1
+        return torch.randint(high, (n,), generator=self.generator) * self.align
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "seq_len": self.seq_len}
@@ -191,14 +186,12 @@ def segments_at(it: int, cfg: TrainConfig) -> int:
     return stages[min(len(stages) - 1, it * len(stages) // max(1, span))]
 
 
-def rank_offsets(
-    sampler: BatchSampler, accum_global: int, batch_size: int, rank: int, world_size: int, seq_len: int | None = None
-) -> torch.Tensor:
+def rank_offsets(sampler: BatchSampler, accum_global: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
     """This rank's share of one step's global batch, (accum_global // world_size, batch_size) offsets: every rank
     draws the whole (accum_global, batch_size) batch, so all samplers stay in step, and keeps its own block of
     micro-steps, rows [rank * accum_local, (rank + 1) * accum_local)."""
     accum_local = accum_global // world_size
-    offsets = sampler.draw(accum_global * batch_size, seq_len).view(accum_global, batch_size)  # (accum_global, B)
+    offsets = sampler.draw(accum_global * batch_size).view(accum_global, batch_size)  # (accum_global, B)
     return offsets[rank * accum_local : (rank + 1) * accum_local]  # (accum_local, B)
 
 
@@ -260,11 +253,11 @@ def estimate_loss(
             seg = torch.arange(seq_len, device=Y.device) // T  # (L,) segment index of each position
             seg_sum += torch.zeros(n_seg, device=Y.device).index_add_(0, seg, (ce * valid).sum(0)).cpu()
             seg_count += torch.zeros(n_seg, device=Y.device).index_add_(0, seg, valid.sum(0).float()).cpu()
-            right = (logits.argmax(-1) == Y) | ~valid
+            hit = (logits.argmax(-1) == Y) & valid  # (B, L) answer tokens predicted right
             has_answer = valid.any(dim=1)
-            sums["tok_right"] += ((logits.argmax(-1) == Y) & valid).sum().item()
+            sums["tok_right"] += hit.sum().item()
             sums["tok"] += valid.sum().item()
-            sums["ans_right"] += (right.all(dim=1) & has_answer).sum().item()
+            sums["ans_right"] += ((hit | ~valid).all(dim=1) & has_answer).sum().item()
             sums["ans"] += has_answer.sum().item()
             for k, v in result.aux.items():
                 aux[f"{split}_{k}"] = aux.get(f"{split}_{k}", 0.0) + v.item() / cfg.eval_iters
@@ -536,7 +529,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         train_len = model_cfg.block_size * n_now
         stage_sampler, train_data, train_mask = stages[n_now]
         tokens_per_iter = accum_global * cfg.batch_size * train_len
-        offsets = rank_offsets(stage_sampler, accum_global, cfg.batch_size, ddp_rank, ddp_world_size, train_len)
+        offsets = rank_offsets(stage_sampler, accum_global, cfg.batch_size, ddp_rank, ddp_world_size)
         step_loss = torch.zeros((), device=device)
         for micro_step in range(accum_local):
             X, Y = get_batch(train_data, offsets[micro_step], train_len, device, train_mask)
