@@ -1,28 +1,35 @@
 """
-Benchmark a GPT: training step time, tokens/s, MFU and peak memory, or generation speed with and without the KV cache.
+Benchmark a GPT: training step time, tokens/s, MFU and peak memory, or generation speed with and without the KV cache,
+or what the gated memory mixture costs against memory off.
 
 $ python bench.py                                    # a GPT-2 124M training step, batch 12 x 1024, synthetic tokens
 $ python bench.py --mode=sample --device=cpu         # greedy generation: KV cache vs. recomputing the whole context
+$ python bench.py --mode=memory --experts=0,1,4      # the training step with k = 0, 1, 4 experts, side by side
 $ python bench.py --n_layer=4 --block_size=256 --compile=False --profile=True --json=bench_out/result.json
 
 The model's shape is GPTConfig's (GPT-2 124M by default) and is set by the same --key=value flags as in train.py.
+Memory mode starts from the GMM quick start's shape instead (config/train_gmm_shakespeare.py, see QUICK_START_MODEL).
 compile defaults to None = auto: on for training on CUDA, off otherwise, because on CPU and MPS the compile time
 dwarfs a short benchmark (and on CPU needs a C++ compiler), and in sample mode every new sequence length recompiles.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import psutil
 import torch
 
+import gmm
 from common import (
     DTYPES,
     autocast,
@@ -33,16 +40,22 @@ from common import (
     peak_flops,
     synchronize,
 )
-from configurator import ConfigError, configure
+from configurator import ConfigError, configure, parse_value, read_config_file
 from model import GPT, GPTConfig
+
+# memory mode's defaults: the GMM quick start's shape (config/train_gmm_shakespeare.py; shakespeare_char's 65 chars)
+QUICK_START_BENCH: dict[str, Any] = dict(batch_size=8, n_segments=4)
+QUICK_START_MODEL: dict[str, Any] = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, gmm_slots=8)
 
 # -----------------------------------------------------------------------------
 
 
 @dataclass
 class BenchConfig:
-    mode: str = "train"  # 'train': forward, backward and AdamW step; 'sample': generation with vs. without KV cache
+    mode: str = "train"  # 'train': forward, backward and AdamW step; 'sample': generation with vs. without KV cache;
+    # 'memory': the train step for each k in experts, side by side (see bench_memory)
     batch_size: int = 12  # sequences per step (train) or generated side by side (sample)
+    n_segments: int = 1  # training sequences are n_segments segments of block_size tokens, as in train.py
     real_data: bool = False  # if True, batches come from data_dir/dataset/train.bin; else random tokens
     dataset: str = "openwebtext"
     data_dir: str = "data"
@@ -57,18 +70,38 @@ class BenchConfig:
     # sample mode
     prompt_len: int = 16  # random prompt tokens per sequence
     new_tokens: int = 128  # tokens generated per sequence
+    # memory mode
+    experts: str = "0,1,2,4,8"  # the gmm_experts values to compare, comma-separated; ratios are against the smallest
+    fresh_process: bool = True  # run each k in a new process, so that its peak memory is its own (see bench_memory)
     json: str = ""  # if set, also write the results to this path as JSON
 
     def __post_init__(self) -> None:
-        if self.mode not in ("train", "sample"):
-            raise ValueError(f"mode = '{self.mode}' must be one of train, sample")
-        for name in ("batch_size", "iters", "prompt_len", "new_tokens"):
+        if self.mode not in ("train", "sample", "memory"):
+            raise ValueError(f"mode = '{self.mode}' must be one of train, sample, memory")
+        for name in ("batch_size", "n_segments", "iters", "prompt_len", "new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
         if self.warmup_iters < 0:
             raise ValueError(f"warmup_iters = {self.warmup_iters} must be >= 0")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype = '{self.dtype}' must be one of auto, {', '.join(DTYPES)}")
+        if self.profile and self.mode == "memory":
+            raise ValueError(
+                "profile = True is for modes train and sample: profile one k with --mode=train --gmm_experts=K"
+            )
+        parse_experts(self.experts)
+
+
+def parse_experts(experts: str) -> list[int]:
+    """'0,1,2,4,8' -> [0, 1, 2, 4, 8], ascending; ValueError names what is allowed."""
+    allowed = f"distinct expert counts in 0..{gmm.MAX_EXPERTS} separated by commas, e.g. 0,1,2,4,8 (0 = no memory)"
+    try:
+        ks = [int(s) for s in experts.split(",")]
+    except ValueError:
+        raise ValueError(f"experts = '{experts}' must be {allowed}") from None
+    if len(set(ks)) != len(ks) or not all(0 <= k <= gmm.MAX_EXPERTS for k in ks):
+        raise ValueError(f"experts = '{experts}' must be {allowed}")
+    return sorted(ks)
 
 
 # -----------------------------------------------------------------------------
@@ -98,11 +131,19 @@ class PeakMemory:
             self.kind = "mps driver_allocated_memory (at the end)"
         else:
             self.kind = "process RSS (max over iterations)"
+        self.start = self.now()  # held before the run builds its model: the process's RSS, or live tensors
+
+    def now(self) -> int:
+        if self.device.startswith("cuda"):
+            return torch.cuda.memory_allocated(self.device)
+        if self.device.startswith("mps"):
+            return torch.mps.driver_allocated_memory()
+        return psutil.Process().memory_info().rss
 
     def sample(self) -> None:
         """Called after each iteration: RSS has no peak counter of its own (ru_maxrss would count the whole run)."""
         if not self.device.startswith(("cuda", "mps")):
-            self.rss = max(self.rss, psutil.Process().memory_info().rss)
+            self.rss = max(self.rss, self.now())
 
     def peak(self) -> int:
         if self.device.startswith("cuda"):
@@ -137,8 +178,8 @@ def profiler(device: str) -> torch.profiler.profile:
 
 
 def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
-    """Time warmup_iters + iters training steps (forward, backward, clip, AdamW) on batches of batch_size x
-    block_size tokens; report the median step time, tokens/s, MFU and peak memory."""
+    """Time warmup_iters + iters training steps (forward, backward, clip, AdamW) on batches of batch_size
+    sequences of n_segments x block_size tokens; report the median step time, tokens/s, MFU and peak memory."""
     device, dtype, compile = resolve(cfg)
     device_type = device.split(":")[0]
     torch.manual_seed(cfg.seed)
@@ -146,6 +187,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     torch.backends.cudnn.allow_tf32 = True
     memory = PeakMemory(device)
     T = model_cfg.block_size
+    seq_len = cfg.n_segments * T  # with memory on, the model runs it as n_segments segments of T
     model = GPT(model_cfg).to(device)
     raw_model = model
     optimizer = model.configure_optimizers(1e-1, 6e-4, (0.9, 0.95), device_type)
@@ -161,11 +203,11 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         if not os.path.isfile(os.path.join(data_dir, "train.bin")):
             raise ValueError(f"real_data: {data_dir}/train.bin not found; run data/{cfg.dataset}/prepare.py first")
         data = open_split(data_dir, "train")
-        sampler = BatchSampler(len(data), T, seed=cfg.seed)
-        next_batch = lambda: get_batch(data, sampler.draw(cfg.batch_size), T, device)
+        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed)
+        next_batch = lambda: get_batch(data, sampler.draw(cfg.batch_size), seq_len, device)
     else:  # one fixed batch of random tokens: no data loading in the measurement
-        x = torch.randint(model_cfg.vocab_size, (cfg.batch_size, T), device=device)
-        y = torch.randint(model_cfg.vocab_size, (cfg.batch_size, T), device=device)
+        x = torch.randint(model_cfg.vocab_size, (cfg.batch_size, seq_len), device=device)
+        y = torch.randint(model_cfg.vocab_size, (cfg.batch_size, seq_len), device=device)
         next_batch = lambda: (x, y)
 
     def step() -> float:
@@ -181,7 +223,10 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()  # a sync point, as a training loop's logging would have
 
-    print(f"train: {raw_model.get_num_params() / 1e6:.2f}M params, batch {cfg.batch_size} x {T} tokens, ", end="")
+    segments = f" ({cfg.n_segments} segments of {T})" if cfg.n_segments > 1 else ""
+    memory_on = f", memory k={model_cfg.gmm_experts}" if raw_model.memory is not None else ""
+    print(f"train: {raw_model.get_num_params() / 1e6:.2f}M params{memory_on}, ", end="")
+    print(f"batch {cfg.batch_size} x {seq_len} tokens{segments}, ", end="")
     print(f"{device} {dtype}, compile {'on' if compile else 'off'}{', real data' if cfg.real_data else ''}")
     for _ in range(cfg.warmup_iters):
         step()
@@ -200,7 +245,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         print(f"iter {i}: {times[-1] * 1000:.2f} ms, loss {loss:.4f}")
     result = finish_profile(prof, cfg.out_dir, "train")
     dt = statistics.median(times)
-    tokens = cfg.batch_size * T
+    tokens = cfg.batch_size * seq_len
     flops = peak_flops(device, dtype)
     result.update(
         mode="train",
@@ -208,14 +253,17 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         dtype=dtype,
         compile=compile,
         params=raw_model.get_num_params(),
+        memory_params=sum(p.numel() for p in raw_model.memory.parameters()) if raw_model.memory is not None else 0,
         batch_size=cfg.batch_size,
         block_size=T,
+        n_segments=cfg.n_segments,
         ms_per_iter=dt * 1000,
         ms_per_iter_all=[t * 1000 for t in times],
         tokens_per_s=tokens / dt,
         mfu=raw_model.estimate_mfu(tokens, dt, flops),
         peak_flops=flops,
         memory_bytes=memory.peak(),
+        memory_start_bytes=memory.start,
         memory_kind=memory.kind,
     )
     return result
@@ -282,8 +330,80 @@ def bench_sample(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     return result
 
 
+def bench_memory(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
+    """What the memory costs against memory off: bench_train's step, on the same shape, batch and seed, for each
+    k in experts in turn (ascending), each after its own warm-up. Each row holds k's parameters (and the memory's
+    share of them), median ms/iter, tokens/s and peak memory, and each as a ratio to the first row (k = 0 when
+    it is listed).
+
+    Peak memory needs care on a CPU: process RSS has no peak counter that can be reset, and memory a finished k
+    has freed may stay with the process (the allocator keeps it), so in one process no k could read below an
+    earlier one. So with fresh_process (the default) each k runs in a new `bench.py --mode=train` process, and
+    its peak is that process's own RSS: each peak includes the interpreter and torch, the same for every k, so
+    the differences between rows are the memory's, and "above start" is the peak less the RSS before the model
+    was built, what the run itself added. On CUDA, max_memory_allocated is reset for each k and counts
+    live tensors only, so there fresh_process=False saves the start-ups; elsewhere it gives running maxima, and
+    the table's footnote says so."""
+    device, dtype, compile = resolve(replace(cfg, mode="train"))  # a bad device fails here, once
+    rows = []
+    for k in parse_experts(cfg.experts):
+        train_cfg, k_cfg = replace(cfg, mode="train", json=""), replace(model_cfg, gmm_experts=k)
+        print(f"--- k = {k} ---")
+        if cfg.fresh_process:
+            r = train_in_new_process(train_cfg, k_cfg)
+        else:
+            gc.collect()  # the previous k's model and optimizer go before this k's peak is counted
+            r = bench_train(train_cfg, k_cfg)
+        keep = ("params", "memory_params", "ms_per_iter", "tokens_per_s", "memory_bytes")
+        rows.append({"k": k, **{key: r[key] for key in keep}})
+        rows[-1]["memory_rise_bytes"] = r["memory_bytes"] - r["memory_start_bytes"]
+        memory_kind = r["memory_kind"]
+    if cfg.fresh_process:
+        memory_kind += ", each k in its own process"
+        if "RSS" in memory_kind:
+            memory_kind += " (the interpreter and torch included, the same for every k)"
+    elif not device.startswith("cuda"):
+        memory_kind += ", all k in one process: what an earlier k freed may count, or be reused without a rise"
+    base = rows[0]
+    for row in rows:
+        for key in ("params", "ms_per_iter", "tokens_per_s", "memory_bytes", "memory_rise_bytes"):
+            row[f"{key}_ratio"] = row[key] / base[key] if base[key] > 0 else None  # an RSS rise can be 0
+    return dict(
+        mode="memory",
+        device=device,
+        dtype=dtype,
+        compile=compile,
+        batch_size=cfg.batch_size,
+        n_segments=cfg.n_segments,
+        block_size=model_cfg.block_size,
+        gmm_slots=model_cfg.gmm_slots,
+        warmup_iters=cfg.warmup_iters,
+        iters=cfg.iters,
+        fresh_process=cfg.fresh_process,
+        memory_kind=memory_kind,
+        rows=rows,
+    )
+
+
+def train_in_new_process(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
+    """bench_train in a new python running this file, every setting passed as --key=value; its JSON result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "result.json")
+        settings = {**asdict(replace(cfg, json=path)), **asdict(model_cfg)}
+        args = [f"--{key}={value!r}" for key, value in settings.items()]  # repr: read back by configure's literal_eval
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), *args])
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"bench.py --mode=train --gmm_experts={model_cfg.gmm_experts} exited with {done.returncode}"
+            )
+        with open(path) as f:
+            return json.load(f)
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """The results a person reads, as a two-column table."""
+    """The results a person reads, as a two-column table (memory mode: a markdown table, one row per k)."""
+    if result["mode"] == "memory":
+        return memory_table(result)
     gib = result["memory_bytes"] / 2**30
     if result["mode"] == "train":
         rows = [
@@ -307,14 +427,65 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def memory_table(result: dict[str, Any]) -> str:
+    """Memory mode's rows as a markdown table, each figure with its ratio to the first row, and what was measured."""
+    rows = result["rows"]
+    lines = [
+        "| k | parameters | memory's share | ms/iter | tokens/s | peak memory | peak above start |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        share = row["memory_params"] / row["params"]
+        lines.append(
+            f"| {row['k']} | {row['params']:,} ({times(row['params_ratio'])}) | {row['memory_params']:,} ({share:.1%}) "
+            f"| {row['ms_per_iter']:.1f} ({times(row['ms_per_iter_ratio'])}) "
+            f"| {row['tokens_per_s']:,.0f} ({times(row['tokens_per_s_ratio'])}) "
+            f"| {row['memory_bytes'] / 2**30:.3f} GiB ({times(row['memory_bytes_ratio'])}) "
+            f"| {row['memory_rise_bytes'] / 2**20:.1f} MiB ({times(row['memory_rise_bytes_ratio'])}) |"
+        )
+    r = result
+    lines += [
+        "",
+        f"Ratios (x) are against k = {rows[0]['k']}. ms/iter is the median of {r['iters']} timed training steps after "
+        f"{r['warmup_iters']} warm-up steps; batch {r['batch_size']} x {r['n_segments']} segments x "
+        f"{r['block_size']} tokens, {r['gmm_slots']} slots, {r['device']} {r['dtype']}, "
+        f"compile {'on' if r['compile'] else 'off'}.",
+        f"Peak memory: {r['memory_kind']}; above start: the peak less what was held before the model was built.",
+    ]
+    return "\n".join(lines)
+
+
+def times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def mode_of(argv: list[str]) -> str:
+    """The mode argv asks for, by config file or --mode= (the last one wins), before the rest is configured."""
+    mode = BenchConfig.mode
+    for arg in argv:
+        if arg.startswith("--mode="):
+            mode = parse_value(arg.partition("=")[2])
+        elif not arg.startswith("--"):
+            mode = read_config_file(arg).get("mode", mode)
+    return mode
+
+
+def defaults(mode: str) -> tuple[BenchConfig, GPTConfig]:
+    """GPT-2 124M for train and sample; memory mode measures the GMM quick start's shape."""
+    if mode != "memory":
+        return BenchConfig(), GPTConfig()
+    return BenchConfig(**QUICK_START_BENCH), GPTConfig(**QUICK_START_MODEL)
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     try:
-        cfg, model_cfg = configure(argv, BenchConfig(), GPTConfig())
+        cfg, model_cfg = configure(argv, *defaults(mode_of(argv)))
     except ConfigError as e:
         fail(str(e))
+    bench = {"train": bench_train, "sample": bench_sample, "memory": bench_memory}[cfg.mode]
     try:
-        result = bench_train(cfg, model_cfg) if cfg.mode == "train" else bench_sample(cfg, model_cfg)
-    except ValueError as e:  # bad device, dtype or data: one line
+        result = bench(cfg, model_cfg)
+    except ValueError as e:  # bad device, dtype, data or model setting: one line
         fail(str(e))
     print(format_table(result))
     if "trace" in result:

@@ -3,7 +3,9 @@
 Proves that bench_train reports a positive median step time, tokens/s consistent with it, an MFU and the process RSS
 on CPU, on synthetic tokens and on a prepared dataset; that bench_sample times generation with and without the KV
 cache, past block_size, and finds the same greedy tokens; that profile=True writes a Chrome trace; that the script
-prints its table and writes --json; and that a bad setting is one line and exit 2.
+prints its table and writes --json; that memory mode prints one row per k, whose parameter counts are GPT's own and
+grow by exactly the memory's, with ratios of 1.0 for k = 0, in one process and with a process per k; that its defaults
+are the GMM quick start's shape; and that a bad setting or a bad k list is one line and exit 2.
 """
 
 import json
@@ -16,7 +18,8 @@ import pytest
 
 import bench
 from bench import BenchConfig, bench_sample, bench_train
-from model import GPTConfig
+from configurator import read_config_file
+from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--vocab_size=64", "--batch_size=2"]
@@ -99,3 +102,68 @@ def test_bad_setting_one_line_exit_2(args: list[str], message: str, capsys: pyte
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def table_rows(out: str) -> list[list[str]]:
+    """The cells of the markdown table's data rows (those that start with a k)."""
+    return [
+        [c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if re.match(r"^\| \d+ \|", line)
+    ]
+
+
+def test_memory_mode_row_per_k(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--mode=memory", "--experts=2,0,1", "--n_segments=2", "--gmm_slots=4", "--fresh_process=False"]
+    r = bench.main([*TINY_ARGS, *args, "--device=cpu", "--iters=2", "--warmup_iters=1"])
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[0] for row in rows] == ["0", "1", "2"]  # one row per k, ascending
+    assert [row["k"] for row in r["rows"]] == [0, 1, 2]
+    params = [row["params"] for row in r["rows"]]
+    assert params[0] < params[1] < params[2]
+    for row in r["rows"]:
+        model = GPT(
+            GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, gmm_slots=4, gmm_experts=row["k"])
+        )
+        assert row["params"] == model.get_num_params()
+        assert row["memory_params"] == row["params"] - params[0]  # the memory is all that k adds
+        assert row["tokens_per_s"] == pytest.approx(2 * 2 * 16 / (row["ms_per_iter"] / 1000))  # batch x segments x T
+        assert row["memory_bytes"] > 10 * 2**20
+    base = r["rows"][0]
+    assert all(base[f"{key}_ratio"] == 1.0 for key in ("params", "ms_per_iter", "tokens_per_s", "memory_bytes"))
+    assert r["rows"][2]["params_ratio"] == pytest.approx(params[2] / params[0])
+    assert "running" not in r["memory_kind"] and "one process" in r["memory_kind"]
+
+
+def test_memory_mode_defaults_are_the_quick_start() -> None:
+    cfg, model_cfg = bench.defaults("memory")
+    quick_start = read_config_file(str(ROOT / "config" / "train_gmm_shakespeare.py"))
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "gmm_slots"):
+        assert getattr(model_cfg, key) == quick_start[key], key
+    assert (cfg.batch_size, cfg.n_segments) == (quick_start["batch_size"], quick_start["n_segments"])
+    assert model_cfg.vocab_size == 65 and cfg.device == "auto" and cfg.experts == "0,1,2,4,8"
+    assert bench.mode_of(["--mode=train", "--mode=memory"]) == "memory" and bench.mode_of([]) == "train"
+
+
+@pytest.mark.slow  # three fresh pythons importing torch
+def test_memory_mode_process_per_k(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    args = [*TINY_ARGS, "--mode=memory", "--experts=0,4", "--gmm_slots=4", "--iters=2", "--warmup_iters=1"]
+    cmd = [sys.executable, "bench.py", *args, "--device=cpu", f"--json={out}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert [row[0] for row in table_rows(result.stdout)] == ["0", "4"]
+    assert "each k in its own process" in result.stdout
+    saved = json.loads(out.read_text())
+    assert saved["mode"] == "memory" and saved["n_segments"] == 4  # the quick start's, not overridden
+    k0, k4 = saved["rows"]
+    assert k4["params"] - k0["params"] == k4["memory_params"] > 0
+    assert k0["memory_bytes_ratio"] == 1.0 and k0["memory_rise_bytes"] > 0
+
+
+@pytest.mark.parametrize("experts", ["0,9", "-1", "a,b", "0,1,1", "", "[0,1]"])
+def test_bad_expert_list_one_line_exit_2(experts: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        bench.main([*TINY_ARGS, "--device=cpu", "--mode=memory", f"--experts={experts}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert f"experts = '{experts}'" in err and "0..8" in err
