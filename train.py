@@ -36,6 +36,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import analyze
 from common import (
     DTYPES,
     DummyWandb,
@@ -232,7 +233,10 @@ def estimate_loss(
     - split_seg_loss: that loss per segment index, a list of n_segments values;
     - split_acc_token, split_acc_answer: with an answer mask, the share of answer tokens predicted right
       (greedy) and of answers (all tokens of a sequence's answer) entirely right;
-    - split_load_balance, split_entropy: with memory of k > 1 experts, the unweighted auxiliary losses."""
+    - split_load_balance, split_entropy: with memory of k > 1 experts, the unweighted auxiliary losses;
+    - split_util, split_hard_share, split_entropy_norm, split_consistency: with k > 1 experts, how the writes were
+      routed (analyze.routing_stats: utilisation and top-expert share per expert, entropy over log k, how often
+      consecutive segments keep their top expert)."""
     out: dict[str, Any] = {}
     model.eval()
     T = model.config.block_size
@@ -243,6 +247,7 @@ def estimate_loss(
         seg_sum, seg_count = torch.zeros(n_seg), torch.zeros(n_seg)
         sums = {"tok_right": 0.0, "tok": 0.0, "ans_right": 0.0, "ans": 0.0}
         aux: dict[str, float] = {}
+        probs, gates = [], []  # (S, B, k) per batch: every write's routing, for the routing statistics
         for _ in range(cfg.eval_iters):
             X, Y = get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, mask)
             with autocast(device, dtype):
@@ -261,12 +266,18 @@ def estimate_loss(
             sums["ans"] += has_answer.sum().item()
             for k, v in result.aux.items():
                 aux[f"{split}_{k}"] = aux.get(f"{split}_{k}", 0.0) + v.item() / cfg.eval_iters
+            if model.config.gmm_experts > 1:
+                probs.append(torch.stack([r.probs for r in result.routing]))
+                gates.append(torch.stack([r.gates for r in result.routing]))
         out[split] = (seg_sum.sum() / seg_count.sum().clamp_min(1)).item()
         out[f"{split}_seg_loss"] = [round(v, 5) for v in (seg_sum / seg_count.clamp_min(1)).tolist()]
         if mask is not None:
             out[f"{split}_acc_token"] = sums["tok_right"] / max(1.0, sums["tok"])
             out[f"{split}_acc_answer"] = sums["ans_right"] / max(1.0, sums["ans"])
         out.update(aux)
+        if probs:
+            stats = analyze.routing_stats(torch.cat(probs, dim=1), torch.cat(gates, dim=1))
+            out.update({f"{split}_{k}": stats[k] for k in ("util", "hard_share", "entropy_norm", "consistency")})
     model.train()
     return out
 
@@ -509,12 +520,17 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
             extra = {k: v for k, v in losses.items() if k not in ("train", "val")}
             scalars = {k: v for k, v in extra.items() if isinstance(v, float) and not k.startswith("train_")}
             line = "".join(f", {k} {v:.4f}" for k, v in scalars.items())
+            if "val_util" in losses:  # k > 1 experts: each expert's share of the routing
+                line += ", val_util " + "/".join(f"{u:.2f}" for u in losses["val_util"])
             progress.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{line}")
             record = {"event": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
             append_metrics(cfg.out_dir, {**record, **extra, "lr": lr, "tokens": tokens_seen})
-            per_segment = {f"val/seg_loss_{i}": v for i, v in enumerate(losses["val_seg_loss"])}
+            # the lists, one scalar per segment (and per expert with k > 1)
+            per_index = {f"val/seg_loss_{i}": v for i, v in enumerate(losses["val_seg_loss"])}
+            for name in ("util", "hard_share"):
+                per_index.update({f"val/{name}_{j}": v for j, v in enumerate(losses.get(f"val_{name}", []))})
             run.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
-                     **{k: v for k, v in extra.items() if isinstance(v, float)}, **per_segment})  # fmt: skip
+                     **{k: v for k, v in extra.items() if isinstance(v, float)}, **per_index})  # fmt: skip
             if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0:
