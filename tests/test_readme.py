@@ -90,6 +90,9 @@ def runnable(command: str, tmp: Path, hf_dir: Path) -> list[str] | None:
         if model_setting(args, "init_from", "scratch").startswith("gpt2"):  # OpenAI's weights: a local GPT-2
             extra.append(f"--init_from={hf_dir}")
         return [*launcher, script, *args, *extra]
+    if script == "analyze.py":  # the checkpoint an earlier command trained
+        out_dir = model_setting(args, "out_dir", "out")
+        return [*launcher, script, *args, f"--out_dir={tmp / out_dir}", "--device=cpu", "--batches=1"]
     if script == "bench.py":
         return [*launcher, script, *args, *BENCH, *TINY_MODEL]
     raise AssertionError(f"the README runs {script}, which this test does not know how to make small")
