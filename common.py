@@ -7,7 +7,7 @@ import functools
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -158,7 +158,7 @@ def print0(*args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """A user's mistake: one line on stderr and exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)

@@ -225,10 +225,19 @@ def open_mask(data_dir: str, split: str) -> np.ndarray | None:
 
 @torch.no_grad()
 def estimate_loss(
-    model: GPT, data_dir: str, seq_len: int, cfg: TrainConfig, device: str, dtype: str, align: int = 1
+    model: GPT,
+    data_dir: str,
+    seq_len: int,
+    cfg: TrainConfig,
+    device: str,
+    dtype: str,
+    align: int = 1,
+    seg_len: int = 0,
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> dict[str, Any]:
-    """Evaluate eval_iters batches of each split ('train', 'val'); the batches are the same at every evaluation
-    (a fixed seed), so successive estimates differ by the model alone. Returns per split:
+    """Evaluate eval_iters batches of each split; the batches are the same at every evaluation (a fixed seed), so
+    successive estimates differ by the model alone. Losses are reported per chunk of seg_len positions (0 = the
+    model's block_size: its segments). Returns per split:
     - split: the mean language-model loss (over answer tokens only where the dataset has an answer mask);
     - split_seg_loss: that loss per segment index, a list of n_segments values;
     - split_acc_token, split_acc_answer: with an answer mask, the share of answer tokens predicted right
@@ -239,9 +248,9 @@ def estimate_loss(
       consecutive segments keep their top expert)."""
     out: dict[str, Any] = {}
     model.eval()
-    T = model.config.block_size
+    T = seg_len or model.config.block_size
     n_seg = -(-seq_len // T)
-    for split in ("train", "val"):
+    for split in splits:
         data, mask = open_split(data_dir, split), open_mask(data_dir, split)
         sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1, align=align)
         seg_sum, seg_count = torch.zeros(n_seg), torch.zeros(n_seg)

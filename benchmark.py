@@ -1,0 +1,509 @@
+"""
+The memory benchmark: does memory carry information across segments, and do k experts carry it better than one?
+
+$ python benchmark.py                                    # recall: off, k=1, k=4 and three k=4 ablations, 3 seeds
+$ python benchmark.py --tasks=recall,copy,needle --variants=off,k1,k2,k4,k8 --seeds=1,2,3,4,5
+$ python benchmark.py --tasks=shakespeare_char --variants=off,k1,k4,full     # real text: val loss per segment
+$ python benchmark.py --device=cuda --jobs=1 --n_layer=4 --n_embd=128 --max_iters=10000   # scaled up on a GPU
+
+The grid is tasks x variants x seeds. Each cell is one `train.py` run (in its own process, `jobs` at a time), whose
+checkpoint is then evaluated on the validation episodes at every segment count in `eval_segments`; counts beyond
+the training length measure length generalisation. A variant is `off` (no memory), `k<N>` (N experts; k1 is one
+bank, the RMT baseline), optionally followed by ablations joined with '-': `projected` (gmm_candidate), `prob`
+(gmm_write_scale), `read` (gmm_routing), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x). On a text task,
+`full` is the upper bound: no memory and one segment of n_segments * block_size tokens, so every token sees the
+whole context (the grid runs it on text tasks only).
+
+Synthetic tasks (recall, copy, needle: data/<task>/prepare.py) train the small model set by the fields below with
+a segment curriculum; the text task trains `text_config` (the quick start). Writes, under out_dir:
+- runs/<task>/<variant>/seed<S>/: train.py's out_dir (ckpt.pt, metrics.jsonl) and train.log;
+- <task>_<variant>_seed<S>.json: one record per run (settings, accuracy and loss at each segment count, curve);
+- table.md (mean +- sample std over seeds), summary.json, accuracy_vs_segments.png, text_loss_per_segment.png.
+A run whose record exists with the same settings is not run again, so an interrupted grid continues where it stopped
+and a larger grid reuses the cells it shares with a smaller one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common import default_device, default_dtype, fail, load_checkpoint
+from configurator import ConfigError, configure, read_config_file
+from model import GPT, GPTConfig
+from train import TrainConfig, ensure_data, episode_dir, estimate_loss
+
+ROOT = Path(__file__).resolve().parent
+SYNTHETIC = ("recall", "copy", "needle")
+TEXT = ("shakespeare_char",)
+ABLATIONS = "projected, prob, read, bptt<N>, T<temperature>"
+
+
+@dataclass
+class GridConfig:
+    out_dir: str = "results"
+    tasks: str = "recall"  # comma-separated: recall, copy, needle (synthetic), shakespeare_char (text)
+    variants: str = "off,k1,k4,k4-projected,k4-prob,k4-bptt2"  # comma-separated, see the docstring
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    # synthetic tasks: the model and schedule of every run
+    block_size: int = 16  # tokens per segment
+    n_segments: int = 4  # segments per training episode (the curriculum's last stage)
+    segment_curriculum: list[int] = field(default_factory=lambda: [2, 3, 4])  # [] = n_segments throughout
+    eval_segments: list[int] = field(default_factory=lambda: [2, 3, 4, 6, 8])  # segment counts to evaluate at
+    n_layer: int = 2
+    n_head: int = 2
+    n_embd: int = 64
+    gmm_slots: int = 4
+    batch_size: int = 32
+    max_iters: int = 3000
+    learning_rate: float = 3e-3  # memory learns after a plateau; lower rates and weight decay lengthen it
+    min_lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_iters: int = 50
+    eval_interval: int = 250  # the learning curve in each record
+    eval_iters: int = 16  # batches per evaluation: 16 x 32 = 512 validation episodes per segment count
+    recall_pairs: int = 1  # key-value pairs per recall episode
+    copy_len: int = 4  # tokens to copy
+    # the text task: the quick start's config, each variant trained on it
+    text_config: str = "config/train_gmm_shakespeare.py"
+    text_max_iters: int = 0  # 0 = the config's
+    # system
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    jobs: int = 0  # runs at a time; 0 = one per CPU core on a CPU (each single-threaded), 1 on a GPU
+    data_dir: str = ""  # where the synthetic tasks' data is prepared; '' = out_dir/data
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "n_segments", "max_iters", "eval_iters", "batch_size", "recall_pairs", "copy_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
+        if not self.seeds:
+            raise ValueError("seeds = [] must name at least one seed, e.g. --seeds=1,2,3")
+        if not self.eval_segments or min(self.eval_segments) < 1:
+            raise ValueError(f"eval_segments = {self.eval_segments} must be positive segment counts")
+        for task in self.task_list:
+            if task not in SYNTHETIC + TEXT:
+                raise ValueError(f"task '{task}' must be one of {', '.join(SYNTHETIC + TEXT)}")
+        for variant in self.variant_list:
+            variant_settings(variant, text=True)  # raises on a bad name
+        if "full" in self.variant_list and not any(t in TEXT for t in self.task_list):
+            raise ValueError("variant 'full' is the full-attention bound of a text task: add one to tasks, or drop it")
+
+    def variants_for(self, task: str) -> list[str]:
+        """The grid's variants that apply to a task: 'full' only to text tasks."""
+        return [v for v in self.variant_list if task in TEXT or v != "full"]
+
+    @property
+    def task_list(self) -> list[str]:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+    @property
+    def variant_list(self) -> list[str]:
+        return [v.strip() for v in self.variants.split(",") if v.strip()]
+
+
+def variant_settings(variant: str, text: bool) -> dict[str, Any]:
+    """A variant's train.py settings: 'off' -> no memory; 'k4-projected-bptt2' -> 4 experts, projected candidate,
+    truncated BPTT every 2 segments; 'full' (text only) -> the full-attention upper bound. ValueError otherwise."""
+    if variant == "full":
+        if not text:
+            raise ValueError("variant 'full' is the full-attention bound of a text task, not of a synthetic one")
+        return {"gmm_experts": 0, "full_attention": True}
+    head, *mods = variant.split("-")
+    if head == "off" and not mods:
+        return {"gmm_experts": 0}
+    match = re.fullmatch(r"k([1-8])", head)
+    if match is None:
+        raise ValueError(f"variant '{variant}' must be off, full, or k1..k8 followed by -ablations ({ABLATIONS})")
+    settings: dict[str, Any] = {"gmm_experts": int(match.group(1))}
+    for mod in mods:
+        if mod in ("projected", "prob", "read"):
+            key = {"projected": "gmm_candidate", "prob": "gmm_write_scale", "read": "gmm_routing"}[mod]
+            settings[key] = mod
+        elif re.fullmatch(r"bptt\d+", mod):
+            settings["bptt_segments"] = int(mod[4:])
+        elif re.fullmatch(r"T\d+(\.\d+)?", mod):
+            settings["gmm_temperature"] = float(mod[1:])
+        else:
+            raise ValueError(f"variant '{variant}': unknown ablation '{mod}' (allowed: {ABLATIONS})")
+    return settings
+
+
+def task_prepare_args(task: str, cfg: GridConfig) -> list[str]:
+    """The prepare.py arguments that fix a synthetic task's content (the length comes from the run)."""
+    if task == "recall":
+        return ["--min_pairs", str(cfg.recall_pairs), "--max_pairs", str(cfg.recall_pairs)]
+    if task == "copy":
+        return ["--copy_len", str(cfg.copy_len)]
+    return []
+
+
+def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str) -> list[str]:
+    """train.py's argv for one cell of the grid."""
+    text = task in TEXT
+    settings = variant_settings(variant, text)
+    full = settings.pop("full_attention", False)
+    common = {"seed": seed, "out_dir": run_dir, "device": cfg.device, "dtype": cfg.dtype, "compile": cfg.compile,
+              "always_save_checkpoint": True, "wandb_log": False}  # fmt: skip
+    if text:
+        base = read_config_file(cfg.text_config)
+        overrides: dict[str, Any] = {**common, "eval_iters": cfg.eval_iters}
+        if cfg.text_max_iters:
+            overrides.update(max_iters=cfg.text_max_iters, lr_decay_iters=cfg.text_max_iters)
+        if full:  # the same tokens per sequence, in one segment that sees them all
+            overrides.update(block_size=base["block_size"] * base["n_segments"], n_segments=1)
+        return [cfg.text_config, *(f"--{k}={v}" for k, v in {**overrides, **settings}.items())]
+    overrides = {
+        **common,
+        "dataset": task,
+        "data_dir": cfg.data_dir,
+        "block_size": cfg.block_size,
+        "n_segments": cfg.n_segments,
+        "segment_curriculum": cfg.segment_curriculum,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_embd": cfg.n_embd,
+        "gmm_slots": cfg.gmm_slots,
+        "dropout": 0.0,
+        "bias": False,
+        "batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": cfg.learning_rate,
+        "min_lr": cfg.min_lr,
+        "weight_decay": cfg.weight_decay,
+        "beta2": 0.99,
+        "warmup_iters": cfg.warmup_iters,
+        "max_iters": cfg.max_iters,
+        "lr_decay_iters": cfg.max_iters,
+        "eval_interval": cfg.eval_interval,
+        "eval_iters": cfg.eval_iters,
+        "log_interval": 50,
+        **settings,
+    }
+    return [f"--{k}={str(v).replace(' ', '')}" for k, v in overrides.items()]
+
+
+def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
+    """Prepare every synthetic task at every length the grid trains or evaluates on, before any run starts (runs
+    in parallel must not race to write the same folder). Returns task -> segment count -> data folder."""
+    dirs: dict[str, dict[int, str]] = {}
+    for task in cfg.task_list:
+        if task in TEXT:
+            continue
+        base = os.path.join(cfg.data_dir, task)
+        args = [*task_prepare_args(task, cfg), "--n_segments", str(cfg.n_segments), "--block_size", str(cfg.block_size)]
+        if os.path.exists(os.path.join(base, "meta.json")):  # made by an earlier grid: its task settings must agree
+            with open(os.path.join(base, "meta.json")) as f:
+                prepared = json.load(f)["prepare_args"]
+            have = dict(zip(prepared[::2], prepared[1::2], strict=True))
+            want = dict(zip(args[::2], args[1::2], strict=True))
+            if any(have.get(k, v) != v for k, v in want.items() if k not in ("--n_segments", "--block_size")):
+                raise ValueError(f"{base} was prepared with other settings ({' '.join(prepared)}): remove it first")
+        ensure_data(base, task, args)
+        with open(os.path.join(base, "meta.json")) as f:
+            meta = json.load(f)
+        counts = {cfg.n_segments, *cfg.segment_curriculum, *cfg.eval_segments}
+        dirs[task] = {n: episode_dir(base, meta, n, cfg.block_size) for n in sorted(counts)}
+        for n, folder in dirs[task].items():
+            ensure_data(
+                folder, task, [*meta["prepare_args"], "--n_segments", str(n), "--block_size", str(cfg.block_size)]
+            )
+    return dirs
+
+
+# -----------------------------------------------------------------------------
+# one run: train in a child process, then evaluate its checkpoint at every segment count
+
+
+def run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one cell (a train.py process, output in run_dir/train.log), evaluate it, return its record."""
+    torch.set_num_threads(spec["threads"])
+    run_dir = spec["run_dir"]
+    shutil.rmtree(run_dir, ignore_errors=True)  # a stale run of other settings: its record is gone or differs
+    os.makedirs(run_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONUNBUFFERED": "1"}
+    t0 = time.time()
+    with open(os.path.join(run_dir, "train.log"), "w") as log:
+        rc = subprocess.run([sys.executable, str(ROOT / "train.py"), *spec["argv"]], stdout=log, stderr=log,
+                            env=env, cwd=ROOT).returncode  # fmt: skip
+    seconds = time.time() - t0
+    record = {k: spec[k] for k in ("task", "variant", "seed", "settings")}
+    if rc != 0:
+        with open(os.path.join(run_dir, "train.log")) as f:
+            tail = [line.strip() for line in f.read().splitlines() if line.strip()][-1:]
+        return {**record, "error": f"train.py exited with {rc}: {tail[0] if tail else ''}"}
+    ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
+    model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+    model.to(spec["device"])
+    cfg = TrainConfig(eval_iters=spec["eval_iters"], batch_size=spec["batch_size"], seed=spec["seed"])
+    T = spec["segment_len"]
+    evals = {}
+    for n, folder in spec["eval_dirs"].items():
+        L = n * T
+        episodic = spec["task"] in SYNTHETIC
+        out = estimate_loss(model, folder, L, cfg, spec["device"], spec["dtype"], L if episodic else 1,
+                            seg_len=T, splits=("val",))  # fmt: skip
+        evals[str(n)] = {"loss": out["val"], "seg_loss": out["val_seg_loss"]}
+        if episodic:
+            evals[str(n)].update(acc_answer=out["val_acc_answer"], acc_token=out["val_acc_token"])
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        curve = [json.loads(line) for line in f if '"eval"' in line]
+    keep = ("iter", "val_loss", "val_acc_answer")
+    return {
+        **record,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(seconds, 1),
+        "iters": ckpt["iter_num"],
+        "chance": ckpt["tokenizer_meta"].get("chance"),
+        "eval": evals,
+        "curve": [{k: e[k] for k in keep if k in e} for e in curve],
+    }
+
+
+# -----------------------------------------------------------------------------
+# the grid, the table and the plots
+
+
+def record_path(cfg: GridConfig, task: str, variant: str, seed: int) -> str:
+    return os.path.join(cfg.out_dir, f"{task}_{variant}_seed{seed}.json")
+
+
+def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
+    device = default_device() if cfg.device == "auto" else cfg.device
+    dtype = default_dtype(device) if cfg.dtype == "auto" else cfg.dtype
+    cfg.device, cfg.dtype = device, dtype
+    cfg.data_dir = cfg.data_dir or os.path.join(cfg.out_dir, "data")
+    on_cpu = device == "cpu"
+    jobs = cfg.jobs or (os.cpu_count() or 1 if on_cpu else 1)
+    threads = 1 if on_cpu and jobs > 1 else max(1, (os.cpu_count() or 1) // jobs)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    data_dirs = prepare_data(cfg)
+    records, todo = [], []
+    for task in cfg.task_list:
+        text = task in TEXT
+        for variant in cfg.variants_for(task):
+            for seed in cfg.seeds:
+                run_dir = os.path.join(cfg.out_dir, "runs", task, variant, f"seed{seed}")
+                argv = train_args(task, variant, seed, cfg, run_dir)
+                settings = {"argv": argv, "eval_segments": cfg.eval_segments, "eval_iters": cfg.eval_iters}
+                path = record_path(cfg, task, variant, seed)
+                if os.path.exists(path):
+                    with open(path) as f:
+                        old = json.load(f)
+                    if old.get("settings") == settings and "error" not in old:
+                        records.append(old)
+                        continue
+                if text:
+                    conf = read_config_file(cfg.text_config)
+                    T, n_seg = conf["block_size"], conf["n_segments"]
+                    eval_dirs = {n_seg: os.path.join(conf.get("data_dir", "data"), conf["dataset"])}
+                    ensure_data(eval_dirs[n_seg], conf["dataset"])
+                    batch_size = conf["batch_size"]
+                else:
+                    T, batch_size = cfg.block_size, cfg.batch_size
+                    eval_dirs = {n: data_dirs[task][n] for n in cfg.eval_segments}
+                todo.append(
+                    dict(task=task, variant=variant, seed=seed, settings=settings, argv=argv, run_dir=run_dir,
+                         eval_dirs=eval_dirs, segment_len=T, eval_iters=cfg.eval_iters, batch_size=batch_size,
+                         device=device, dtype=dtype, threads=threads)
+                )  # fmt: skip
+    print(
+        f"{len(records)} runs already done, {len(todo)} to go, {jobs} at a time on {device} ({threads} thread(s) each)"
+    )
+    failed = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_one, spec) for spec in todo]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="benchmark", dynamic_ncols=True):
+            rec = future.result()
+            with open(record_path(cfg, rec["task"], rec["variant"], rec["seed"]), "w") as f:
+                json.dump(rec, f, indent=1)
+            records.append(rec)
+            tqdm.write(describe(rec, cfg))
+            if "error" in rec:
+                failed.append(rec)
+    write_outputs(records, cfg)
+    if failed:
+        raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]['task']}/{failed[0]['variant']}: "
+                         f"{failed[0]['error']} (see its train.log)")  # fmt: skip
+    return records
+
+
+def describe(rec: dict[str, Any], cfg: GridConfig) -> str:
+    name = f"{rec['task']} {rec['variant']} seed {rec['seed']}"
+    if "error" in rec:
+        return f"{name}: FAILED: {rec['error']}"
+    if rec["task"] in TEXT:
+        return f"{name}: val loss {next(iter(rec['eval'].values()))['loss']:.4f} ({rec['train_seconds']:.0f} s)"
+    accs = ", ".join(f"{n}: {e['acc_answer']:.3f}" for n, e in rec["eval"].items())
+    return f"{name}: answer accuracy by segments {{{accs}}} ({rec['train_seconds']:.0f} s)"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarize(records: list[dict[str, Any]], cfg: GridConfig) -> dict[str, Any]:
+    """Per task and variant: per segment count, mean/std/min/max of answer accuracy (synthetic) or of the loss per
+    segment (text), over the seeds that finished."""
+    out: dict[str, Any] = {}
+    for task in cfg.task_list:
+        out[task] = {}
+        for variant in cfg.variants_for(task):
+            runs = [r for r in records if (r["task"], r["variant"]) == (task, variant) and "error" not in r]
+            if not runs:
+                continue
+            cell: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "params": runs[0]["params"],
+                                    "train_seconds": mean_std([r["train_seconds"] for r in runs])[0]}  # fmt: skip
+            if task in TEXT:
+                (n,) = runs[0]["eval"]
+                per_seg = np.array([r["eval"][n]["seg_loss"] for r in runs])  # (seeds, S)
+                cell["seg_loss"] = [mean_std(list(col)) for col in per_seg.T]
+                cell["loss"] = mean_std([r["eval"][n]["loss"] for r in runs])
+                cell["later_loss"] = mean_std(list(per_seg[:, 1:].mean(axis=1)))  # segments 2..S: where memory can help
+            else:
+                cell["chance"] = runs[0]["chance"]
+                cell["acc"] = {}
+                for n in runs[0]["eval"]:
+                    accs = [r["eval"][n]["acc_answer"] for r in runs]
+                    cell["acc"][n] = {"mean": mean_std(accs)[0], "std": mean_std(accs)[1], "min": min(accs),
+                                      "max": max(accs), "values": accs}  # fmt: skip
+            out[task][variant] = cell
+    return out
+
+
+def format_tables(summary: dict[str, Any], cfg: GridConfig) -> str:
+    lines: list[str] = []
+    for task, cells in summary.items():
+        if not cells:
+            continue
+        if task in TEXT:
+            lines += text_table(task, cells)
+            continue
+        counts = list(next(iter(cells.values()))["acc"])
+        chance = next(iter(cells.values()))["chance"]
+        lines += [f"### {task}: answer accuracy (mean ± std over seeds; best seed in brackets), chance {chance:.4f}",
+                  "", f"trained on {cfg.n_segments} segments of {cfg.block_size} tokens"
+                  f" (curriculum {cfg.segment_curriculum or 'none'}), {cfg.max_iters} iterations", "",
+                  "| variant | params | " + " | ".join(f"{n} seg" for n in counts) + " |",
+                  "|---|---|" + "---|" * len(counts)]  # fmt: skip
+        for variant, cell in cells.items():
+            row = [f"{a['mean']:.3f} ± {a['std']:.3f} ({a['max']:.2f})" for a in cell["acc"].values()]
+            lines.append(f"| {variant} | {cell['params'] / 1e6:.3f}M | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def text_table(task: str, cells: dict[str, Any]) -> list[str]:
+    """Loss per segment, and how much of the gap between no memory and full attention each variant closes on
+    segments 2..S (segment 1 has no earlier context in any variant)."""
+    S = len(next(iter(cells.values()))["seg_loss"])
+    off, full = cells.get("off"), cells.get("full")
+    lines = [f"### {task}: val loss per segment (mean ± std over seeds)", "",
+             "| variant | params | " + " | ".join(f"seg {i + 1}" for i in range(S)) + " | segs 2-S | gap closed |",
+             "|---|---|" + "---|" * (S + 2)]  # fmt: skip
+    for variant, cell in cells.items():
+        segs = [f"{m:.3f} ± {s:.3f}" for m, s in cell["seg_loss"]]
+        later = cell["later_loss"][0]
+        gap = "-"
+        if off is not None and full is not None and off["later_loss"][0] - full["later_loss"][0] > 0:
+            closed = (off["later_loss"][0] - later) / (off["later_loss"][0] - full["later_loss"][0])
+            gap = f"{100 * closed:.0f}%"
+        lines.append(f"| {variant} | {cell['params'] / 1e6:.2f}M | " + " | ".join(segs) + f" | {later:.3f} | {gap} |")
+    return [*lines, ""]
+
+
+def plot(summary: dict[str, Any], cfg: GridConfig) -> list[str]:
+    """accuracy_vs_segments.png (one panel per synthetic task) and text_loss_per_segment.png; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    synthetic = {t: c for t, c in summary.items() if t in SYNTHETIC and c}
+    if synthetic:
+        fig, axes = plt.subplots(1, len(synthetic), figsize=(5.5 * len(synthetic), 4), squeeze=False)
+        for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
+            for variant, cell in cells.items():
+                counts = [int(n) for n in cell["acc"]]
+                mean = np.array([a["mean"] for a in cell["acc"].values()])
+                std = np.array([a["std"] for a in cell["acc"].values()])
+                (line,) = ax.plot(counts, mean, marker="o", label=variant)
+                ax.fill_between(counts, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+                for n, a in zip(counts, cell["acc"].values(), strict=True):  # every seed, faint
+                    ax.scatter([n] * len(a["values"]), a["values"], color=line.get_color(), alpha=0.3, s=10)
+            chance = next(iter(cells.values()))["chance"]
+            ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
+            ax.axvspan(min([*cfg.segment_curriculum, cfg.n_segments]) - 0.2, cfg.n_segments + 0.2, color="gray",
+                       alpha=0.1, label="trained lengths")  # fmt: skip
+            ax.set(title=task, xlabel="segments per episode", ylabel="answer accuracy", ylim=(-0.03, 1.03))
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(counts, [str(n) for n in counts])
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        fig.tight_layout()
+        paths.append(os.path.join(cfg.out_dir, "accuracy_vs_segments.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    text = {t: c for t, c in summary.items() if t in TEXT and c}
+    for task, cells in text.items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for variant, cell in cells.items():
+            mean = np.array([m for m, _ in cell["seg_loss"]])
+            std = np.array([s for _, s in cell["seg_loss"]])
+            segs = np.arange(1, len(mean) + 1)
+            ax.errorbar(segs, mean, yerr=std, marker="o", capsize=3, label=variant)
+        ax.set(title=f"{task}: val loss per segment", xlabel="segment", ylabel="val loss")
+        ax.set_xticks(segs)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(os.path.join(cfg.out_dir, "text_loss_per_segment.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def write_outputs(records: list[dict[str, Any]], cfg: GridConfig) -> None:
+    summary = summarize(records, cfg)
+    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+        json.dump({"config": asdict(cfg), "summary": summary}, f, indent=1)
+    table = format_tables(summary, cfg)
+    with open(os.path.join(cfg.out_dir, "table.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    for path in plot(summary, cfg):
+        print(f"wrote {path}")
+
+
+def main(argv: list[str]) -> list[dict[str, Any]]:
+    try:
+        (cfg,) = configure(argv, GridConfig())
+    except ConfigError as e:
+        fail(str(e))
+    try:
+        return run_grid(cfg)
+    except ValueError as e:  # a bad setting, data prepared otherwise, or failed runs: one line
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

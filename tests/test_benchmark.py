@@ -1,0 +1,126 @@
+"""benchmark.py: variant names map to the right train.py settings, bad settings fail with one line, the table's
+statistics and gap-closed figures match hand-computed values, and a tiny grid runs end to end (records, table, plot)
+and is reused, not rerun, when asked again."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import benchmark
+from benchmark import GridConfig, format_tables, summarize, train_args, variant_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_variant_settings() -> None:
+    assert variant_settings("off", text=False) == {"gmm_experts": 0}
+    assert variant_settings("k1", text=False) == {"gmm_experts": 1}
+    assert variant_settings("k4-projected-prob-read-bptt2-T0.5", text=False) == {
+        "gmm_experts": 4,
+        "gmm_candidate": "projected",
+        "gmm_write_scale": "prob",
+        "gmm_routing": "read",
+        "bptt_segments": 2,
+        "gmm_temperature": 0.5,
+    }
+    assert variant_settings("full", text=True) == {"gmm_experts": 0, "full_attention": True}
+    bad_names = [("k9", "k1..k8"), ("k4-fast", "unknown ablation 'fast'"), ("off-prob", "k1..k8"), ("", "must be off")]
+    for bad, words in bad_names:
+        with pytest.raises(ValueError, match=words):
+            variant_settings(bad, text=False)
+    with pytest.raises(ValueError, match="full-attention bound of a text task"):
+        variant_settings("full", text=False)
+
+
+def test_train_args() -> None:
+    cfg = GridConfig(max_iters=100, segment_curriculum=[2, 4], n_segments=4)
+    argv = train_args("recall", "k4-bptt2", 7, cfg, "runs/x")
+    assert "--segment_curriculum=[2,4]" in argv and "--gmm_experts=4" in argv and "--bptt_segments=2" in argv
+    assert "--seed=7" in argv and "--lr_decay_iters=100" in argv and "--gradient_accumulation_steps=1" in argv
+    # the text task trains the quick-start config; 'full' puts its 4 x 64 tokens in one segment without memory
+    argv = train_args("shakespeare_char", "full", 1, cfg, "runs/y")
+    assert argv[0] == "config/train_gmm_shakespeare.py"
+    assert "--block_size=256" in argv and "--n_segments=1" in argv and "--gmm_experts=0" in argv
+
+
+def test_bad_settings_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for arg, words in [
+        ("--variants=off,k9", "k1..k8"),
+        ("--variants=off,full", "add one to tasks"),
+        ("--tasks=recall,sorting", "task 'sorting' must be one of"),
+        ("--seeds=[]", "at least one seed"),
+        ("--eval_segments=[0,2]", "positive segment counts"),
+        ("--max_iter=3", "did you mean 'max_iters'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main([arg, f"--out_dir={tmp_path}"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (arg, err)
+        assert err.count("\n") == 1 and words in err, (arg, err)
+    assert not any(tmp_path.iterdir())  # nothing written
+    # the command line a user types reaches the same check
+    r = subprocess.run([sys.executable, "benchmark.py", "--variants=k0"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: variant 'k0' must be off, full, or k1..k8")
+
+
+def record(task: str, variant: str, seed: int, evals: dict) -> dict:
+    return {"task": task, "variant": variant, "seed": seed, "params": 1000, "train_seconds": 1.0, "chance": 0.0625,
+            "eval": evals}  # fmt: skip
+
+
+def test_summary_and_tables_by_hand() -> None:
+    cfg = GridConfig(tasks="recall,shakespeare_char", variants="off,k4,full")
+    assert cfg.variants_for("recall") == ["off", "k4"] and cfg.variants_for("shakespeare_char") == ["off", "k4", "full"]
+    recs = [
+        record("recall", "off", 1, {"2": {"acc_answer": 0.05}, "4": {"acc_answer": 0.07}}),
+        record("recall", "off", 2, {"2": {"acc_answer": 0.07}, "4": {"acc_answer": 0.05}}),
+        record("recall", "k4", 1, {"2": {"acc_answer": 1.0}, "4": {"acc_answer": 0.9}}),
+        record("recall", "k4", 2, {"2": {"acc_answer": 0.8}, "4": {"acc_answer": 0.5}}),
+        {**record("recall", "k4", 3, {}), "error": "train.py exited with 1"},  # a failed run counts in no statistic
+        # text: segment 1 is the same for all; segments 2-3 mean: off 2.0, k4 1.8, full 1.5 -> k4 closes 40%
+        record("shakespeare_char", "off", 1, {"3": {"loss": 2.0, "seg_loss": [2.3, 2.1, 1.9]}}),
+        record("shakespeare_char", "k4", 1, {"3": {"loss": 1.9, "seg_loss": [2.3, 1.9, 1.7]}}),
+        record("shakespeare_char", "full", 1, {"3": {"loss": 1.7, "seg_loss": [2.3, 1.6, 1.4]}}),
+    ]
+    summary = summarize(recs, cfg)
+    k4 = summary["recall"]["k4"]
+    assert k4["seeds"] == [1, 2]
+    assert k4["acc"]["4"]["mean"] == pytest.approx(0.7) and k4["acc"]["4"]["std"] == pytest.approx(0.2828427, 1e-6)
+    assert k4["acc"]["2"]["max"] == 1.0 and k4["acc"]["2"]["min"] == 0.8
+    assert summary["shakespeare_char"]["k4"]["later_loss"][0] == pytest.approx(1.8)
+    table = format_tables(summary, cfg)
+    assert "| k4 | 0.001M | 0.900 ± 0.141 (1.00) | 0.700 ± 0.283 (0.90) |" in table
+    assert "| k4 | 0.00M | 2.300 ± 0.000 | 1.900 ± 0.000 | 1.700 ± 0.000 | 1.800 | 40% |" in table
+    assert "| full |" in table and "| 1.500 | 100% |" in table and "| 2.000 | 0% |" in table
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    args = [f"--out_dir={out}", "--max_iters=6", "--seeds=1,2", "--variants=off,k2-prob", "--eval_segments=2,3",
+            "--segment_curriculum=[2]", "--n_segments=2", "--eval_iters=1", "--eval_interval=3", "--batch_size=4",
+            "--n_embd=16", "--n_layer=1", "--jobs=2", "--device=cpu"]  # fmt: skip
+    records = benchmark.main(args)
+    assert len(records) == 4 and not any("error" in r for r in records)
+    for variant in ("off", "k2-prob"):
+        for seed in (1, 2):
+            rec = json.loads((out / f"recall_{variant}_seed{seed}.json").read_text())
+            assert rec["iters"] == 6 and set(rec["eval"]) == {"2", "3"}
+            assert 0.0 <= rec["eval"]["3"]["acc_answer"] <= 1.0 and len(rec["eval"]["3"]["seg_loss"]) == 3
+            assert [e["iter"] for e in rec["curve"]] == [0, 3, 6]
+            assert (out / "runs" / "recall" / variant / f"seed{seed}" / "train.log").stat().st_size > 0
+    table = (out / "table.md").read_text()
+    assert "| off |" in table and "| k2-prob |" in table and "2 seg | 3 seg" in table
+    assert (out / "accuracy_vs_segments.png").stat().st_size > 10_000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["summary"]["recall"]["k2-prob"]["seeds"] == [1, 2]
+    # asked again, every record is reused: no run starts, the records are the same
+    again = benchmark.main(args)
+    dumps = [sorted(json.dumps(r, sort_keys=True) for r in rs) for rs in (records, again)]
+    assert dumps[0] == dumps[1]
+    # other task settings on the same data folder are refused, not silently mixed
+    with pytest.raises(SystemExit):
+        benchmark.main([*args, "--recall_pairs=2"])
