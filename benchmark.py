@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ class GridConfig:
     # the text task: the quick start's config, each variant trained on it
     text_config: str = "config/train_gmm_shakespeare.py"
     text_max_iters: int = 0  # 0 = the config's
+    text_eval_iters: int = 50  # batches of the final per-segment evaluation: 50 x 8 sequences of 4 x 64 characters
     # system
     device: str = "auto"
     dtype: str = "auto"
@@ -162,7 +163,7 @@ def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str
               "always_save_checkpoint": True, "wandb_log": False}  # fmt: skip
     if text:
         base = read_config_file(cfg.text_config)
-        overrides: dict[str, Any] = {**common, "eval_iters": cfg.eval_iters}
+        overrides: dict[str, Any] = dict(common)
         if cfg.text_max_iters:
             overrides.update(max_iters=cfg.text_max_iters, lr_decay_iters=cfg.text_max_iters)
         if full:  # the same tokens per sequence, in one segment that sees them all
@@ -240,7 +241,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.time()
     with open(os.path.join(run_dir, "train.log"), "w") as log:
         rc = subprocess.run([sys.executable, str(ROOT / "train.py"), *spec["argv"]], stdout=log, stderr=log,
-                            env=env, cwd=ROOT).returncode  # fmt: skip
+                            env=env).returncode  # fmt: skip
     seconds = time.time() - t0
     record = {k: spec[k] for k in ("task", "variant", "seed", "settings")}
     if rc != 0:
@@ -302,6 +303,8 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
                 run_dir = os.path.join(cfg.out_dir, "runs", task, variant, f"seed{seed}")
                 argv = train_args(task, variant, seed, cfg, run_dir)
                 settings = {"argv": argv, "eval_segments": cfg.eval_segments, "eval_iters": cfg.eval_iters}
+                if text:
+                    settings = {"argv": argv, "eval_iters": cfg.text_eval_iters}
                 path = record_path(cfg, task, variant, seed)
                 if os.path.exists(path):
                     with open(path) as f:
@@ -314,13 +317,13 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
                     T, n_seg = conf["block_size"], conf["n_segments"]
                     eval_dirs = {n_seg: os.path.join(conf.get("data_dir", "data"), conf["dataset"])}
                     ensure_data(eval_dirs[n_seg], conf["dataset"])
-                    batch_size = conf["batch_size"]
+                    batch_size, eval_iters = conf["batch_size"], cfg.text_eval_iters
                 else:
-                    T, batch_size = cfg.block_size, cfg.batch_size
+                    T, batch_size, eval_iters = cfg.block_size, cfg.batch_size, cfg.eval_iters
                     eval_dirs = {n: data_dirs[task][n] for n in cfg.eval_segments}
                 todo.append(
                     dict(task=task, variant=variant, seed=seed, settings=settings, argv=argv, run_dir=run_dir,
-                         eval_dirs=eval_dirs, segment_len=T, eval_iters=cfg.eval_iters, batch_size=batch_size,
+                         eval_dirs=eval_dirs, segment_len=T, eval_iters=eval_iters, batch_size=batch_size,
                          device=device, dtype=dtype, threads=threads)
                 )  # fmt: skip
     print(
@@ -337,7 +340,7 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
             tqdm.write(describe(rec, cfg))
             if "error" in rec:
                 failed.append(rec)
-    write_outputs(records, cfg)
+    write_outputs(cfg.out_dir)
     if failed:
         raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]['task']}/{failed[0]['variant']}: "
                          f"{failed[0]['error']} (see its train.log)")  # fmt: skip
@@ -360,18 +363,29 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def summarize(records: list[dict[str, Any]], cfg: GridConfig) -> dict[str, Any]:
+def variant_order(variant: str) -> tuple[int, int, str]:
+    """off first, then k1..k8 (each before its ablations), full last."""
+    head = variant.split("-")[0]
+    return (0, 0, variant) if head == "off" else (2, 0, variant) if head == "full" else (1, int(head[1:]), variant)
+
+
+def run_settings(rec: dict[str, Any]) -> dict[str, str]:
+    """A record's train.py --key=value settings, as strings."""
+    return dict(a[2:].split("=", 1) for a in rec["settings"]["argv"] if a.startswith("--"))
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per task and variant: per segment count, mean/std/min/max of answer accuracy (synthetic) or of the loss per
     segment (text), over the seeds that finished."""
     out: dict[str, Any] = {}
-    for task in cfg.task_list:
+    done = [r for r in records if "error" not in r]
+    for task in [t for t in SYNTHETIC + TEXT if any(r["task"] == t for r in done)]:
         out[task] = {}
-        for variant in cfg.variants_for(task):
-            runs = [r for r in records if (r["task"], r["variant"]) == (task, variant) and "error" not in r]
-            if not runs:
-                continue
+        for variant in sorted({r["variant"] for r in done if r["task"] == task}, key=variant_order):
+            runs = sorted((r for r in done if (r["task"], r["variant"]) == (task, variant)), key=lambda r: r["seed"])
             cell: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "params": runs[0]["params"],
-                                    "train_seconds": mean_std([r["train_seconds"] for r in runs])[0]}  # fmt: skip
+                                    "train_seconds": mean_std([r["train_seconds"] for r in runs])[0],
+                                    "setup": run_settings(runs[0])}  # fmt: skip
             if task in TEXT:
                 (n,) = runs[0]["eval"]
                 per_seg = np.array([r["eval"][n]["seg_loss"] for r in runs])  # (seeds, S)
@@ -389,19 +403,18 @@ def summarize(records: list[dict[str, Any]], cfg: GridConfig) -> dict[str, Any]:
     return out
 
 
-def format_tables(summary: dict[str, Any], cfg: GridConfig) -> str:
+def format_tables(summary: dict[str, Any]) -> str:
     lines: list[str] = []
     for task, cells in summary.items():
-        if not cells:
-            continue
         if task in TEXT:
             lines += text_table(task, cells)
             continue
-        counts = list(next(iter(cells.values()))["acc"])
-        chance = next(iter(cells.values()))["chance"]
-        lines += [f"### {task}: answer accuracy (mean ± std over seeds; best seed in brackets), chance {chance:.4f}",
-                  "", f"trained on {cfg.n_segments} segments of {cfg.block_size} tokens"
-                  f" (curriculum {cfg.segment_curriculum or 'none'}), {cfg.max_iters} iterations", "",
+        first = next(iter(cells.values()))
+        counts, setup = list(first["acc"]), first["setup"]
+        lines += [f"### {task}: answer accuracy (mean ± std over seeds; best seed in brackets), chance "
+                  f"{first['chance']:.4f}", "",
+                  f"trained on {setup['n_segments']} segments of {setup['block_size']} tokens (curriculum "
+                  f"{setup['segment_curriculum']}), {setup['max_iters']} iterations; seeds {first['seeds']}", "",
                   "| variant | params | " + " | ".join(f"{n} seg" for n in counts) + " |",
                   "|---|---|" + "---|" * len(counts)]  # fmt: skip
         for variant, cell in cells.items():
@@ -430,7 +443,7 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def plot(summary: dict[str, Any], cfg: GridConfig) -> list[str]:
+def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
     """accuracy_vs_segments.png (one panel per synthetic task) and text_loss_per_segment.png; returns the paths."""
     import matplotlib
 
@@ -452,15 +465,16 @@ def plot(summary: dict[str, Any], cfg: GridConfig) -> list[str]:
                     ax.scatter([n] * len(a["values"]), a["values"], color=line.get_color(), alpha=0.3, s=10)
             chance = next(iter(cells.values()))["chance"]
             ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
-            ax.axvspan(min([*cfg.segment_curriculum, cfg.n_segments]) - 0.2, cfg.n_segments + 0.2, color="gray",
-                       alpha=0.1, label="trained lengths")  # fmt: skip
+            setup = next(iter(cells.values()))["setup"]
+            trained = [*json.loads(setup["segment_curriculum"]), int(setup["n_segments"])]
+            ax.axvspan(min(trained) - 0.2, max(trained) + 0.2, color="gray", alpha=0.1, label="trained lengths")
             ax.set(title=task, xlabel="segments per episode", ylabel="answer accuracy", ylim=(-0.03, 1.03))
             ax.set_xscale("log", base=2)
             ax.set_xticks(counts, [str(n) for n in counts])
             ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
         fig.tight_layout()
-        paths.append(os.path.join(cfg.out_dir, "accuracy_vs_segments.png"))
+        paths.append(os.path.join(out_dir, "accuracy_vs_segments.png"))
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
     text = {t: c for t, c in summary.items() if t in TEXT and c}
@@ -476,21 +490,28 @@ def plot(summary: dict[str, Any], cfg: GridConfig) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        paths.append(os.path.join(cfg.out_dir, "text_loss_per_segment.png"))
+        paths.append(os.path.join(out_dir, "text_loss_per_segment.png"))
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
     return paths
 
 
-def write_outputs(records: list[dict[str, Any]], cfg: GridConfig) -> None:
-    summary = summarize(records, cfg)
-    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
-        json.dump({"config": asdict(cfg), "summary": summary}, f, indent=1)
-    table = format_tables(summary, cfg)
-    with open(os.path.join(cfg.out_dir, "table.md"), "w") as f:
+def write_outputs(out_dir: str) -> None:
+    """table.md, summary.json and the plots, from every record in out_dir: the folder's tables cover all the grids
+    run into it (each record is the latest run of its task, variant and seed)."""
+    records = []
+    for name in sorted(os.listdir(out_dir)):
+        if re.fullmatch(r".+_seed-?\d+\.json", name):
+            with open(os.path.join(out_dir, name)) as f:
+                records.append(json.load(f))
+    summary = summarize(records)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    table = format_tables(summary)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(table + "\n")
     print(table)
-    for path in plot(summary, cfg):
+    for path in plot(summary, out_dir):
         print(f"wrote {path}")
 
 

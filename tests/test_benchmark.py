@@ -67,8 +67,9 @@ def test_bad_settings_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def record(task: str, variant: str, seed: int, evals: dict) -> dict:
+    argv = ["--n_segments=4", "--block_size=16", "--segment_curriculum=[2,3,4]", "--max_iters=3000"]
     return {"task": task, "variant": variant, "seed": seed, "params": 1000, "train_seconds": 1.0, "chance": 0.0625,
-            "eval": evals}  # fmt: skip
+            "eval": evals, "settings": {"argv": argv}}  # fmt: skip
 
 
 def test_summary_and_tables_by_hand() -> None:
@@ -85,13 +86,15 @@ def test_summary_and_tables_by_hand() -> None:
         record("shakespeare_char", "k4", 1, {"3": {"loss": 1.9, "seg_loss": [2.3, 1.9, 1.7]}}),
         record("shakespeare_char", "full", 1, {"3": {"loss": 1.7, "seg_loss": [2.3, 1.6, 1.4]}}),
     ]
-    summary = summarize(recs, cfg)
+    summary = summarize(recs[::-1])  # any order: tasks, variants (off, k.., full) and seeds come out sorted
     k4 = summary["recall"]["k4"]
     assert k4["seeds"] == [1, 2]
     assert k4["acc"]["4"]["mean"] == pytest.approx(0.7) and k4["acc"]["4"]["std"] == pytest.approx(0.2828427, 1e-6)
     assert k4["acc"]["2"]["max"] == 1.0 and k4["acc"]["2"]["min"] == 0.8
     assert summary["shakespeare_char"]["k4"]["later_loss"][0] == pytest.approx(1.8)
-    table = format_tables(summary, cfg)
+    assert list(summary["shakespeare_char"]) == ["off", "k4", "full"]
+    table = format_tables(summary)
+    assert "trained on 4 segments of 16 tokens (curriculum [2,3,4]), 3000 iterations; seeds [1, 2]" in table
     assert "| k4 | 0.001M | 0.900 ± 0.141 (1.00) | 0.700 ± 0.283 (0.90) |" in table
     assert "| k4 | 0.00M | 2.300 ± 0.000 | 1.900 ± 0.000 | 1.700 ± 0.000 | 1.800 | 40% |" in table
     assert "| full |" in table and "| 1.500 | 100% |" in table and "| 2.000 | 0% |" in table
