@@ -81,6 +81,7 @@ class GridConfig:
     # the text task: the quick start's config, each variant trained on it
     text_config: str = "config/train_gmm_shakespeare.py"
     text_max_iters: int = 0  # 0 = the config's
+    text_data_dir: str = "data"  # the folder that holds the text task's dataset (prepared there if missing)
     text_eval_iters: int = 50  # batches of the final per-segment evaluation: 50 x 8 sequences of 4 x 64 characters
     # system
     device: str = "auto"
@@ -163,7 +164,7 @@ def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str
               "always_save_checkpoint": True, "wandb_log": False}  # fmt: skip
     if text:
         base = read_config_file(cfg.text_config)
-        overrides: dict[str, Any] = dict(common)
+        overrides: dict[str, Any] = {**common, "data_dir": cfg.text_data_dir}
         if cfg.text_max_iters:
             overrides.update(max_iters=cfg.text_max_iters, lr_decay_iters=cfg.text_max_iters)
         if full:  # the same tokens per sequence, in one segment that sees them all
@@ -315,7 +316,7 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
                 if text:
                     conf = read_config_file(cfg.text_config)
                     T, n_seg = conf["block_size"], conf["n_segments"]
-                    eval_dirs = {n_seg: os.path.join(conf.get("data_dir", "data"), conf["dataset"])}
+                    eval_dirs = {n_seg: os.path.join(cfg.text_data_dir, conf["dataset"])}
                     ensure_data(eval_dirs[n_seg], conf["dataset"])
                     batch_size, eval_iters = conf["batch_size"], cfg.text_eval_iters
                 else:
