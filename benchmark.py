@@ -461,7 +461,8 @@ def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
                 mean = np.array([a["mean"] for a in cell["acc"].values()])
                 std = np.array([a["std"] for a in cell["acc"].values()])
                 (line,) = ax.plot(counts, mean, marker="o", label=variant)
-                ax.fill_between(counts, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+                low, high = np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)  # accuracy lives in [0, 1]
+                ax.fill_between(counts, low, high, color=line.get_color(), alpha=0.15)
                 for n, a in zip(counts, cell["acc"].values(), strict=True):  # every seed, faint
                     ax.scatter([n] * len(a["values"]), a["values"], color=line.get_color(), alpha=0.3, s=10)
             chance = next(iter(cells.values()))["chance"]
