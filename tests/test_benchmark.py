@@ -119,7 +119,7 @@ def test_tiny_grid_end_to_end(tmp_path: Path) -> None:
     assert "| off |" in table and "| k2-prob |" in table and "2 seg | 3 seg" in table
     assert (out / "accuracy_vs_segments.png").stat().st_size > 10_000
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["summary"]["recall"]["k2-prob"]["seeds"] == [1, 2]
+    assert summary["recall"]["k2-prob"]["seeds"] == [1, 2]
     # asked again, every record is reused: no run starts, the records are the same
     again = benchmark.main(args)
     dumps = [sorted(json.dumps(r, sort_keys=True) for r in rs) for rs in (records, again)]
