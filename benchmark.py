@@ -441,7 +441,10 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
             closed = (off["later_loss"][0] - later) / (off["later_loss"][0] - full["later_loss"][0])
             gap = f"{100 * closed:.0f}%"
         lines.append(f"| {variant} | {cell['params'] / 1e6:.2f}M | " + " | ".join(segs) + f" | {later:.3f} | {gap} |")
-    return [*lines, ""]
+    if off is not None and full is not None and off["later_loss"][0] <= full["later_loss"][0]:
+        lines += ["", "full attention is no better than no memory at this budget: there is no gap to close"]
+    seeds = sorted({seed for cell in cells.values() for seed in cell["seeds"]})
+    return [*lines, "", f"seeds {seeds}; a cell with ± 0.000 has one seed", ""]
 
 
 def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
