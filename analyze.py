@@ -18,7 +18,7 @@ segment's routing probabilities p (B, k), write gates (B, k) and the expert stat
 - warnings when routing has collapsed onto few experts or is diffuse (near uniform), with the settings to try.
 
 It prints the report, writes out_dir/analysis.json and draws out_dir/analysis/*.png, with the loss and routing
-curves of out_dir/metrics.jsonl. The functions on tensors (routing_stats, expert_diversity, diagnose) are what
+curves of out_dir/metrics.jsonl. The functions on tensors (gmm.routing_stats, expert_diversity, diagnose) are what
 train.py's evaluation logs, and notebooks/gmm_analysis.ipynb walks through the plots.
 """
 
@@ -39,10 +39,10 @@ from matplotlib.figure import Figure
 from torch.nn import functional as F
 from tqdm import tqdm
 
-import gmm
 from common import DTYPES, autocast, check_device, default_device, default_dtype, fail, load_checkpoint
 from configurator import ConfigError, configure
-from model import GPT, GPTConfig
+from gmm import routing_stats
+from model import GPT
 
 # when routing is called collapsed or diffuse (see diagnose)
 COLLAPSE_SHARE = 0.9  # one expert is the top choice of at least this share of writes ...
@@ -81,31 +81,6 @@ class AnalyzeConfig:
 
 # -----------------------------------------------------------------------------
 # statistics: plain functions on tensors, checked against hand-computed values in tests/test_analyze.py
-
-
-def routing_stats(probs: torch.Tensor, gates: torch.Tensor) -> dict[str, Any]:
-    """Routing figures of N sequences of S segments, from probs and gates (S, N, k): one write per segment and
-    sequence, k >= 2 experts. Lists are per expert (or per segment, then per expert); std is over writes."""
-    S, N, k = probs.shape
-    p, g = probs.float(), gates.float()
-    top = p.argmax(dim=-1)  # (S, N) each write's top expert
-    H = -(p * torch.log(p.clamp_min(1e-9))).sum(dim=-1)  # (S, N) entropy of each write, nats
-    same = (top[1:] == top[:-1]).float()  # (S-1, N) consecutive segments that keep their top expert
-    hard_share = F.one_hot(top, k).float().mean(dim=(0, 1))  # (k,)
-    return {
-        "util": p.mean(dim=(0, 1)).tolist(),
-        "hard_share": hard_share.tolist(),
-        "gate": g.mean(dim=(0, 1)).tolist(),
-        "entropy": H.mean().item(),
-        "entropy_std": H.std(correction=0).item(),
-        "entropy_norm": H.mean().item() / math.log(k),
-        "entropy_norm_std": H.std(correction=0).item() / math.log(k),
-        "load_balance": gmm.load_balance_loss(p.reshape(S * N, k)).item(),
-        "consistency": same.mean().item() if S > 1 else None,
-        "consistency_chance": (hard_share**2).sum().item(),
-        "segment_util": p.mean(dim=1).tolist(),  # (S, k)
-        "segment_gate": g.mean(dim=1).tolist(),  # (S, k)
-    }
 
 
 def expert_diversity(experts: torch.Tensor) -> torch.Tensor:
@@ -214,10 +189,7 @@ def collect(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
 def load(cfg: AnalyzeConfig) -> tuple[GPT, dict[str, Any]]:
     """The model of out_dir/ckpt.pt in eval mode on cfg's device, and the checkpoint."""
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-    model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
-    # a compiled model saved its weights under '_orig_mod.'; strip it so the plain model loads them
-    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
-    return model.eval().to(resolve_device(cfg)[0]), ckpt
+    return GPT.from_checkpoint(ckpt).eval().to(resolve_device(cfg)[0]), ckpt
 
 
 def resolve_device(cfg: AnalyzeConfig) -> tuple[str, str]:

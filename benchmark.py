@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from common import default_device, default_dtype, fail, load_checkpoint
 from configurator import ConfigError, configure, read_config_file
-from model import GPT, GPTConfig
+from model import GPT
 from train import TrainConfig, ensure_data, episode_dir, estimate_loss
 
 ROOT = Path(__file__).resolve().parent
@@ -250,9 +250,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             tail = [line.strip() for line in f.read().splitlines() if line.strip()][-1:]
         return {**record, "error": f"train.py exited with {rc}: {tail[0] if tail else ''}"}
     ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
-    model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
-    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
-    model.to(spec["device"])
+    model = GPT.from_checkpoint(ckpt).to(spec["device"])
     cfg = TrainConfig(eval_iters=spec["eval_iters"], batch_size=spec["batch_size"], seed=spec["seed"])
     T = spec["segment_len"]
     evals = {}
@@ -298,14 +296,22 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
     data_dirs = prepare_data(cfg)
     records, todo = [], []
     for task in cfg.task_list:
-        text = task in TEXT
+        # what every run of the task is evaluated on: segment length, batches, and data folder per segment count
+        if task in TEXT:
+            conf = read_config_file(cfg.text_config)
+            T, batch_size, eval_iters = conf["block_size"], conf["batch_size"], cfg.text_eval_iters
+            eval_dirs = {conf["n_segments"]: os.path.join(cfg.text_data_dir, conf["dataset"])}
+            ensure_data(eval_dirs[conf["n_segments"]], conf["dataset"])
+            evaluation: dict[str, Any] = {"eval_iters": eval_iters}
+        else:
+            T, batch_size, eval_iters = cfg.block_size, cfg.batch_size, cfg.eval_iters
+            eval_dirs = {n: data_dirs[task][n] for n in cfg.eval_segments}
+            evaluation = {"eval_segments": cfg.eval_segments, "eval_iters": eval_iters}
         for variant in cfg.variants_for(task):
             for seed in cfg.seeds:
                 run_dir = os.path.join(cfg.out_dir, "runs", task, variant, f"seed{seed}")
                 argv = train_args(task, variant, seed, cfg, run_dir)
-                settings = {"argv": argv, "eval_segments": cfg.eval_segments, "eval_iters": cfg.eval_iters}
-                if text:
-                    settings = {"argv": argv, "eval_iters": cfg.text_eval_iters}
+                settings = {"argv": argv, **evaluation}
                 path = record_path(cfg, task, variant, seed)
                 if os.path.exists(path):
                     with open(path) as f:
@@ -313,15 +319,6 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
                     if old.get("settings") == settings and "error" not in old:
                         records.append(old)
                         continue
-                if text:
-                    conf = read_config_file(cfg.text_config)
-                    T, n_seg = conf["block_size"], conf["n_segments"]
-                    eval_dirs = {n_seg: os.path.join(cfg.text_data_dir, conf["dataset"])}
-                    ensure_data(eval_dirs[n_seg], conf["dataset"])
-                    batch_size, eval_iters = conf["batch_size"], cfg.text_eval_iters
-                else:
-                    T, batch_size, eval_iters = cfg.block_size, cfg.batch_size, cfg.eval_iters
-                    eval_dirs = {n: data_dirs[task][n] for n in cfg.eval_segments}
                 todo.append(
                     dict(task=task, variant=variant, seed=seed, settings=settings, argv=argv, run_dir=run_dir,
                          eval_dirs=eval_dirs, segment_len=T, eval_iters=eval_iters, batch_size=batch_size,
@@ -449,15 +446,13 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
 
 def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
     """accuracy_vs_segments.png (one panel per synthetic task) and text_loss_per_segment.png; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # drawn without pyplot: no backend or global state is touched
 
     paths = []
     synthetic = {t: c for t, c in summary.items() if t in SYNTHETIC and c}
     if synthetic:
-        fig, axes = plt.subplots(1, len(synthetic), figsize=(5.5 * len(synthetic), 4), squeeze=False)
+        fig = Figure(figsize=(5.5 * len(synthetic), 4))
+        axes = fig.subplots(1, len(synthetic), squeeze=False)
         for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
             for variant, cell in cells.items():
                 counts = [int(n) for n in cell["acc"]]
@@ -481,10 +476,10 @@ def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "accuracy_vs_segments.png"))
         fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
     text = {t: c for t, c in summary.items() if t in TEXT and c}
     for task, cells in text.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         for variant, cell in cells.items():
             mean = np.array([m for m, _ in cell["seg_loss"]])
             std = np.array([s for _, s in cell["seg_loss"]])
@@ -497,7 +492,6 @@ def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "text_loss_per_segment.png"))
         fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
     return paths
 
 

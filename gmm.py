@@ -24,7 +24,7 @@ segments and decides where gradients stop (truncated BPTT). Everything here is a
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -208,3 +208,28 @@ def routing_entropy(probs: torch.Tensor) -> torch.Tensor:
     towards one expert, a negative weight spreads it."""
     p = probs.float()
     return -(p * torch.log(p.clamp_min(1e-9))).sum(dim=-1).mean()
+
+
+def routing_stats(probs: torch.Tensor, gates: torch.Tensor) -> dict[str, Any]:
+    """Routing figures of N sequences of S segments, from probs and gates (S, N, k): one write per segment and
+    sequence, k >= 2 experts. Lists are per expert (or per segment, then per expert); std is over writes."""
+    S, N, k = probs.shape
+    p, g = probs.float(), gates.float()
+    top = p.argmax(dim=-1)  # (S, N) each write's top expert
+    H = -(p * torch.log(p.clamp_min(1e-9))).sum(dim=-1)  # (S, N) entropy of each write, nats
+    same = (top[1:] == top[:-1]).float()  # (S-1, N) consecutive segments that keep their top expert
+    hard_share = F.one_hot(top, k).float().mean(dim=(0, 1))  # (k,)
+    return {
+        "util": p.mean(dim=(0, 1)).tolist(),
+        "hard_share": hard_share.tolist(),
+        "gate": g.mean(dim=(0, 1)).tolist(),
+        "entropy": H.mean().item(),
+        "entropy_std": H.std(correction=0).item(),
+        "entropy_norm": H.mean().item() / math.log(k),
+        "entropy_norm_std": H.std(correction=0).item() / math.log(k),
+        "load_balance": load_balance_loss(p.reshape(S * N, k)).item(),
+        "consistency": same.mean().item() if S > 1 else None,
+        "consistency_chance": (hard_share**2).sum().item(),
+        "segment_util": p.mean(dim=1).tolist(),  # (S, k)
+        "segment_gate": g.mean(dim=1).tolist(),  # (S, k)
+    }

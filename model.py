@@ -349,6 +349,15 @@ class GPT(nn.Module):
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
+    def from_checkpoint(cls, ckpt: dict, override_args: dict | None = None) -> GPT:
+        """The model a checkpoint of this repo holds (its `model_args` and `model` weights); `override_args` may
+        change settings that leave the weights' shapes alone, such as dropout."""
+        model = cls(GPTConfig.from_dict({**ckpt["model_args"], **(override_args or {})}))
+        # a compiled model saved its weights under '_orig_mod.'; strip it so the plain model loads them
+        model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+        return model
+
+    @classmethod
     def from_pretrained(cls, name_or_dir: str, override_args: dict | None = None) -> GPT:
         """OpenAI's GPT-2 weights (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`) or any local directory that
         holds a Hugging Face GPT-2 checkpoint. `override_args` may set dropout (and the memory settings)."""

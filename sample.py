@@ -94,9 +94,7 @@ def load_model(cfg: SampleConfig, model_args: dict[str, Any] | None = None) -> t
         ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
         ckpt = load_checkpoint(ckpt_path)
         check_model_args(ckpt["model_args"], model_args, set(model_args), ckpt_path)
-        model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
-        # a compiled model saved its weights under '_orig_mod.'; strip it so the plain model loads them
-        model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+        model = GPT.from_checkpoint(ckpt)
         meta = ckpt.get("tokenizer_meta") or {"tokenizer": "gpt2", "vocab_size": 50257}  # older: nanoGPT's default
         n_text_ids = int(meta["vocab_size"])
     else:

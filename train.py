@@ -36,7 +36,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import analyze
+import gmm
 from common import (
     DTYPES,
     DummyWandb,
@@ -244,7 +244,7 @@ def estimate_loss(
       (greedy) and of answers (all tokens of a sequence's answer) entirely right;
     - split_load_balance, split_entropy: with memory of k > 1 experts, the unweighted auxiliary losses;
     - split_util, split_hard_share, split_entropy_norm, split_consistency: with k > 1 experts, how the writes were
-      routed (analyze.routing_stats: utilisation and top-expert share per expert, entropy over log k, how often
+      routed (gmm.routing_stats: utilisation and top-expert share per expert, entropy over log k, how often
       consecutive segments keep their top expert)."""
     out: dict[str, Any] = {}
     model.eval()
@@ -285,7 +285,7 @@ def estimate_loss(
             out[f"{split}_acc_answer"] = sums["ans_right"] / max(1.0, sums["ans"])
         out.update(aux)
         if probs:
-            stats = analyze.routing_stats(torch.cat(probs, dim=1), torch.cat(gates, dim=1))
+            stats = gmm.routing_stats(torch.cat(probs, dim=1), torch.cat(gates, dim=1))
             out.update({f"{split}_{k}": stats[k] for k in ("util", "hard_share", "entropy_norm", "consistency")})
     model.train()
     return out
@@ -350,11 +350,8 @@ def init_model(
         ckpt = load_checkpoint(ckpt_path)
         check_model_args(ckpt["model_args"], asdict(model_cfg), explicit or set(), ckpt_path)
         # the checkpoint's model shape wins; only dropout may change between runs
-        model_cfg = GPTConfig.from_dict({**ckpt["model_args"], "dropout": model_cfg.dropout})
-        model = GPT(model_cfg)
-        # a compiled model saved its weights under '_orig_mod.'; strip it so plain models load them
-        state_dict = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-        model.load_state_dict(state_dict)
+        model = GPT.from_checkpoint(ckpt, {"dropout": model_cfg.dropout})
+        model_cfg = model.config
     else:
         print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
         memory_args = {k: v for k, v in asdict(model_cfg).items() if k.startswith("gmm_")}

@@ -26,7 +26,8 @@ import torch
 
 import analyze
 import train
-from analyze import collect, diagnose, expert_diversity, routing_stats
+from analyze import collect, diagnose, expert_diversity
+from gmm import routing_stats
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
