@@ -10,8 +10,9 @@ The grid is tasks x variants x seeds. Each cell is one `train.py` run (in its ow
 checkpoint is then evaluated on the validation episodes at every segment count in `eval_segments`; counts beyond
 the training length measure length generalisation. A variant is `off` (no memory), `k<N>` (N experts; k1 is one
 bank, the RMT baseline), optionally followed by ablations joined with '-': `projected` (gmm_candidate), `prob`
-(gmm_write_scale), `read` (gmm_routing), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x). On a text task,
-`full` is the upper bound: no memory and one segment of n_segments * block_size tokens, so every token sees the
+(gmm_write_scale), `read` (gmm_routing), `learnedwrite` (gmm_write_input=learned: the write tokens do not start
+from the read memory), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x). On a text task, `full` is the
+upper bound: no memory and one segment of n_segments * block_size tokens, so every token sees the
 whole context (the grid runs it on text tasks only).
 
 Synthetic tasks (recall, copy, needle: data/<task>/prepare.py) train the small model set by the fields below with
@@ -50,7 +51,7 @@ from train import TrainConfig, ensure_data, episode_dir, estimate_loss
 ROOT = Path(__file__).resolve().parent
 SYNTHETIC = ("recall", "copy", "needle")
 TEXT = ("shakespeare_char",)
-ABLATIONS = "projected, prob, read, bptt<N>, T<temperature>"
+ABLATIONS = "projected, prob, read, learnedwrite, bptt<N>, T<temperature>"
 
 
 @dataclass
@@ -132,11 +133,14 @@ def variant_settings(variant: str, text: bool) -> dict[str, Any]:
     match = re.fullmatch(r"k([1-8])", head)
     if match is None:
         raise ValueError(f"variant '{variant}' must be off, full, or k1..k8 followed by -ablations ({ABLATIONS})")
-    settings: dict[str, Any] = {"gmm_experts": int(match.group(1))}
+    # the write input is named even at its default, so records made before the default changed are not reused
+    settings: dict[str, Any] = {"gmm_experts": int(match.group(1)), "gmm_write_input": "read"}
     for mod in mods:
         if mod in ("projected", "prob", "read"):
             key = {"projected": "gmm_candidate", "prob": "gmm_write_scale", "read": "gmm_routing"}[mod]
             settings[key] = mod
+        elif mod == "learnedwrite":
+            settings["gmm_write_input"] = "learned"
         elif re.fullmatch(r"bptt\d+", mod):
             settings["bptt_segments"] = int(mod[4:])
         elif re.fullmatch(r"T\d+(\.\d+)?", mod):

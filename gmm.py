@@ -7,7 +7,9 @@ Transformer puts its memory (Bulatov et al., NeurIPS 2022, https://arxiv.org/abs
     [M read slots][T text tokens][M write tokens]        under one causal mask
 
 - the read slots' input embeddings are the memory read for this segment (a routing-weighted mixture of experts);
-- the write tokens are learned embeddings whose final hidden states W (B, M, D) are what the segment writes;
+- the write tokens' final hidden states W (B, M, D) are what the segment writes; they enter as the read memory
+  plus a learned per-slot embedding ('read', RMT's layout: the residual stream carries the memory through the
+  segment, so a write that changes nothing keeps it) or as the learned embeddings alone ('learned');
 - a gating network routes W to the k experts, p = softmax(router(pool(W)) / temperature)  (B, k);
 - each expert j takes a gated, routing-weighted step towards a candidate:
       a_j = s_j * sigmoid(Wg_j [E_j ; W]),   E_j <- (1 - a_j) * E_j + a_j * u_j
@@ -142,10 +144,11 @@ class GatedMemoryMixture(nn.Module):
     """The whole add-on: initial expert states, write-token embeddings, gating, updates and reads."""
 
     def __init__(self, n_embd: int, n_experts: int, n_slots: int, pooling: str, temperature: float,
-                 candidate: str, write_scale: str, routing: str, init: str) -> None:  # fmt: skip
+                 candidate: str, write_scale: str, routing: str, init: str, write_input: str) -> None:  # fmt: skip
         super().__init__()
         self.n_experts = n_experts
         self.n_slots = n_slots
+        self.write_input = write_input
         inits = parse_init(init, n_experts)
         # initial expert states (k, M, D) at the scale of the final hidden states they mix with (RMS ~1);
         # 'orthogonal' and 'zeros' experts are fixed starting points, 'learned' ones are trained
@@ -181,6 +184,11 @@ class GatedMemoryMixture(nn.Module):
         if self.reader is None:
             return memory.experts[:, 0]
         return self.reader(memory)
+
+    def write_tokens(self, read: torch.Tensor) -> torch.Tensor:
+        """The write tokens' input embeddings (B, M, D), given this segment's read slots (B, M, D)."""
+        write = self.write_emb.unsqueeze(0).expand(read.size(0), -1, -1).to(read.dtype)
+        return read + write if self.write_input == "read" else write
 
     def write(self, memory: Memory, W: torch.Tensor) -> tuple[Memory, Routing]:
         """Update the experts from a segment's write states W (B, M, D)."""

@@ -51,6 +51,7 @@ class GPTConfig:
     gmm_candidate: str = "write"  # what experts move towards: write (W) | projected (tanh(Wu [E; W]))
     gmm_write_scale: str = "normalized"  # write strength: prob (p_j) | normalized (p_j / max p)
     gmm_routing: str = "write"  # the read mixes experts with the write's routing | a separate read router
+    gmm_write_input: str = "read"  # write tokens enter as the read memory + a learned embedding | learned only
     gmm_init: str = "learned"  # initial expert states: learned | orthogonal | zeros, or one per expert, a,b,...
     gmm_load_balance: float = 0.01  # weight of the Switch load-balance loss in the training loss
     gmm_entropy: float = 0.0  # weight of the mean routing entropy in the training loss (> 0 sharpens routing)
@@ -70,6 +71,7 @@ class GPTConfig:
             "gmm_candidate": ("write", "projected"),
             "gmm_write_scale": ("prob", "normalized"),
             "gmm_routing": ("write", "read"),
+            "gmm_write_input": ("read", "learned"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -84,6 +86,8 @@ class GPTConfig:
     def from_dict(cls, d: dict) -> GPTConfig:
         """Build from a dict that may hold keys of other configs (a checkpoint's, a run's): unknown keys are dropped."""
         names = {f.name for f in fields(cls)}
+        if d.get("gmm_experts") and "gmm_write_input" not in d:
+            d = {**d, "gmm_write_input": "learned"}  # checkpoints from before the setting had learned write tokens
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -220,6 +224,7 @@ class GPT(nn.Module):
             self.memory = gmm.GatedMemoryMixture(
                 config.n_embd, config.gmm_experts, config.gmm_slots, config.gmm_pooling, config.gmm_temperature,
                 config.gmm_candidate, config.gmm_write_scale, config.gmm_routing, config.gmm_init,
+                config.gmm_write_input,
             )  # fmt: skip
         # weight tying: https://paperswithcode.com/method/weight-tying
         self.transformer.wte.weight = self.lm_head.weight
@@ -310,8 +315,8 @@ class GPT(nn.Module):
         if self.memory is None or memory is None:
             return (None if skip_logits else self.lm_head(self.transformer.ln_f(self.run_blocks(x)))), None, None
         M, T = self.config.gmm_slots, idx.size(1)
-        write = self.memory.write_emb.unsqueeze(0).expand(idx.size(0), -1, -1).to(x.dtype)  # (B, M, D)
-        x = torch.cat([self.memory.read(memory).to(x.dtype), x, write], dim=1)  # (B, M + T + M, D)
+        read = self.memory.read(memory).to(x.dtype)  # (B, M, D)
+        x = torch.cat([read, x, self.memory.write_tokens(read)], dim=1)  # (B, M + T + M, D)
         h = self.transformer.ln_f(self.run_blocks(x))
         memory, routing = self.memory.write(memory, h[:, M + T :])
         return (None if skip_logits else self.lm_head(h[:, M : M + T])), memory, routing
@@ -500,6 +505,7 @@ class SegmentDecoder:
         p = next(model.parameters())
         self.cache = KVCache(cfg, batch_size, 2 * self.slots + cfg.block_size, p.device, p.dtype)
         self.memory = model.memory.initial(batch_size) if model.memory is not None else None
+        self.read: torch.Tensor | None = None  # the current segment's read slots
         self.t = 0  # text tokens in the current segment
         self.start_segment()
 
@@ -507,13 +513,13 @@ class SegmentDecoder:
         self.cache.reset()
         self.t = 0
         if self.model.memory is not None and self.memory is not None:
-            self.model.extend_cache(self.model.memory.read(self.memory), self.cache)
+            self.read = self.model.memory.read(self.memory)
+            self.model.extend_cache(self.read, self.cache)
 
     def end_segment(self) -> None:
         memory_module = self.model.memory
-        if memory_module is not None and self.memory is not None:
-            write = memory_module.write_emb.unsqueeze(0).expand(self.cache.k.size(1), -1, -1)  # (B, M, D)
-            W = self.model.extend_cache(write, self.cache)
+        if memory_module is not None and self.memory is not None and self.read is not None:
+            W = self.model.extend_cache(memory_module.write_tokens(self.read), self.cache)
             self.memory, _ = memory_module.write(self.memory, W)
         self.start_segment()
 

@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_variant_settings() -> None:
     assert variant_settings("off", text=False) == {"gmm_experts": 0}
-    assert variant_settings("k1", text=False) == {"gmm_experts": 1}
-    assert variant_settings("k4-projected-prob-read-bptt2-T0.5", text=False) == {
+    assert variant_settings("k1", text=False) == {"gmm_experts": 1, "gmm_write_input": "read"}
+    assert variant_settings("k4-projected-prob-read-learnedwrite-bptt2-T0.5", text=False) == {
         "gmm_experts": 4,
+        "gmm_write_input": "learned",
         "gmm_candidate": "projected",
         "gmm_write_scale": "prob",
         "gmm_routing": "read",
