@@ -93,7 +93,8 @@ def parse_value(raw: str) -> Any:
 
 
 def check_type(key: str, value: Any, hint: Any, where: str) -> Any:
-    """Return value as the declared type (int -> float is the only conversion) or raise a one-line ConfigError."""
+    """Return value as the declared type (int -> float and item -> [item] for a list are the only conversions) or
+    raise a one-line ConfigError."""
     ok, converted = _matches(value, hint)
     if ok:
         return converted
@@ -115,9 +116,12 @@ def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
     if origin is Literal:
         return value in args, value
     if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            return False, value
         item = args[0] if args else Any
+        if not isinstance(value, list | tuple):
+            if origin is list:  # --seeds=1: one item stands for a list of one
+                ok, v = _matches(value, item)
+                return ok, [v] if ok else value
+            return False, value
         checked = [_matches(v, item) for v in value]
         return all(ok for ok, _ in checked), origin(v for _, v in checked)
     if hint is float:
