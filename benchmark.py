@@ -275,7 +275,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "params": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(seconds, 1),
         "iters": ckpt["iter_num"],
-        "chance": ckpt["tokenizer_meta"].get("chance"),
+        "chance": ckpt["tokenizer_meta"].get("chance"),  # per answer token
+        "chance_exact": ckpt["tokenizer_meta"].get("chance_exact"),  # of a whole answer (all its tokens right)
         "eval": evals,
         "curve": [{k: e[k] for k in keep if k in e} for e in curve],
     }
@@ -382,6 +383,19 @@ def learned_at(rec: dict[str, Any]) -> int | None:
     return next((e["iter"] for e in rec.get("curve", []) if e.get("val_acc_answer", 0.0) >= LEARNED), None)
 
 
+def accuracy_stats(runs: list[dict[str, Any]], n: str, key: str) -> dict[str, Any]:
+    """Mean, sample std, min, max and the values over runs of one accuracy at segment count n."""
+    accs = [r["eval"][n][key] for r in runs]
+    mean, std = mean_std(accs)
+    return {"mean": mean, "std": std, "min": min(accs), "max": max(accs), "values": accs}
+
+
+def multi_token(cells: dict[str, Any]) -> bool:
+    """Whether a task's answers have several tokens (copy): then per-token accuracy says more than exact match."""
+    first = next(iter(cells.values()))
+    return first["chance_exact"] < first["chance"] and all("acc_token" in c for c in cells.values())
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per task and variant: per segment count, mean/std/min/max of answer accuracy (synthetic) or of the loss per
     segment (text), over the seeds that finished."""
@@ -402,12 +416,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 cell["later_loss"] = mean_std(list(per_seg[:, 1:].mean(axis=1)))  # segments 2..S: where memory can help
             else:
                 cell["chance"] = runs[0]["chance"]
+                cell["chance_exact"] = runs[0].get("chance_exact") or runs[0]["chance"]
                 cell["learned_at"] = [learned_at(r) for r in runs]  # per seed: first iteration at >= LEARNED
-                cell["acc"] = {}
-                for n in runs[0]["eval"]:
-                    accs = [r["eval"][n]["acc_answer"] for r in runs]
-                    cell["acc"][n] = {"mean": mean_std(accs)[0], "std": mean_std(accs)[1], "min": min(accs),
-                                      "max": max(accs), "values": accs}  # fmt: skip
+                cell["acc"] = {n: accuracy_stats(runs, n, "acc_answer") for n in runs[0]["eval"]}
+                if all("acc_token" in e for r in runs for e in r["eval"].values()):
+                    cell["acc_token"] = {n: accuracy_stats(runs, n, "acc_token") for n in runs[0]["eval"]}
             out[task][variant] = cell
     return out
 
@@ -420,25 +433,49 @@ def format_tables(summary: dict[str, Any]) -> str:
             continue
         first = next(iter(cells.values()))
         counts, setup = list(first["acc"]), first["setup"]
-        lines += [f"### {task}: answer accuracy (mean ± std over seeds; best seed in brackets), chance "
-                  f"{first['chance']:.4f}", "",
-                  f"trained on {setup['n_segments']} segments of {setup['block_size']} tokens (curriculum "
-                  f"{setup['segment_curriculum']}), {setup['max_iters']} iterations; seeds {first['seeds']}", "",
-                  "| variant | params | " + " | ".join(f"{n} seg" for n in counts) + f" | learned (≥ {LEARNED}) |",
-                  "|---|---|" + "---|" * (len(counts) + 1)]  # fmt: skip
+        trained = (
+            f"trained on {setup['n_segments']} segments of {setup['block_size']} tokens (curriculum "
+            f"{setup['segment_curriculum']}), {setup['max_iters']} iterations; seeds {first['seeds']}"
+        )
+        columns = "| variant | params | " + " | ".join(f"{n} seg" for n in counts) + " |"
+        lines += [
+            f"### {task}: answer accuracy, every answer token right (mean ± std over seeds; best seed in brackets), "
+            f"chance {first['chance_exact']:.3g}",
+            "",
+            trained,
+            "",
+            f"{columns} learned (≥ {LEARNED}) |",
+            "|---|---|" + "---|" * (len(counts) + 1),
+        ]
         for variant, cell in cells.items():
-            row = [f"{a['mean']:.3f} ± {a['std']:.3f} ({a['max']:.2f})" for a in cell["acc"].values()]
             hits = [it for it in cell["learned_at"] if it is not None]
             median = f", median step {np.median(hits):.0f}" if hits else ""
-            learned = f"{len(hits)}/{len(cell['learned_at'])}{median}"
-            lines.append(f"| {variant} | {cell['params'] / 1e6:.3f}M | " + " | ".join(row) + f" | {learned} |")
+            lines.append(accuracy_row(variant, cell, "acc") + f" {len(hits)}/{len(cell['learned_at'])}{median} |")
         lines += [
             "",
             f"learned: seeds whose evaluation at the trained length reached {LEARNED} answer accuracy during "
             "training, and the median first step it did (evaluations every eval_interval steps)",
             "",
         ]
+        if multi_token(cells):
+            lines += [
+                f"### {task}: answer-token accuracy (mean ± std over seeds; best seed in brackets), chance "
+                f"{first['chance']:.4f}",
+                "",
+                trained,
+                "",
+                columns,
+                "|---|---|" + "---|" * len(counts),
+                *(accuracy_row(variant, cell, "acc_token") for variant, cell in cells.items()),
+                "",
+            ]
     return "\n".join(lines)
+
+
+def accuracy_row(variant: str, cell: dict[str, Any], key: str) -> str:
+    """'| variant | params | mean ± std (best) | ... |' for one accuracy of a synthetic task's cell."""
+    row = [f"{a['mean']:.3f} ± {a['std']:.3f} ({a['max']:.2f})" for a in cell[key].values()]
+    return f"| {variant} | {cell['params'] / 1e6:.3f}M | " + " | ".join(row) + " |"
 
 
 def text_table(task: str, cells: dict[str, Any]) -> list[str]:
@@ -473,21 +510,23 @@ def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
         fig = Figure(figsize=(5.5 * len(synthetic), 4))
         axes = fig.subplots(1, len(synthetic), squeeze=False)
         for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
+            key = "acc_token" if multi_token(cells) else "acc"  # copy: per answer token, exact match is near 0
             for variant, cell in cells.items():
-                counts = [int(n) for n in cell["acc"]]
-                mean = np.array([a["mean"] for a in cell["acc"].values()])
-                std = np.array([a["std"] for a in cell["acc"].values()])
+                counts = [int(n) for n in cell[key]]
+                mean = np.array([a["mean"] for a in cell[key].values()])
+                std = np.array([a["std"] for a in cell[key].values()])
                 (line,) = ax.plot(counts, mean, marker="o", label=variant)
                 low, high = np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)  # accuracy lives in [0, 1]
                 ax.fill_between(counts, low, high, color=line.get_color(), alpha=0.15)
-                for n, a in zip(counts, cell["acc"].values(), strict=True):  # every seed, faint
+                for n, a in zip(counts, cell[key].values(), strict=True):  # every seed, faint
                     ax.scatter([n] * len(a["values"]), a["values"], color=line.get_color(), alpha=0.3, s=10)
             chance = next(iter(cells.values()))["chance"]
             ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
             setup = next(iter(cells.values()))["setup"]
             trained = [*json.loads(setup["segment_curriculum"]), int(setup["n_segments"])]
             ax.axvspan(min(trained) - 0.2, max(trained) + 0.2, color="gray", alpha=0.1, label="trained lengths")
-            ax.set(title=task, xlabel="segments per episode", ylabel="answer accuracy", ylim=(-0.03, 1.03))
+            ylabel = "answer-token accuracy" if key == "acc_token" else "answer accuracy"
+            ax.set(title=task, xlabel="segments per episode", ylabel=ylabel, ylim=(-0.03, 1.03))
             ax.set_xscale("log", base=2)
             ax.set_xticks(counts, [str(n) for n in counts])
             ax.grid(alpha=0.3)

@@ -73,6 +73,22 @@ def record(task: str, variant: str, seed: int, evals: dict, curve: list | None =
             "eval": evals, "settings": {"argv": argv}, "curve": curve or []}  # fmt: skip
 
 
+def test_multi_token_answers_get_a_per_token_table() -> None:
+    """copy: exact match of 4 tokens has chance (1/16)^4 and sits near 0 until the whole string is carried, so the
+    per-token accuracy gets its own table, against its own chance."""
+    recs = [
+        {**record("copy", v, seed, {"4": {"acc_answer": exact, "acc_token": token}}), "chance_exact": 0.0625**4}
+        for v, seed, exact, token in [("off", 1, 0.0, 0.06), ("k4", 1, 0.0, 0.4), ("k4", 2, 0.5, 0.8)]
+    ]
+    summary = summarize(recs)
+    assert summary["copy"]["k4"]["acc_token"]["4"]["mean"] == pytest.approx(0.6)
+    table = format_tables(summary)
+    assert "### copy: answer accuracy, every answer token right" in table and "chance 1.53e-05" in table
+    assert "### copy: answer-token accuracy (mean ± std over seeds; best seed in brackets), chance 0.0625" in table
+    assert "| k4 | 0.001M | 0.250 ± 0.354 (0.50) | 0/2 |" in table
+    assert "| k4 | 0.001M | 0.600 ± 0.283 (0.80) |" in table
+
+
 def test_summary_and_tables_by_hand() -> None:
     cfg = GridConfig(tasks="recall,shakespeare_char", variants="off,k4,full")
     assert cfg.variants_for("recall") == ["off", "k4"] and cfg.variants_for("shakespeare_char") == ["off", "k4", "full"]
@@ -112,6 +128,7 @@ def test_summary_and_tables_by_hand() -> None:
     assert "| k4 | 0.001M | 0.900 ± 0.141 (1.00) | 0.700 ± 0.283 (0.90) | 1/2, median step 250 |" in table
     assert "| off | 0.001M | 0.060 ± 0.014 (0.07) | 0.060 ± 0.014 (0.07) | 0/2 |" in table
     assert "| k4 | 0.00M | 2.300 ± 0.000 | 1.900 ± 0.000 | 1.700 ± 0.000 | 1.800 | 40% |" in table
+    assert "recall: answer-token accuracy" not in table  # one answer token: exact match says it all
     assert "| full |" in table and "| 1.500 | 100% |" in table and "| 2.000 | 0% |" in table
 
 
