@@ -502,6 +502,7 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
 
 def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
     """accuracy_vs_segments.png (one panel per synthetic task) and text_loss_per_segment.png; returns the paths."""
+    import matplotlib
     from matplotlib.figure import Figure  # drawn without pyplot: no backend or global state is touched
 
     paths = []
@@ -509,13 +510,17 @@ def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
     if synthetic:
         fig = Figure(figsize=(5.5 * len(synthetic), 4))
         axes = fig.subplots(1, len(synthetic), squeeze=False)
+        # one colour per variant in every panel, and one legend for them all
+        variants = sorted({v for cells in synthetic.values() for v in cells}, key=variant_order)
+        cmap = matplotlib.colormaps["tab20" if len(variants) > 10 else "tab10"]  # an int picks the cmap's i-th colour
+        colors = {v: cmap(i % cmap.N) for i, v in enumerate(variants)}
         for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
             key = "acc_token" if multi_token(cells) else "acc"  # copy: per answer token, exact match is near 0
             for variant, cell in cells.items():
                 counts = [int(n) for n in cell[key]]
                 mean = np.array([a["mean"] for a in cell[key].values()])
                 std = np.array([a["std"] for a in cell[key].values()])
-                (line,) = ax.plot(counts, mean, marker="o", label=variant)
+                (line,) = ax.plot(counts, mean, marker="o", label=variant, color=colors[variant])
                 low, high = np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)  # accuracy lives in [0, 1]
                 ax.fill_between(counts, low, high, color=line.get_color(), alpha=0.15)
                 for n, a in zip(counts, cell[key].values(), strict=True):  # every seed, faint
@@ -530,7 +535,9 @@ def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
             ax.set_xscale("log", base=2)
             ax.set_xticks(counts, [str(n) for n in counts])
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+        axes[0][-1].legend(list(handles.values()), list(handles), fontsize=8, loc="center left",
+                           bbox_to_anchor=(1.02, 0.5))  # fmt: skip
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "accuracy_vs_segments.png"))
         fig.savefig(paths[-1], dpi=120)
