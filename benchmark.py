@@ -59,7 +59,7 @@ ABLATIONS = "projected, prob, read, learnedwrite, bptt<N>, T<temperature>"
 class GridConfig:
     out_dir: str = "results"
     tasks: str = "recall"  # comma-separated: recall, copy, needle (synthetic), shakespeare_char (text)
-    variants: str = "off,k1,k4,k4-learnedwrite,k4-projected,k4-prob,k4-bptt2"  # comma-separated, see the docstring
+    variants: str = "off,k1,k4,k4-projected,k4-prob,k4-bptt2"  # comma-separated, see the docstring
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     # synthetic tasks: the model and schedule of every run
     block_size: int = 16  # tokens per segment
