@@ -93,11 +93,11 @@ def runnable(command: str, tmp: Path, hf_dir: Path) -> list[str] | None:
     if script == "analyze.py":  # the checkpoint an earlier command trained
         out_dir = model_setting(args, "out_dir", "out")
         return [*launcher, script, *args, f"--out_dir={tmp / out_dir}", "--device=cpu", "--batches=1"]
-    if script == "benchmark.py":  # one seed, a few steps of a tiny model, each run in turn
+    if script == "benchmark.py":  # one seed, a few steps of a tiny model, two runs at a time
         text = ["--text_max_iters=2", "--text_eval_iters=1", f"--text_data_dir={data}"]
         tiny = ["--max_iters=2", "--seeds=[1]", "--eval_iters=1", "--eval_interval=1", "--batch_size=2",
                 "--n_layer=1", "--n_embd=16", "--n_segments=2", "--segment_curriculum=[2]", "--eval_segments=2,3",
-                "--jobs=1"]  # fmt: skip
+                "--jobs=2"]  # fmt: skip
         return [*launcher, script, *args, *tiny, *text, f"--out_dir={tmp / 'results'}", "--device=cpu"]
     if script == "bench.py":
         return [*launcher, script, *args, *BENCH, *TINY_MODEL]
