@@ -214,8 +214,13 @@ def routing_entropy(probs: torch.Tensor) -> torch.Tensor:
     """Mean entropy in nats of N routing decisions (N, k): H = -sum_i p_i log p_i, between 0 (one expert takes
     all) and log k (uniform). The training loss adds gmm_entropy * H: a positive weight sharpens each decision
     towards one expert, a negative weight spreads it."""
+    return write_entropy(probs).mean()
+
+
+def write_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each routing decision (..., k) -> (...)."""
     p = probs.float()
-    return -(p * torch.log(p.clamp_min(1e-9))).sum(dim=-1).mean()
+    return -(p * torch.log(p.clamp_min(1e-9))).sum(dim=-1)
 
 
 def routing_stats(probs: torch.Tensor, gates: torch.Tensor) -> dict[str, Any]:
@@ -224,7 +229,7 @@ def routing_stats(probs: torch.Tensor, gates: torch.Tensor) -> dict[str, Any]:
     S, N, k = probs.shape
     p, g = probs.float(), gates.float()
     top = p.argmax(dim=-1)  # (S, N) each write's top expert
-    H = -(p * torch.log(p.clamp_min(1e-9))).sum(dim=-1)  # (S, N) entropy of each write, nats
+    H = write_entropy(p)  # (S, N) entropy of each write, nats
     same = (top[1:] == top[:-1]).float()  # (S-1, N) consecutive segments that keep their top expert
     hard_share = F.one_hot(top, k).float().mean(dim=(0, 1))  # (k,)
     return {

@@ -505,7 +505,6 @@ class SegmentDecoder:
         p = next(model.parameters())
         self.cache = KVCache(cfg, batch_size, 2 * self.slots + cfg.block_size, p.device, p.dtype)
         self.memory = model.memory.initial(batch_size) if model.memory is not None else None
-        self.read: torch.Tensor | None = None  # the current segment's read slots
         self.t = 0  # text tokens in the current segment
         self.start_segment()
 
@@ -513,13 +512,13 @@ class SegmentDecoder:
         self.cache.reset()
         self.t = 0
         if self.model.memory is not None and self.memory is not None:
-            self.read = self.model.memory.read(self.memory)
-            self.model.extend_cache(self.read, self.cache)
+            self.model.extend_cache(self.model.memory.read(self.memory), self.cache)
 
     def end_segment(self) -> None:
         memory_module = self.model.memory
-        if memory_module is not None and self.memory is not None and self.read is not None:
-            W = self.model.extend_cache(memory_module.write_tokens(self.read), self.cache)
+        if memory_module is not None and self.memory is not None:
+            read = memory_module.read(self.memory)  # the segment's read slots: the memory is unchanged since its start
+            W = self.model.extend_cache(memory_module.write_tokens(read), self.cache)
             self.memory, _ = memory_module.write(self.memory, W)
         self.start_segment()
 

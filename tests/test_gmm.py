@@ -61,7 +61,11 @@ def test_causal_across_segments(mode: dict) -> None:
 @pytest.mark.parametrize("write_input", ["read", "learned"])
 @pytest.mark.parametrize("experts", [0, 1, 4])
 def test_memory_carries_segment_1_to_segment_3(experts: int, write_input: str) -> None:
-    model = tiny(gmm_experts=experts, gmm_write_input=write_input)
+    # with write_input='read' the write tokens start as the read; learned initial states (RMS 1) then dominate the
+    # first write at init and segment 1's imprint is ~1e-4, so that mode starts from zero states: segment 1's text
+    # makes the first write, and what it wrote must reach segment 3
+    init = "zeros" if write_input == "read" else "learned"
+    model = tiny(gmm_experts=experts, gmm_write_input=write_input, gmm_init=init)
     idx = torch.randint(V, (2, 3 * T))
     changed = idx.clone()
     changed[:, :T] = (changed[:, :T] + 7) % V  # segment 1 only
@@ -70,7 +74,7 @@ def test_memory_carries_segment_1_to_segment_3(experts: int, write_input: str) -
     if experts == 0:
         assert diff == 0.0  # without memory the segments are independent
     else:
-        assert diff > 1e-6  # small at init with write_input='read' (the write starts as the read), but there
+        assert diff > 1e-4
 
 
 def test_write_tokens_enter_as_the_read_memory() -> None:
