@@ -1,5 +1,5 @@
-"""Synthetic memory tasks: data/recall, data/copy and data/needle prepare.py, their writer in data/common.py and the
-"synthetic" tokenizer.
+"""Synthetic memory tasks: data/recall, data/copy, data/needle and data/mqar prepare.py, their writer in
+data/common.py and the "synthetic" tokenizer.
 
 Proves, on tiny settings in tmp_path, that each task writes episode-aligned uint16 bins and uint8 answer masks of
 exactly episodes * episode_len entries; that every episode has answer_len answers, all in its last segment, and that
@@ -7,7 +7,9 @@ a hand-written oracle reading only the episode finds each masked answer where th
 in an earlier segment: without memory it is a guess); that the same seed gives the same bytes and another seed other
 bytes, and val does not depend on --train_episodes; that the vocabulary and meta.json are the same whatever
 n_segments; that episode_batch reads the contract train.py follows; that a bad argument is one line on stderr, exit 2,
-and nothing written; and that the synthetic tokenizer round-trips. One test runs a prepare.py as a user would.
+and nothing written; and that the synthetic tokenizer round-trips. For mqar, that pairs and queries lie exactly
+where its layout says, at every span of segments, never sharing one, and that the queries are reshuffled. One test
+runs a prepare.py as a user would.
 """
 
 import functools
@@ -21,12 +23,15 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from data.common import COPY, KEY0, N_KEYS, N_VALUES, QUERY, SYNTHETIC_ITOS, VALUE0, episode_batch
+from data.common import COPY, FILLER0, KEY0, N_KEYS, N_VALUES, QUERY, SYNTHETIC_ITOS, VALUE0, episode_batch
 from tokenizer import get_tokenizer, load_meta
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("recall", "copy", "needle")
+TASKS = ("recall", "copy", "needle", "mqar")
 TINY = ["--block_size", "12", "--n_segments", "3", "--train_episodes", "40", "--val_episodes", "10"]
+# what a task needs on top of TINY to fit one 12-token segment too (mqar's no-gap control: 4 * n_pairs <= 12)
+TINY_TASK = {"mqar": ["--n_pairs", "3"]}
+ANSWER_LEN = {"recall": 1, "copy": 4, "needle": 1, "mqar": 3}
 
 
 @functools.cache
@@ -40,7 +45,7 @@ def load_prepare(task: str) -> ModuleType:
 
 
 def prepare(task: str, out_dir: Path, *extra: str) -> dict:
-    assert load_prepare(task).main(["--out_dir", str(out_dir), *TINY, *extra]) == 0
+    assert load_prepare(task).main(["--out_dir", str(out_dir), *TINY, *TINY_TASK.get(task, []), *extra]) == 0
     return load_meta(str(out_dir))
 
 
@@ -103,7 +108,22 @@ def oracle_needle(ep: list[int], T: int, meta: dict) -> dict[int, int]:
     return {L - 1: ep[i + 1]}
 
 
-ORACLES = {"recall": oracle_recall, "copy": oracle_copy, "needle": oracle_needle}
+def oracle_mqar(ep: list[int], T: int, meta: dict) -> dict[int, int]:
+    """Each key of the queries at the end, answered with the value it was paired with at the start."""
+    L, P = len(ep), meta["n_pairs"]
+    pairs: dict[int, int] = {}
+    for i in range(0, 2 * P, 2):  # the pairs are k v k v ... from the start of segment 1
+        assert is_key(ep[i]) and is_value(ep[i + 1]) and ep[i] not in pairs, "n_pairs pairs with distinct keys"
+        pairs[ep[i]] = ep[i + 1]
+    queried = ep[L - 2 * P :: 2]
+    assert sorted(queried) == sorted(pairs), "every key asked for once"
+    assert L == T or (2 * P - 1) // T < (L - 2 * P) // T, "pairs and queries never share a segment"
+    body = ep[2 * P : L - 2 * P]
+    assert not any(is_key(t) or is_value(t) or t in (QUERY, COPY) for t in body), "only fillers between them"
+    return {L - 2 * P + 2 * j + 1: pairs[k] for j, k in enumerate(queried)}
+
+
+ORACLES = {"recall": oracle_recall, "copy": oracle_copy, "needle": oracle_needle, "mqar": oracle_mqar}
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -116,7 +136,7 @@ def test_files_masks_and_oracle(task: str, n_segments: int, tmp_path: Path) -> N
     assert meta["vocab_size"] == len(SYNTHETIC_ITOS) < 128 and meta["n_values"] == N_VALUES
     assert meta["chance"] == pytest.approx(1 / N_VALUES)
     assert meta["chance_exact"] == pytest.approx(N_VALUES ** -meta["answer_len"])
-    assert meta["answer_len"] == (4 if task == "copy" else 1)
+    assert meta["answer_len"] == ANSWER_LEN[task]
     assert meta["seed"] == 1337
     for split, n in (("train", 40), ("val", 10)):
         assert meta[f"{split}_episodes"] == n and meta[f"{split}_tokens"] == n * L
@@ -169,6 +189,52 @@ def test_needle_fact_reaches_every_earlier_segment(tmp_path: Path) -> None:
     assert set((cols // meta["block_size"]).tolist()) == set(range(15))
 
 
+# the defaults; the no-gap control at its limit (4P = T); one pair; pairs spanning 3 and 2 segments; all 16 keys
+@pytest.mark.parametrize(
+    ("n_segments", "block_size", "n_pairs"), [(4, 16, 4), (1, 16, 4), (2, 4, 1), (6, 4, 5), (4, 8, 7), (2, 32, 16)]
+)
+def test_mqar_layout(n_segments: int, block_size: int, n_pairs: int, tmp_path: Path) -> None:
+    """Position by position: the pairs first, then fillers only, then the same keys reshuffled, each followed by the
+    value it was paired with; the mask is 1 at those values and nowhere else."""
+    S, T, P = n_segments, block_size, n_pairs
+    meta = prepare("mqar", tmp_path, "--n_segments", str(S), "--block_size", str(T), "--n_pairs", str(P))
+    assert (meta["n_pairs"], meta["answer_len"]) == (P, P)
+    assert meta["chance_exact"] == pytest.approx(N_VALUES**-P)
+    L = S * T
+    tokens, mask = episodes(tmp_path, "train", L)
+    keys, values = tokens[:, 0 : 2 * P : 2], tokens[:, 1 : 2 * P : 2]  # (n, P) each
+    q_keys, q_values = tokens[:, L - 2 * P :: 2], tokens[:, L - 2 * P + 1 :: 2]  # (n, P) each
+    assert ((keys >= KEY0) & (keys < KEY0 + N_KEYS)).all() and ((values >= VALUE0) & (values < VALUE0 + N_VALUES)).all()
+    assert all(len(set(row)) == P for row in keys.tolist()), "distinct keys"
+    assert (np.sort(q_keys, axis=1) == np.sort(keys, axis=1)).all(), "the queries ask for the same keys"
+    # each query's value is the one its key was paired with: find the key's pair slot
+    slot = np.argmax(q_keys[:, :, None] == keys[:, None, :], axis=2)  # (n, P)
+    assert (q_values == np.take_along_axis(values, slot, axis=1)).all()
+    answers = np.zeros(L, dtype=bool)
+    answers[L - 2 * P + 1 :: 2] = True
+    assert (mask == answers).all(), "mask 1 exactly at the query values"
+    middle = tokens[:, 2 * P : L - 2 * P]
+    assert ((middle >= FILLER0) & (middle < KEY0)).all(), "fillers everywhere else"
+    if S > 1:  # the last pair token lies segments before the first query token
+        assert (2 * P - 1) // T < (L - 2 * P) // T
+        assert (L - 2 * P) // T == S - -(-2 * P // T), "the queries fill the last ceil(2P / T) segments"
+    if P > 1:  # a fresh order, so position alone cannot give the answer: same order in about 1 of P! episodes
+        assert (q_keys == keys).all(axis=1).mean() < 0.25
+
+
+def test_mqar_by_hand() -> None:
+    """2 segments of 4 tokens and 2 pairs leave no room for fillers: every episode is "ka va kb vb | ka va kb vb" or
+    "ka va kb vb | kb vb ka va", answers at positions 5 and 7, and both orders occur."""
+    tokens, mask = load_prepare("mqar").generate(np.random.default_rng(0), 50, n_segments=2, block_size=4, n_pairs=2)
+    assert (mask == [0, 0, 0, 0, 0, 1, 0, 1]).all()
+    swapped = []
+    for ka, va, kb, vb, *queries in tokens.tolist():
+        assert is_key(ka) and is_key(kb) and ka != kb and is_value(va) and is_value(vb)
+        assert queries in ([ka, va, kb, vb], [kb, vb, ka, va])
+        swapped.append(queries[0] == kb)
+    assert any(swapped) and not all(swapped)
+
+
 def test_episode_batch_contract(tmp_path: Path) -> None:
     """x is the episode, y the episode shifted by one; only answers count; the last episode's final target pads."""
     meta = prepare("copy", tmp_path)
@@ -199,6 +265,11 @@ BAD_ARGS = [
     ("needle", ["--n_segments", "1", "--block_size", "4"], "--block_size 4"),
     ("needle", ["--seed", "-1"], "--seed"),
     ("needle", ["--copy_len", "3"], "--copy_len"),
+    ("mqar", ["--n_pairs", "17", "--n_segments", "8", "--block_size", "64"], "--n_pairs 17"),
+    ("mqar", ["--n_pairs", "0"], "--n_pairs"),
+    ("mqar", ["--n_pairs", "9", "--n_segments", "3"], "--n_segments 3"),  # pairs fill 2 segments, queries 2 more
+    ("mqar", ["--n_pairs", "3", "--n_segments", "2", "--block_size", "5"], "need >= 4"),
+    ("mqar", ["--n_segments", "1", "--block_size", "12"], "--block_size 12"),  # 4 pairs and their queries: 16
 ]
 
 

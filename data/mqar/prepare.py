@@ -1,0 +1,89 @@
+"""Multi-query associative recall (MQAR, Zoology https://arxiv.org/abs/2312.04927): key -> value pairs at the start
+of an episode, every one of their keys asked for again, in a new order, at its end.
+
+    python data/mqar/prepare.py [--out_dir DIR] [--n_segments 4] [--block_size 16] [--n_pairs 4]
+                                [--train_episodes 20000] [--val_episodes 500] [--seed 1337]
+
+An episode is n_segments segments of block_size tokens (4 x 16 by default):
+
+    segment 1          k3 v7 k9 v1 k0 v7 k5 v2 f12 ...    n_pairs pairs (distinct keys, values with repetition), fillers
+    segments 2..S-1    f5 f33 f17 ...                     fillers only
+    segment S          ... f8 k9 v1 k5 v2 k3 v7 k0 v7     the same keys shuffled, each with its value: v1 v2 v7 v7 are
+                                                          the n_pairs answers (mask 1)
+
+The queries are the last 2 * n_pairs tokens; there is no marker, a key seen before is a question. With 2 * n_pairs >
+block_size the pairs fill the first ceil(2 * n_pairs / block_size) segments and the queries as many last ones, and the
+two never share a segment (n_segments >= 2 ceil(2 * n_pairs / block_size)), so only memory can carry the pairs;
+n_segments=1 is the no-gap control (pairs, then queries, in one segment: 4 * n_pairs <= block_size). Each answer
+token is right by chance with 1/16, all of them with (1/16)^n_pairs: the per-answer accuracy (train.py's acc_token)
+is the measure. Writes train.bin, val.bin, train_mask.bin, val_mask.bin and meta.json; see data/README.md for the
+reading contract.
+"""
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # run as a script, only data/mqar is on the path; data/common.py is 2 up
+from data.common import (  # noqa: E402
+    KEY0,
+    N_KEYS,
+    N_VALUES,
+    VALUE0,
+    UsageError,
+    episode_parser,
+    fillers,
+    positive_int,
+    prepare_episodes,
+)
+
+
+def generate(
+    rng: np.random.Generator, n: int, n_segments: int, block_size: int, n_pairs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """n MQAR episodes: tokens and answer mask, both (n, n_segments * block_size)."""
+    L, P = n_segments * block_size, n_pairs
+    tokens = fillers(rng, n, L)  # (n, L)
+    keys = KEY0 + np.argsort(rng.random((n, N_KEYS)), axis=1)[:, :P]  # (n, P), distinct within a row
+    values = rng.integers(VALUE0, VALUE0 + N_VALUES, size=(n, P))  # (n, P)
+    tokens[:, : 2 * P] = np.stack([keys, values], axis=2).reshape(n, 2 * P)  # k v k v ...
+    # the same pairs in a fresh order, so the answers cannot be copied by position
+    order, rows = np.argsort(rng.random((n, P)), axis=1), np.arange(n)[:, None]  # (n, P), (n, 1)
+    queries = np.stack([keys[rows, order], values[rows, order]], axis=2)  # (n, P, 2)
+    tokens[:, L - 2 * P :] = queries.reshape(n, 2 * P)
+    mask = np.zeros((n, L), dtype=np.uint8)
+    mask[:, L - 2 * P + 1 :: 2] = 1  # each query's value
+    return tokens, mask
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = episode_parser("Prepare the multi-query associative-recall (MQAR) memory task.", HERE)
+    parser.add_argument("--n_pairs", type=positive_int, default=4, help="key-value pairs, all queried (default: 4)")
+    try:
+        args = parser.parse_args(argv)
+        S, T, P = args.n_segments, args.block_size, args.n_pairs
+        if P > N_KEYS:
+            raise UsageError(f"--n_pairs {P} must be <= {N_KEYS}, the number of distinct keys")
+        span = -(-2 * P // T)  # segments the pairs fill, and the queries: ceil(2P / T)
+        if S == 1 and 4 * P > T:
+            raise UsageError(
+                f"--block_size {T} is too small for {P} pairs and their queries in 1 segment: need >= {4 * P} "
+                f"(or --n_segments >= {2 * span})"
+            )
+        if 1 < S < 2 * span:
+            raise UsageError(
+                f"--n_segments {S} is too few for {P} pairs in segments of {T} tokens: the pairs fill {span} "
+                f"segment(s) and the queries {span} more, need >= {2 * span}"
+            )
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    gen = partial(generate, n_segments=S, block_size=T, n_pairs=P)
+    return prepare_episodes(args, "mqar", gen, answer_len=P, settings={"n_pairs": P})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
