@@ -6,7 +6,8 @@ $ python analyze.py --out_dir=out-gmm-shakespeare
 $ python analyze.py --out_dir=out-gmm-shakespeare --batches=50 --n_segments=8   # longer sequences than trained on
 
 It loads out_dir/ckpt.pt, runs the model over the evaluation batches of the data it was trained on, records each
-segment's routing probabilities p (B, k), write gates (B, k) and the expert states after the write, and reports:
+segment's routing probabilities p (B, k), write gates (B, k), the expert states after the write and the tokens
+written, and reports:
 
 - utilisation: the mean p of each expert; hard share: the fraction of writes whose top (argmax) expert it is;
 - routing entropy H = -sum_j p_j log p_j of each write: mean and std, in nats and over log k (0 = one expert takes
@@ -15,10 +16,15 @@ segment's routing probabilities p (B, k), write gates (B, k) and the expert stat
 - consistency: how often consecutive segments of a sequence keep the same top expert, beside the rate that routing
   independent from segment to segment would give with the same hard shares (sum_j f_j^2);
 - diversity: the cosine similarity of every pair of experts' states, after each write of real data;
-- warnings when routing has collapsed onto few experts or is diffuse (near uniform), with the settings to try.
+- specialisation: the mutual information, in bits, between each write's top expert and a property of the segment it
+  wrote (its index 1..S; on a synthetic key/value task also the smallest key the segment holds), beside the same with
+  the top experts shuffled across writes (the bias floor of the estimate) and the p-value of that permutation test;
+- warnings when routing has collapsed onto few experts or is diffuse (near uniform), with the settings to try, and a
+  note when routing is content-independent (no property tells the top expert better than shuffled routing does).
 
 It prints the report, writes out_dir/analysis.json and draws out_dir/analysis/*.png, with the loss and routing
-curves of out_dir/metrics.jsonl. The functions on tensors (gmm.routing_stats, expert_diversity, diagnose) are what
+curves of out_dir/metrics.jsonl. The functions on tensors (gmm.routing_stats, expert_diversity,
+routing_mutual_information, diagnose) are checked by hand in tests/test_analyze.py; gmm.routing_stats is also what
 train.py's evaluation logs, and notebooks/gmm_analysis.ipynb walks through the plots.
 """
 
@@ -41,6 +47,7 @@ from tqdm import tqdm
 
 from common import DTYPES, autocast, check_device, default_device, default_dtype, fail, load_checkpoint
 from configurator import ConfigError, configure
+from data.common import KEY0, N_KEYS
 from gmm import routing_stats
 from model import GPT
 
@@ -50,6 +57,8 @@ COLLAPSE_EXCESS = 0.5  # ... and its utilisation is at least this far from unifo
 DEAD_SHARE = 0.02  # an expert is unused below this hard share, with utilisation under a quarter of uniform (1/k)
 DIFFUSE_ENTROPY = 0.95  # mean routing entropy over log k at or above this: every write is spread nearly evenly
 SIMILAR_EXPERTS = 0.9  # mean pairwise cosine similarity at or above this: the experts hold nearly the same state
+INDEPENDENT_P = 0.05  # routing is content-independent when every property's permutation p-value is at least this
+NO_KEY = -1  # the smallest_key label of a segment that holds no key
 
 # -----------------------------------------------------------------------------
 
@@ -98,9 +107,82 @@ def off_diagonal_mean(matrix: torch.Tensor) -> float:
     return ((matrix.sum() - matrix.diagonal().sum()) / (k * (k - 1))).item()
 
 
-def diagnose(stats: dict[str, Any], diversity: torch.Tensor | None = None) -> list[str]:
+def entropy_bits(counts: torch.Tensor) -> float:
+    """The entropy in bits of the distribution that counts (any shape, summed over all of it) are samples of."""
+    p = counts[counts > 0].double() / counts.sum()
+    return -(p * p.log2()).sum().item()
+
+
+def mutual_information_bits(choices: torch.Tensor, labels: torch.Tensor, k: int, n_labels: int) -> float:
+    """Plug-in mutual information in bits, H(C) + H(Y) - H(C, Y), of the joint counts of choices (N,) in 0..k-1 and
+    labels (N,) in 0..n_labels-1."""
+    joint = torch.bincount(choices * n_labels + labels, minlength=k * n_labels).view(k, n_labels)  # (k, L)
+    mi = entropy_bits(joint.sum(dim=1)) + entropy_bits(joint.sum(dim=0)) - entropy_bits(joint)
+    return max(0.0, mi)  # rounding can leave -1e-16 for independent counts
+
+
+def routing_mutual_information(choices: torch.Tensor, labels: torch.Tensor, k: int, n_shuffles: int = 200,
+                               seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """How much the top expert of each write says about a property of what it wrote: choices (the top expert, 0..k-1)
+    and labels (any integers), one of each per write in the same shape. The plug-in estimate is biased upwards (by
+    about (k-1)(L-1) / (2 N ln 2) bits for L label values), so it comes with its value when the choices are permuted
+    across writes n_shuffles times, which keeps both marginals and breaks any dependence; p_value is the share of
+    shuffles whose MI reaches the observed one, with the +1 correction (so never below 1 / (n_shuffles + 1)).
+    mi_norm is mi / log2 k: 1 = the label fixes the top expert and the experts share the writes evenly."""
+    c, y = choices.reshape(-1).long().cpu(), labels.reshape(-1).long().cpu()
+    if c.numel() != y.numel() or c.numel() == 0:
+        raise ValueError(f"choices ({c.numel()}) and labels ({y.numel()}) must hold the same number (> 0) of writes")
+    if k < 2 or c.min() < 0 or c.max() >= k:
+        raise ValueError(f"choices must lie in 0..k-1 with k >= 2 experts (k = {k})")
+    if n_shuffles < 1:
+        raise ValueError(f"n_shuffles = {n_shuffles} must be a positive integer")
+    values, y = torch.unique(y, return_inverse=True)  # labels -> 0..L-1
+    L = values.numel()
+    mi = mutual_information_bits(c, y, k, L)
+    g = torch.Generator().manual_seed(seed)
+    shuffled = torch.tensor([mutual_information_bits(c[torch.randperm(c.numel(), generator=g)], y, k, L)
+                             for _ in range(n_shuffles)], dtype=torch.float64)  # fmt: skip
+    # a shuffle whose table is the observed one up to relabelling gives the same MI up to rounding: count it as reached
+    reached = (shuffled >= mi - 1e-12).sum().item()
+    return {
+        "mi": mi,
+        "mi_shuffled_mean": shuffled.mean().item(),
+        "mi_shuffled_std": shuffled.std(correction=0).item(),
+        "p_value": (reached + 1) / (n_shuffles + 1),
+        "mi_norm": mi / math.log2(k),
+        "h_choice": entropy_bits(torch.bincount(c, minlength=k)),  # MI <= min(h_choice, h_label) <= log2 k
+        "h_label": entropy_bits(torch.bincount(y)),
+        "writes": c.numel(),
+        "label_values": L,
+        "shuffles": n_shuffles,
+    }
+
+
+def smallest_keys(tokens: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The smallest key id (data/common.py's KEY0..KEY0+N_KEYS-1) among each segment's tokens, NO_KEY where it holds
+    none: tokens (N, L) of N sequences cut into segments of block_size -> (S, N), S = ceil(L / block_size)."""
+    none = KEY0 + N_KEYS  # above every key: the min of a segment without keys
+    keyed = torch.where((tokens >= KEY0) & (tokens < KEY0 + N_KEYS), tokens, none)  # (N, L)
+    smallest = torch.stack([seg.min(dim=1).values for seg in keyed.split(block_size, dim=1)])  # (S, N)
+    return torch.where(smallest == none, NO_KEY, smallest)
+
+
+def write_properties(tokens: torch.Tensor, block_size: int, synthetic: bool) -> dict[str, torch.Tensor]:
+    """The properties (S, N) of each segment's write that routing is tested against: its segment index 1..S and, on
+    a synthetic key/value task, the smallest key it holds (text has no such label)."""
+    N, S = tokens.size(0), -(-tokens.size(1) // block_size)
+    properties = {"segment_index": torch.arange(1, S + 1).view(S, 1).expand(S, N)}
+    if synthetic:
+        properties["smallest_key"] = smallest_keys(tokens, block_size)
+    return properties
+
+
+def diagnose(stats: dict[str, Any], diversity: torch.Tensor | None = None,
+             information: dict[str, dict[str, Any]] | None = None) -> list[str]:  # fmt: skip
     """Warnings, each with the settings to try, for collapsed routing (one expert takes most writes, or some take
-    none) and diffuse routing (every write spread nearly evenly); empty when routing looks healthy."""
+    none) and diffuse routing (every write spread nearly evenly); empty when routing looks healthy. Given the
+    routing_mutual_information of some properties, a note (starting "note:") when none of them tells the top expert
+    better than shuffled routing does: content-independent routing is a finding, not a failure."""
     util, share = stats["util"], stats["hard_share"]
     k = len(util)
     warnings = []
@@ -127,6 +209,14 @@ def diagnose(stats: dict[str, Any], diversity: torch.Tensor | None = None) -> li
             f"diffuse: every write is spread nearly evenly over the experts (H/log k {stats['entropy_norm']:.2f})"
             f"{similar}; try gmm_entropy > 0 (e.g. 0.01), a lower gmm_temperature (e.g. 0.5), gmm_init=orthogonal"
         )
+    if information and all(d["p_value"] >= INDEPENDENT_P for d in information.values()):
+        tested = ", ".join(f"{name.replace('_', ' ')} (p={d['p_value']:.2f})" for name, d in information.items())
+        # with one top expert for every write there is no choice that could depend on anything
+        same = " (every write has the same top expert)" if all(d["h_choice"] == 0 for d in information.values()) else ""
+        warnings.append(
+            f"note: routing is content-independent{same}: the top expert is no more tied to the {tested} than when "
+            "shuffled across writes"
+        )
     return warnings
 
 
@@ -141,16 +231,17 @@ class Trace(NamedTuple):
     gates: torch.Tensor  # (S, N, k) mean write strength of each expert in each write
     diversity: torch.Tensor  # (k, k) expert_diversity of the states after every write
     seg_loss: list[float]  # the language-model loss per segment (over targets != -1)
+    tokens: torch.Tensor  # (N, L) the input tokens of each sequence; segment s wrote tokens[:, s*T : (s+1)*T]
 
 
 @torch.no_grad()
 def collect(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: str = "cpu",
             dtype: str = "float32") -> Trace:  # fmt: skip
     """Run batches of (inputs, targets), each (B, L), segment by segment as GPT.forward_segments does, keeping what
-    each segment's write decided and the experts it left."""
+    each segment's write decided, the experts it left and the tokens it wrote."""
     model.eval()
     T, k = model.config.block_size, model.config.gmm_experts
-    probs, gates, diversity, n = [], [], torch.zeros(k, k), 0
+    probs, gates, tokens, diversity, n = [], [], [], torch.zeros(k, k), 0
     loss_sum: torch.Tensor | None = None
     count: torch.Tensor | None = None
     for X, Y in batches:
@@ -173,6 +264,7 @@ def collect(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
             probs.append(torch.stack(p))  # (S, B, k)
             gates.append(torch.stack(g))
             diversity += expert_diversity(torch.stack(experts)) * X.size(0)  # (S, B, k, M, D) -> (k, k)
+        tokens.append(X.cpu())
         n += X.size(0)
     if loss_sum is None or count is None:
         raise ValueError("no batches to analyse")
@@ -183,6 +275,7 @@ def collect(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
         torch.cat(gates, dim=1) if gates else empty,
         diversity / max(1, n),
         (loss_sum / count.clamp_min(1)).tolist(),
+        torch.cat(tokens),
     )
 
 
@@ -393,7 +486,16 @@ def analyze(cfg: AnalyzeConfig, progress: bool = True) -> dict[str, Any]:
         result.update(stats)
         result["diversity"] = trace.diversity.tolist()
         result["diversity_mean"] = off_diagonal_mean(trace.diversity)
-        result["warnings"] = diagnose(stats, trace.diversity)
+        # does the top expert of a write depend on what was written? (a synthetic task's keys are known token ids)
+        synthetic = (ckpt.get("tokenizer_meta") or {}).get("tokenizer") == "synthetic"
+        top = trace.probs.argmax(dim=-1)  # (S, N)
+        result["routing_mi"] = {
+            name: routing_mutual_information(top, labels, k)
+            for name, labels in write_properties(trace.tokens, mc.block_size, synthetic).items()
+        }
+        messages = diagnose(stats, trace.diversity, result["routing_mi"])
+        result["warnings"] = [m for m in messages if not m.startswith("note:")]
+        result["notes"] = [m for m in messages if m.startswith("note:")]
     elif k == 1:  # one bank: no routing, but its write gates still say how much each segment overwrites
         result["gate"] = trace.gates.mean(dim=(0, 1)).tolist()
         result["segment_gate"] = trace.gates.mean(dim=1).tolist()
@@ -403,7 +505,6 @@ def analyze(cfg: AnalyzeConfig, progress: bool = True) -> dict[str, Any]:
         os.makedirs(folder, exist_ok=True)
         records = read_metrics(cfg.out_dir)
         if stats is not None:
-            top = trace.probs.argmax(dim=-1)  # (S, N)
             plots.append(plot_routing(stats["segment_util"], top, os.path.join(folder, "routing.png")))
             plots.append(plot_utilisation(stats, os.path.join(folder, "utilisation.png")))
             plots.append(plot_diversity(trace.diversity, os.path.join(folder, "diversity.png")))
@@ -454,8 +555,15 @@ def format_report(r: dict[str, Any]) -> str:
         *(f"{i:<7}" + "".join(f"{v:>7.3f}" for v in row) for i, row in enumerate(r["diversity"])),
         "",
     ]
+    for name, d in r["routing_mi"].items():
+        lines.append(
+            f"routing vs {name.replace('_', ' ')}: MI {d['mi']:.3f} bits (shuffled {d['mi_shuffled_mean']:.3f} ± "
+            f"{d['mi_shuffled_std']:.3f}, p={d['p_value']:.3f}), MI/log2 k {d['mi_norm']:.3f}; {d['writes']} writes, "
+            f"{d['label_values']} values"
+        )
+    lines.append("")
     lines += [f"warning: {w}" for w in r["warnings"]] or ["no warnings: routing is neither collapsed nor diffuse"]
-    return "\n".join(lines)
+    return "\n".join([*lines, *r["notes"]])
 
 
 def main(argv: list[str]) -> None:

@@ -3,11 +3,17 @@
 - routing_stats gives the utilisation, hard share, entropy, load balance and consistency of a hand-made routing
   (2 sequences x 3 segments x 2 experts) that are computed here by hand.
 - expert_diversity is 1 for identical experts, 0 for orthogonal ones, -1 for opposite ones, averaged over samples.
-- diagnose flags collapsed, partly collapsed and diffuse routing, each with settings to try, and not healthy routing.
+- diagnose flags collapsed, partly collapsed and diffuse routing, each with settings to try, and not healthy routing;
+  it notes content-independent routing only when no property's p-value is below 0.05.
+- routing_mutual_information: identical choices and labels give H(label) with a small p-value; exactly and randomly
+  independent ones give about the shuffled MI and a large p-value; a 2 x 2 table gives its MI computed by hand.
+- smallest_keys and write_properties label each segment of a hand-built batch of synthetic tokens with its smallest
+  key (values and fillers beside the key range are not keys), or no key; text gets only the segment index.
 - collect equals GPT.forward_segments: the same routing, the same per-segment loss, the experts of every segment.
 - Every plot is written as a non-empty PNG, from a run's metrics with or without the routing statistics.
 - End to end on a tiny checkpoint: the routing statistics train.py logs at evaluation (metrics.jsonl, wandb) equal
-  the analyzer's over the same batches; the CLI prints the report and writes analysis.json and the plots; a
+  the analyzer's over the same batches; the CLI prints the report (with routing vs segment index) and writes
+  analysis.json and the plots; a
   checkpoint without memory or with one bank reports what applies; a missing checkpoint or a bad flag is one line
   and exit status 2.
 """
@@ -26,7 +32,8 @@ import torch
 
 import analyze
 import train
-from analyze import collect, diagnose, expert_diversity
+from analyze import NO_KEY, collect, diagnose, expert_diversity, routing_mutual_information, smallest_keys
+from data.common import COPY, FILLER0, KEY0, N_KEYS, QUERY, VALUE0
 from gmm import routing_stats
 from model import GPT, GPTConfig
 
@@ -125,6 +132,77 @@ def test_diagnose() -> None:
     sharp[:, torch.arange(8), torch.arange(8) % k] = 0.94
     assert diagnose(routing_stats(sharp, sharp), distinct) == []
 
+    # content-independent routing is a note, and only when no property is significant
+    mi = {"segment_index": {"p_value": 0.4, "h_choice": 2.0}, "smallest_key": {"p_value": 0.05, "h_choice": 2.0}}
+    (note,) = diagnose(routing_stats(sharp, sharp), distinct, mi)
+    assert note == (
+        "note: routing is content-independent: the top expert is no more tied to the segment index (p=0.40), "
+        "smallest key (p=0.05) than when shuffled across writes"
+    )
+    (note,) = diagnose(routing_stats(sharp, sharp), distinct, {"segment_index": {"p_value": 1.0, "h_choice": 0.0}})
+    assert note.startswith("note: routing is content-independent (every write has the same top expert): ")
+    mi["smallest_key"]["p_value"] = 0.01
+    assert diagnose(routing_stats(sharp, sharp), distinct, mi) == []
+
+
+def bits(*p: float) -> float:
+    """Entropy in bits of the distribution p."""
+    return -sum(q * math.log2(q) for q in p if q > 0)
+
+
+def test_routing_mutual_information_by_hand() -> None:
+    # identical choices and labels: MI = H(label) = H(1/2, 1/4, 1/4) = 1.5 bits, and few shuffles reach it
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0] * 4)
+    same = routing_mutual_information(labels, labels, k=3)
+    assert same["mi"] == pytest.approx(1.5) and same["h_label"] == pytest.approx(1.5)
+    assert same["mi_norm"] == pytest.approx(1.5 / math.log2(3))
+    assert same["mi_shuffled_mean"] < 0.2 and same["p_value"] == pytest.approx(1 / 201)
+    assert (same["writes"], same["label_values"], same["shuffles"]) == (32, 3, 200)
+    # labels are names, not indices: any integers, in any order, give the same
+    assert routing_mutual_information(labels, 66 - 70 * labels, k=3)["mi"] == pytest.approx(1.5)
+
+    # a 2 x 2 table with counts [[3, 1], [1, 3]]: p(c, y) = 3/8 on the diagonal, marginals 1/2 each
+    choices = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    table = routing_mutual_information(choices, torch.tensor([0, 0, 0, 1, 0, 1, 1, 1]), k=2)
+    by_hand = 2 * 3 / 8 * math.log2((3 / 8) / (1 / 4)) + 2 * 1 / 8 * math.log2((1 / 8) / (1 / 4))
+    assert table["mi"] == pytest.approx(by_hand) and by_hand == pytest.approx(1 - bits(1 / 4, 3 / 4))
+    assert table["h_choice"] == pytest.approx(1.0) and table["h_label"] == pytest.approx(1.0)
+    # of the 70 ways to place the four label-0 writes, 34 give at least this MI (0, 1, 3 or 4 of them with choice 0)
+    assert 0.35 < table["p_value"] < 0.65
+
+    # exactly independent: every (choice, label) pair equally often, MI 0, every shuffle reaches it
+    n = torch.arange(24)
+    flat = routing_mutual_information(n % 2, n // 2 % 3, k=2)
+    assert flat["mi"] == 0.0 and flat["p_value"] == 1.0 and flat["mi_shuffled_mean"] > 0
+    # independent draws: the estimate is its bias, as large as the shuffled ones, and not significant
+    g = torch.Generator().manual_seed(0)
+    free = routing_mutual_information(torch.randint(4, (2000,), generator=g), torch.randint(5, (2000,), generator=g), 4)
+    assert abs(free["mi"] - free["mi_shuffled_mean"]) < 3 * free["mi_shuffled_std"] and free["p_value"] > 0.05
+    assert free["mi_shuffled_mean"] == pytest.approx(3 * 4 / (2 * 2000 * math.log(2)), rel=0.3)  # (k-1)(L-1)/2N ln 2
+
+    # the same seed, the same shuffles
+    assert routing_mutual_information(choices, torch.tensor([0, 0, 0, 1, 0, 1, 1, 1]), k=2) == table
+    for args, message in [((choices, choices[:3], 2), "same number"), ((choices + 1, choices, 2), "0..k-1")]:
+        with pytest.raises(ValueError, match=message):
+            routing_mutual_information(*args)
+
+
+def test_smallest_keys_of_synthetic_tokens() -> None:
+    f, v = FILLER0, VALUE0
+    last_filler, first_value = KEY0 - 1, KEY0 + N_KEYS  # right beside the key range, and not keys
+    tokens = torch.tensor(
+        [
+            [f, KEY0 + 5, f, KEY0 + 2, last_filler, f, QUERY, v, f, v],
+            [KEY0, v, KEY0 + 15, f, COPY, KEY0 + 15, first_value, f, f, KEY0 + 9],
+        ]
+    )  # (N=2, L=10): segments of 4, 4 and 2 tokens
+    expected = torch.tensor([[KEY0 + 2, KEY0], [NO_KEY, KEY0 + 15], [NO_KEY, KEY0 + 9]])  # (S=3, N=2)
+    torch.testing.assert_close(smallest_keys(tokens, 4), expected)
+    properties = analyze.write_properties(tokens, 4, synthetic=True)
+    torch.testing.assert_close(properties["smallest_key"], expected)
+    torch.testing.assert_close(properties["segment_index"], torch.tensor([[1, 1], [2, 2], [3, 3]]))
+    assert list(analyze.write_properties(tokens, 4, synthetic=False)) == ["segment_index"]  # text: no key labels
+
 
 def tiny_model(k: int) -> GPT:
     torch.manual_seed(0)
@@ -143,6 +221,7 @@ def test_collect_equals_forward_segments() -> None:
         gates = torch.cat([torch.stack([r.gates for r in out.routing]) for out in outs], dim=1)
         torch.testing.assert_close(trace.probs, probs)
         torch.testing.assert_close(trace.gates, gates)
+        torch.testing.assert_close(trace.tokens, torch.cat([X for X, _ in batches]))  # the tokens each write saw
         for s in range(S):
             logits = torch.cat([out.logits[:, s * T : (s + 1) * T] for out in outs])
             targets = torch.cat([Y[:, s * T : (s + 1) * T] for _, Y in batches])
@@ -249,8 +328,9 @@ def test_cli_end_to_end(gmm_run: Path, capsys: pytest.CaptureFixture[str]) -> No
     analyze.main([f"--out_dir={gmm_run}", "--device=cpu", "--batches=2"])
     report = capsys.readouterr().out
     for line in ("expert   utilisation  hard share  write gate", "routing entropy", "load balance", "consistency",
-                 "expert diversity", "loss per segment"):  # fmt: skip
+                 "expert diversity", "loss per segment", "routing vs segment index: MI "):  # fmt: skip
         assert line in report
+    assert "routing vs smallest key" not in report  # text: no keys to label segments with
     result = json.loads((gmm_run / "analysis.json").read_text())
     last = [r for r in analyze.read_metrics(str(gmm_run)) if r["event"] == "eval"][-1]
     assert result["util"] == pytest.approx(last["val_util"], rel=1e-5)
@@ -259,6 +339,14 @@ def test_cli_end_to_end(gmm_run: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert result["consistency"] == pytest.approx(last["val_consistency"])
     assert result["seg_loss"] == pytest.approx(last["val_seg_loss"], rel=1e-4)
     assert (result["sequences"], result["segments"], len(result["diversity"])) == (8, 3, 3)
+    (name, mi), *rest = result["routing_mi"].items()
+    assert name == "segment_index" and rest == []
+    assert (mi["writes"], mi["label_values"], mi["shuffles"]) == (24, 3, 200)
+    assert 0 <= mi["mi"] <= min(mi["h_choice"], math.log2(3)) + 1e-9 and 1 / 201 <= mi["p_value"] <= 1
+    assert mi["mi_norm"] == pytest.approx(mi["mi"] / math.log2(3))
+    # content-independent routing is a note beside the warnings, not one of them
+    assert len(result["notes"]) == (mi["p_value"] >= 0.05)
+    assert all(n.startswith("note: routing is content-independent") and n in report for n in result["notes"])
     names = sorted(Path(p).name for p in result["plots"])
     assert names == ["diversity.png", "losses.png", "routing.png", "routing_history.png", "utilisation.png"]
     assert all(is_png(p) for p in result["plots"])
