@@ -53,6 +53,12 @@ class GPTConfig:
     gmm_routing: str = "write"  # the read mixes experts with the write's routing | a separate read router
     gmm_write_input: str = "read"  # write tokens enter as the read memory + a learned embedding | learned only
     gmm_init: str = "learned"  # initial expert states: learned | orthogonal | zeros, or one per expert, a,b,...
+    gmm_top_k: int = 0  # 0 = dense: every expert takes each write; 1..k-1 = only the top experts are updated
+    gmm_shared_expert: bool = False  # one more bank, written by every segment, beside the k routed ones
+    gmm_read: str = "mixture"  # what a segment reads: mixture (sum_j q_j E_j, M slots) | concat (every bank's slots)
+    gmm_init_scale: float = 1.0  # std of the initial expert states (1 = the final hidden states' scale)
+    gmm_gate_bias: float = 0.0  # initial bias of the write gates: > 0 writes more at first, < 0 keeps more
+    gmm_read_scale: float = 0.0  # > 0: RMS-normalise the read, times a learned gain starting here; 0 = raw read
     gmm_load_balance: float = 0.01  # weight of the Switch load-balance loss in the training loss
     gmm_entropy: float = 0.0  # weight of the mean routing entropy in the training loss (> 0 sharpens routing)
 
@@ -72,12 +78,25 @@ class GPTConfig:
             "gmm_write_scale": ("prob", "normalized"),
             "gmm_routing": ("write", "read"),
             "gmm_write_input": ("read", "learned"),
+            "gmm_read": ("mixture", "concat"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} = '{getattr(self, name)}' must be one of {', '.join(allowed)}")
         if not self.gmm_temperature > 0:
             raise ValueError(f"gmm_temperature = {self.gmm_temperature} must be > 0")
+        if self.gmm_experts > 1 and not 0 <= self.gmm_top_k < self.gmm_experts:
+            raise ValueError(
+                f"gmm_top_k = {self.gmm_top_k} must be 0 (dense) or 1..{self.gmm_experts - 1} experts per write"
+            )
+        if self.gmm_read == "concat" and self.gmm_routing == "read":
+            raise ValueError("gmm_routing = 'read' weighs a mixture read: with gmm_read = 'concat' every bank is read")
+        if self.gmm_experts <= 1 and self.gmm_top_k != 0:
+            raise ValueError(f"gmm_top_k = {self.gmm_top_k} needs gmm_experts >= 2 to choose among (0 = dense)")
+        if self.gmm_init_scale < 0 or self.gmm_read_scale < 0:
+            raise ValueError(
+                f"gmm_init_scale = {self.gmm_init_scale} and gmm_read_scale = {self.gmm_read_scale} must be >= 0"
+            )
         if self.gmm_load_balance < 0:
             raise ValueError(f"gmm_load_balance = {self.gmm_load_balance} must be >= 0")
         gmm.parse_init(self.gmm_init, max(1, self.gmm_experts))
@@ -224,7 +243,8 @@ class GPT(nn.Module):
             self.memory = gmm.GatedMemoryMixture(
                 config.n_embd, config.gmm_experts, config.gmm_slots, config.gmm_pooling, config.gmm_temperature,
                 config.gmm_candidate, config.gmm_write_scale, config.gmm_routing, config.gmm_init,
-                config.gmm_write_input,
+                config.gmm_write_input, config.gmm_top_k, config.gmm_shared_expert, config.gmm_read,
+                config.gmm_init_scale, config.gmm_gate_bias, config.gmm_read_scale,
             )  # fmt: skip
         # weight tying: https://paperswithcode.com/method/weight-tying
         self.transformer.wte.weight = self.lm_head.weight
@@ -301,7 +321,8 @@ class GPT(nn.Module):
         loss, aux = lm_loss, {}
         if self.memory is not None and self.config.gmm_experts > 1:
             probs = torch.cat([r.probs for r in routings])  # (S*B, k) every routing decision of the batch
-            aux = {"load_balance": gmm.load_balance_loss(probs), "entropy": gmm.routing_entropy(probs)}
+            chosen = torch.cat([r.chosen for r in routings]) if self.config.gmm_top_k else None  # sparse: hard choices
+            aux = {"load_balance": gmm.load_balance_loss(probs, chosen), "entropy": gmm.routing_entropy(probs)}
             loss = loss + self.config.gmm_load_balance * aux["load_balance"] + self.config.gmm_entropy * aux["entropy"]
         return ModelOutput(logits, loss, lm_loss, aux, routings, memory)
 
@@ -314,12 +335,12 @@ class GPT(nn.Module):
         x = self.embed(idx, 0)  # (B, T, D)
         if self.memory is None or memory is None:
             return (None if skip_logits else self.lm_head(self.transformer.ln_f(self.run_blocks(x)))), None, None
-        M, T = self.config.gmm_slots, idx.size(1)
-        read = self.memory.read(memory).to(x.dtype)  # (B, M, D)
-        x = torch.cat([read, x, self.memory.write_tokens(read)], dim=1)  # (B, M + T + M, D)
+        R, T = self.memory.n_read, idx.size(1)
+        read = self.memory.read(memory).to(x.dtype)  # (B, R, D)
+        x = torch.cat([read, x, self.memory.write_tokens(read)], dim=1)  # (B, R + T + R, D)
         h = self.transformer.ln_f(self.run_blocks(x))
-        memory, routing = self.memory.write(memory, h[:, M + T :])
-        return (None if skip_logits else self.lm_head(h[:, M : M + T])), memory, routing
+        memory, routing = self.memory.write(memory, h[:, R + T :])
+        return (None if skip_logits else self.lm_head(h[:, R : R + T])), memory, routing
 
     def embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
         """Token plus position embeddings (B, T, D) for tokens at positions start..start+T-1 of their segment."""
@@ -423,12 +444,12 @@ class GPT(nn.Module):
 
     def flops_per_token(self) -> float:
         """Training FLOPs per text token (forward and backward), per the PaLM paper appendix B:
-        https://arxiv.org/abs/2204.02311. With memory each segment of T tokens runs T + 2M positions, and the
-        memory's own weights act on M slots per segment."""
+        https://arxiv.org/abs/2204.02311. With memory each segment of T tokens runs T + 2R positions (R read slots),
+        and the memory's own weights act on R slots per segment."""
         cfg = self.config
         n_mem = sum(p.numel() for p in self.memory.parameters()) if self.memory is not None else 0
         N = self.get_num_params() - n_mem
-        M = cfg.gmm_slots if self.memory is not None else 0
+        M = self.memory.n_read if self.memory is not None else 0
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
         S = T + 2 * M  # positions per segment
         return (6 * N + 12 * L * H * Q * S) * S / T + 6 * n_mem * M / T
@@ -501,7 +522,7 @@ class SegmentDecoder:
     def __init__(self, model: GPT, batch_size: int) -> None:
         cfg = model.config
         self.model = model
-        self.slots = cfg.gmm_slots if model.memory is not None else 0
+        self.slots = model.memory.n_read if model.memory is not None else 0
         p = next(model.parameters())
         self.cache = KVCache(cfg, batch_size, 2 * self.slots + cfg.block_size, p.device, p.dtype)
         self.memory = model.memory.initial(batch_size) if model.memory is not None else None

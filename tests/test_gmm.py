@@ -6,6 +6,8 @@
 - The auxiliary losses and the expert update match hand-computed values.
 - The incremental decoder (generation) equals the full forward across segment boundaries.
 - Truncated BPTT stops gradients where it should; gradient checkpointing changes nothing.
+- Sparse routing (top-k) leaves the experts it did not choose bit for bit unchanged, and still trains the router;
+  the shared expert takes every write; the concat read exposes every bank's slots.
 - Every bad memory setting is one line naming the field and what is allowed.
 """
 
@@ -21,7 +23,7 @@ import torch
 
 import gmm
 from configurator import ConfigError, configure
-from gmm import ExpertUpdater, Memory, load_balance_loss, routing_entropy
+from gmm import ExpertUpdater, Memory, load_balance_loss, routing_entropy, top_k_mask, write_scale
 from model import GPT, GPTConfig, SegmentDecoder
 from train import TrainConfig
 
@@ -36,16 +38,32 @@ def tiny(**kw: object) -> GPT:
     return GPT(GPTConfig(**args)).eval()
 
 
-MODES = [
+MODES: list[dict] = [
     dict(gmm_experts=k, gmm_routing=r, gmm_pooling=p)
     for k in (0, 1, 4)
     for r in ("write", "read")
     for p in ("mean", "max", "attention")
     if k > 1 or (r == "write" and p == "mean")  # routing and pooling only exist with k > 1
 ]
+# the mixture's structural settings: sparse routing, the shared expert, the concat read, the normalised read
+MIXTURES: list[dict] = [
+    dict(gmm_experts=4, gmm_top_k=1),
+    dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True),
+    dict(gmm_experts=4, gmm_read="concat"),
+    dict(gmm_experts=4, gmm_read="concat", gmm_top_k=1),
+    dict(gmm_experts=4, gmm_read="concat", gmm_top_k=2, gmm_shared_expert=True, gmm_pooling="max"),
+    dict(gmm_experts=1, gmm_read="concat", gmm_shared_expert=True),
+    dict(gmm_experts=4, gmm_top_k=1, gmm_write_scale="prob", gmm_read_scale=0.02),
+    dict(gmm_experts=1, gmm_read_scale=0.02, gmm_init_scale=0.02, gmm_gate_bias=1.0),
+]
+MODES += MIXTURES
 
 
-@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(str(v) for v in m.values()))
+def mode_id(mode: dict) -> str:
+    return "-".join(f"{k.removeprefix('gmm_')}={v}" for k, v in mode.items())
+
+
+@pytest.mark.parametrize("mode", MODES, ids=mode_id)
 def test_causal_across_segments(mode: dict) -> None:
     model = tiny(**mode)
     idx = torch.randint(V, (2, 3 * T + 3))  # three full segments and a short one
@@ -58,14 +76,18 @@ def test_causal_across_segments(mode: dict) -> None:
         assert not torch.allclose(logits[:, t + 1 :], logits2[:, t + 1 :])  # the change itself is visible
 
 
-@pytest.mark.parametrize("write_input", ["read", "learned"])
-@pytest.mark.parametrize("experts", [0, 1, 4])
-def test_memory_carries_segment_1_to_segment_3(experts: int, write_input: str) -> None:
+@pytest.mark.parametrize(
+    "mode",
+    [dict(gmm_experts=k, gmm_write_input=w) for k in (0, 1, 4) for w in ("read", "learned")] + MIXTURES,
+    ids=mode_id,
+)
+def test_memory_carries_segment_1_to_segment_3(mode: dict) -> None:
     # with write_input='read' the write tokens start as the read; learned initial states (RMS 1) then dominate the
     # first write at init and segment 1's imprint is ~1e-4, so that mode starts from zero states: segment 1's text
     # makes the first write, and what it wrote must reach segment 3
-    init = "zeros" if write_input == "read" else "learned"
-    model = tiny(gmm_experts=experts, gmm_write_input=write_input, gmm_init=init)
+    experts = mode["gmm_experts"]
+    init = "zeros" if mode.get("gmm_write_input", "read") == "read" else "learned"
+    model = tiny(**{"gmm_init": init, **mode})
     idx = torch.randint(V, (2, 3 * T))
     changed = idx.clone()
     changed[:, :T] = (changed[:, :T] + 7) % V  # segment 1 only
@@ -97,11 +119,24 @@ def test_checkpoints_from_before_write_input_keep_learned_write_tokens() -> None
     assert GPTConfig().gmm_write_input == "read"  # new models default to RMT's layout
 
 
-@pytest.mark.parametrize("routing", ["write", "read"])
-@pytest.mark.parametrize("candidate", ["write", "projected"])
-@pytest.mark.parametrize("experts", [1, 4])
-def test_lm_loss_alone_trains_every_memory_parameter(experts: int, candidate: str, routing: str) -> None:
-    model = tiny(gmm_experts=experts, gmm_candidate=candidate, gmm_routing=routing, gmm_pooling="attention")
+GRADIENT_CASES = [
+    dict(gmm_experts=k, gmm_candidate=c, gmm_routing=r) for k in (1, 4) for c in ("write", "projected")
+    for r in ("write", "read")
+] + [
+    dict(gmm_experts=4, gmm_read=read, gmm_write_scale=scale, gmm_routing=r, **sparse)
+    for read in ("mixture", "concat") for scale in ("normalized", "prob") for r in ("write", "read")
+    for sparse in ({"gmm_top_k": 1}, {"gmm_top_k": 2, "gmm_shared_expert": True}, {})
+    if (sparse or read == "concat") and not (read == "concat" and r == "read")
+] + [dict(gmm_experts=1, gmm_read="concat", gmm_shared_expert=True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", GRADIENT_CASES, ids=mode_id)
+def test_lm_loss_alone_trains_every_memory_parameter(mode: dict) -> None:
+    """Every memory parameter, the router's included, gets a gradient from the language-model loss alone over a
+    batch, whatever the routing: with top-1 a renormalised weight would be exactly 1 and leave the router none."""
+    experts, candidate, routing = mode["gmm_experts"], mode.get("gmm_candidate"), mode.get("gmm_routing")
+    read = mode.get("gmm_read", "mixture")
+    model = tiny(gmm_pooling="attention", **mode)
     model.train()
     idx = torch.randint(V, (2, 3 * T))
     out = model.forward_segments(idx, idx)
@@ -117,6 +152,8 @@ def test_lm_loss_alone_trains_every_memory_parameter(experts: int, candidate: st
         assert "updater.cand_weight" in names
     if routing == "read" and experts > 1:
         assert "reader.scorer.weight" in names
+    if read == "concat":
+        assert "read_emb" in names
     for name, p in model.memory.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient from the LM loss"
 
@@ -154,16 +191,112 @@ def test_aux_losses_are_added_with_their_weights() -> None:
 def test_expert_update_formula(write_scale: str) -> None:
     torch.manual_seed(1)
     B, k, M, D = 2, 3, 4, 5
-    up = ExpertUpdater(D, k, "write", write_scale)
+    up = ExpertUpdater(D, k, "write")
     experts, W = torch.randn(B, k, M, D), torch.randn(B, M, D)
     p = torch.softmax(torch.randn(B, k), dim=-1)
-    new, a = up(experts, W, p)
+    new, a = up(experts, W.unsqueeze(1), write_scale_of(p, write_scale))
     for b in range(B):
         for j in range(k):
             g = torch.sigmoid(torch.cat([experts[b, j], W[b]], dim=-1) @ up.gate_weight[j] + up.gate_bias[j])
             s = p[b, j] if write_scale == "prob" else p[b, j] / p[b].max()
             assert torch.allclose(a[b, j], s * g, atol=1e-6)
             assert torch.allclose(new[b, j], (1 - s * g) * experts[b, j] + s * g * W[b], atol=1e-6)
+
+
+def write_scale_of(p: torch.Tensor, mode: str) -> torch.Tensor:
+    return write_scale(p, torch.ones_like(p), mode, sparse=False)
+
+
+def test_sparse_write_scale_keeps_full_strength_and_a_router_gradient() -> None:
+    """Top-1, normalized: the chosen expert writes at scale exactly 1 and the others at 0, yet the scale still
+    depends on p (Switch's raw-probability scaling), where a renormalised top-1 weight would be the constant 1."""
+    logits = torch.tensor([[0.3, 1.2, -0.5, 0.1], [2.0, 0.0, 0.0, 0.1]], requires_grad=True)
+    p = torch.softmax(logits, dim=-1)
+    chosen = top_k_mask(p, 1)
+    assert torch.equal(chosen, torch.tensor([[0.0, 1, 0, 0], [1, 0, 0, 0]]))
+    s = write_scale(p, chosen, "normalized", sparse=True)
+    assert torch.equal(s.detach(), chosen)
+    (g,) = torch.autograd.grad(s.sum(), logits, retain_graph=True)
+    assert g.abs().sum() > 0
+    renormalised = p * chosen / (p * chosen).sum(dim=-1, keepdim=True)  # what would starve the router
+    (g0,) = torch.autograd.grad(renormalised.sum(), logits)
+    assert g0.abs().max() < 1e-7
+    # top-2 keeps two experts; prob scales by p itself
+    assert top_k_mask(p, 2).sum(dim=-1).tolist() == [2.0, 2.0]
+    assert torch.allclose(write_scale(p, chosen, "prob", sparse=True), p * chosen)
+
+
+@pytest.mark.parametrize("mode", [dict(gmm_top_k=1), dict(gmm_top_k=2, gmm_shared_expert=True),
+                                  dict(gmm_top_k=1, gmm_read="concat")], ids=mode_id)  # fmt: skip
+def test_top_k_leaves_unchosen_experts_bit_for_bit(mode: dict) -> None:
+    model = tiny(gmm_experts=4, **mode)
+    assert model.memory is not None
+    idx = torch.randint(V, (3, 4 * T))
+    out = model.forward_segments(idx, idx)
+    memory = model.memory.initial(3)
+    for s, routing in enumerate(out.routing):
+        chosen = routing.chosen.bool()  # (B, k)
+        assert chosen.sum(dim=-1).tolist() == [mode["gmm_top_k"]] * 3
+        assert torch.equal(chosen, top_k_mask(routing.probs, mode["gmm_top_k"]).bool())
+        _, memory_next, _ = model.segment(idx[:, s * T : (s + 1) * T], memory)
+        assert memory_next is not None
+        before, after = memory.experts[:, :4], memory_next.experts[:, :4]
+        assert torch.equal(after[~chosen], before[~chosen]), f"segment {s + 1}: an unchosen expert changed"
+        assert not torch.equal(after[chosen], before[chosen])  # the chosen ones did take the write
+        if mode.get("gmm_shared_expert"):
+            assert not torch.equal(memory_next.experts[:, 4], memory.experts[:, 4])  # the shared bank always writes
+        # the next segment reads the chosen experts only, their weights renormalised
+        assert torch.allclose(memory_next.route.sum(dim=-1), torch.ones(3))
+        assert torch.all(memory_next.route[~chosen] == 0)
+        memory = memory_next
+
+
+def test_load_balance_counts_the_hard_choices() -> None:
+    """Sparse routing: f_i is the share of the chosen slots that went to i, each decision counting once."""
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]])
+    chosen = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])  # top-2 of each row
+    f = torch.tensor([0.25, 0.5, 0.25])
+    P = probs.mean(dim=0)
+    assert load_balance_loss(probs, chosen).item() == pytest.approx(3 * (f * P).sum().item())
+    # top-1 choices give back the dense (argmax) definition
+    top1 = top_k_mask(probs, 1)
+    assert load_balance_loss(probs, top1).item() == pytest.approx(load_balance_loss(probs).item())
+    model = tiny(gmm_experts=4, gmm_top_k=2)
+    idx = torch.randint(V, (2, 2 * T))
+    out = model.forward_segments(idx, idx)
+    probs_all = torch.cat([r.probs for r in out.routing])
+    chosen_all = torch.cat([r.chosen for r in out.routing])
+    assert torch.allclose(out.aux["load_balance"], load_balance_loss(probs_all, chosen_all))
+
+
+def test_concat_read_exposes_every_bank() -> None:
+    """concat: R = banks * M read slots, bank by bank, each slot plus its own learned embedding; the write tokens
+    are as many, and bank j's candidate is its own M write states."""
+    model = tiny(gmm_experts=3, gmm_slots=2, gmm_read="concat", gmm_shared_expert=True)
+    assert model.memory is not None and model.memory.read_emb is not None
+    assert model.memory.n_read == 4 * 2
+    memory = model.memory.initial(2)
+    read = model.memory.read(memory)
+    expected = memory.experts.reshape(2, 8, 32) + model.memory.read_emb
+    assert torch.equal(read, expected)
+    W = torch.randn(2, 8, 32)
+    new, routing = model.memory.write(memory, W)
+    up = model.memory.updater
+    for j in range(4):  # bank j moves towards its own write states W[:, 2j:2j+2], at its own scale
+        E, Wj = memory.experts[:, j], W[:, 2 * j : 2 * j + 2]  # (B, M, D)
+        gate = torch.sigmoid(torch.cat([E, Wj], dim=-1) @ up.gate_weight[j] + up.gate_bias[j])
+        p = routing.probs
+        scale = p[:, j] / p.max(dim=-1).values if j < 3 else torch.ones(2)  # the shared bank takes every write
+        a = scale[:, None, None] * gate
+        assert torch.allclose(new.experts[:, j], (1 - a) * E + a * Wj, atol=1e-6), f"bank {j}"
+
+
+def test_read_scale_normalises_the_read() -> None:
+    model = tiny(gmm_experts=2, gmm_read_scale=0.05)
+    assert model.memory is not None
+    read = model.memory.read(model.memory.initial(2))
+    rms = read.pow(2).mean(dim=-1).sqrt()
+    assert torch.allclose(rms, torch.full_like(rms, 0.05), atol=1e-4)  # the gain starts at read_scale
 
 
 def test_initial_states() -> None:
@@ -191,7 +324,9 @@ def test_initial_states() -> None:
         dict(gmm_experts=1),
         dict(gmm_experts=4, gmm_routing="read"),
         dict(gmm_experts=4, gmm_write_input="learned"),
+        *MIXTURES,
     ],
+    ids=mode_id,
 )
 def test_incremental_decoding_equals_full_forward(mode: dict) -> None:
     model = tiny(**mode)
@@ -262,6 +397,13 @@ def test_gradient_checkpointing_with_memory_gives_same_gradients() -> None:
             "gmm_init = 'learned,zeros' must be one of learned, orthogonal, zeros or a comma-separated list of 4",
         ),
         ("--gmm_load_balance=-1", "gmm_load_balance = -1.0 must be >= 0"),
+        ("--gmm_top_k=4", "gmm_top_k = 4 must be 0 (dense) or 1..3 experts per write"),
+        ("--gmm_read=sum", "gmm_read = 'sum' must be one of mixture, concat"),
+        (
+            "--gmm_read=concat",
+            "gmm_routing = 'read' weighs a mixture read: with gmm_read = 'concat' every bank is read",
+        ),
+        ("--gmm_read_scale=-1", "gmm_init_scale = 1.0 and gmm_read_scale = -1.0 must be >= 0"),
         ("--gmm_experts=two", "gmm_experts = 'two' in --gmm_experts=two has the wrong type: expected int"),
         ("--n_segments=0", "n_segments = 0 must be a positive integer"),
         ("--bptt_segments=-2", "bptt_segments = -2 must be >= 0"),
@@ -269,7 +411,8 @@ def test_gradient_checkpointing_with_memory_gives_same_gradients() -> None:
     ],
 )
 def test_bad_memory_settings_are_one_clear_line(arg: str, message: str) -> None:
-    extra = ["--gmm_experts=4"] if "gmm_init=learned,zeros" in arg else []
+    extra = ["--gmm_experts=4"] if "gmm_init=learned,zeros" in arg or "top_k" in arg else []
+    extra += ["--gmm_routing=read"] if arg == "--gmm_read=concat" else []
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         configure([*extra, arg], TrainConfig(), GPTConfig())
 
