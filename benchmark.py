@@ -49,10 +49,48 @@ from model import GPT
 from train import TrainConfig, ensure_data, episode_dir, estimate_loss
 
 ROOT = Path(__file__).resolve().parent
-SYNTHETIC = ("recall", "copy", "needle")
+SYNTHETIC = ("recall", "copy", "needle")  # and mqar<P>: multi-query associative recall with P pairs
 TEXT = ("shakespeare_char",)
 LEARNED = 0.9  # answer accuracy at the trained length from which a run counts as having learned its task
-ABLATIONS = "projected, prob, read, learnedwrite, bptt<N>, T<temperature>"
+NUM = r"\d+(?:\.\d+)?"  # a number in a variant name: 2, 0.5, 0.003 ('-' joins ablations, so none is negative)
+# ablations that are a word, and ablations that carry a number: name -> the train.py settings they set
+FLAGS: dict[str, dict[str, Any]] = {
+    "projected": {"gmm_candidate": "projected"},
+    "prob": {"gmm_write_scale": "prob"},
+    "read": {"gmm_routing": "read"},
+    "learnedwrite": {"gmm_write_input": "learned"},
+    "shared": {"gmm_shared_expert": True},
+    "concat": {"gmm_read": "concat"},
+}
+NUMBERED: dict[str, tuple[str, type]] = {
+    "bptt": ("bptt_segments", int),
+    "top": ("gmm_top_k", int),
+    "slots": ("gmm_slots", int),
+    "T": ("gmm_temperature", float),
+    "rs": ("gmm_read_scale", float),
+    "is": ("gmm_init_scale", float),
+    "gb": ("gmm_gate_bias", float),
+    "lr": ("learning_rate", float),
+}
+ABLATIONS = ", ".join([*FLAGS, "bptt<N>", "top<N>", "slots<N>", "T<x>", "rs<x>", "is<x>", "gb<x>", "lr<x>"])
+
+
+def mqar_pairs(task: str) -> int | None:
+    """P for a multi-query associative recall task named mqar<P>, else None."""
+    match = re.fullmatch(r"mqar([1-9]\d*)", task)
+    return int(match.group(1)) if match else None
+
+
+def is_synthetic(task: str) -> bool:
+    return task in SYNTHETIC or mqar_pairs(task) is not None
+
+
+def task_order(task: str) -> tuple[int, int, str]:
+    """recall, copy, needle, mqar by P, then text."""
+    if task in TEXT:
+        return (2, 0, task)
+    P = mqar_pairs(task)
+    return (1, P, task) if P is not None else (0, SYNTHETIC.index(task) if task in SYNTHETIC else 0, task)
 
 
 @dataclass
@@ -101,8 +139,8 @@ class GridConfig:
         if not self.eval_segments or min(self.eval_segments) < 1:
             raise ValueError(f"eval_segments = {self.eval_segments} must be positive segment counts")
         for task in self.task_list:
-            if task not in SYNTHETIC + TEXT:
-                raise ValueError(f"task '{task}' must be one of {', '.join(SYNTHETIC + TEXT)}")
+            if not is_synthetic(task) and task not in TEXT:
+                raise ValueError(f"task '{task}' must be one of {', '.join(SYNTHETIC + TEXT)} or mqar<P> (P pairs)")
         for variant in self.variant_list:
             variant_settings(variant, text=True)  # raises on a bad name
         if "full" in self.variant_list and not any(t in TEXT for t in self.task_list):
@@ -137,15 +175,17 @@ def variant_settings(variant: str, text: bool) -> dict[str, Any]:
     # the write input is named even at its default, so records made before the default changed are not reused
     settings: dict[str, Any] = {"gmm_experts": int(match.group(1)), "gmm_write_input": "read"}
     for mod in mods:
-        if mod in ("projected", "prob", "read"):
-            key = {"projected": "gmm_candidate", "prob": "gmm_write_scale", "read": "gmm_routing"}[mod]
-            settings[key] = mod
-        elif mod == "learnedwrite":
-            settings["gmm_write_input"] = "learned"
-        elif re.fullmatch(r"bptt\d+", mod):
-            settings["bptt_segments"] = int(mod[4:])
-        elif re.fullmatch(r"T\d+(\.\d+)?", mod):
-            settings["gmm_temperature"] = float(mod[1:])
+        numbered = re.fullmatch(rf"([a-zA-Z]+?)({NUM})", mod) if mod not in FLAGS else None
+        if mod in FLAGS:
+            settings.update(FLAGS[mod])
+        elif numbered is not None and numbered.group(1) in NUMBERED:
+            key, kind = NUMBERED[numbered.group(1)]
+            try:
+                settings[key] = kind(numbered.group(2))
+            except ValueError:
+                raise ValueError(f"variant '{variant}': '{mod}' needs a whole number") from None
+            if key == "learning_rate":  # the schedule decays to a tenth of the peak, as the grid's default does
+                settings["min_lr"] = settings[key] / 10
         else:
             raise ValueError(f"variant '{variant}': unknown ablation '{mod}' (allowed: {ABLATIONS})")
     return settings
@@ -157,7 +197,29 @@ def task_prepare_args(task: str, cfg: GridConfig) -> list[str]:
         return ["--min_pairs", str(cfg.recall_pairs), "--max_pairs", str(cfg.recall_pairs)]
     if task == "copy":
         return ["--copy_len", str(cfg.copy_len)]
+    if mqar_pairs(task) is not None:
+        return ["--n_pairs", str(mqar_pairs(task))]
     return []
+
+
+def task_dataset(task: str) -> tuple[str, str]:
+    """(the dataset's prepare script name, the data_dir that holds its folder) of a synthetic task in this grid:
+    mqar<P> is dataset mqar, each P in a folder of its own."""
+    P = mqar_pairs(task)
+    return ("mqar", f"p{P}") if P is not None else (task, "")
+
+
+def min_segments(task: str, cfg: GridConfig) -> int:
+    """The fewest segments an episode of the task can have with the pairs and the queries in different segments."""
+    P = mqar_pairs(task)
+    return 1 if P is None else 2 * -(-2 * P // cfg.block_size)
+
+
+def task_lengths(task: str, cfg: GridConfig) -> tuple[list[int], list[int]]:
+    """The task's curriculum (stages below its minimum length raised to it) and its evaluation lengths (those below
+    its minimum dropped)."""
+    low = min_segments(task, cfg)
+    return [max(low, n) for n in cfg.segment_curriculum], [n for n in cfg.eval_segments if n >= low]
 
 
 def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str) -> list[str]:
@@ -175,13 +237,15 @@ def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str
         if full:  # the same tokens per sequence, in one segment that sees them all
             overrides.update(block_size=base["block_size"] * base["n_segments"], n_segments=1)
         return [cfg.text_config, *(f"--{k}={v}" for k, v in {**overrides, **settings}.items())]
+    dataset, folder = task_dataset(task)
+    curriculum, _ = task_lengths(task, cfg)
     overrides = {
         **common,
-        "dataset": task,
-        "data_dir": cfg.data_dir,
+        "dataset": dataset,
+        "data_dir": os.path.join(cfg.data_dir, folder),
         "block_size": cfg.block_size,
-        "n_segments": cfg.n_segments,
-        "segment_curriculum": cfg.segment_curriculum,
+        "n_segments": max(cfg.n_segments, min_segments(task, cfg)),
+        "segment_curriculum": curriculum,
         "n_layer": cfg.n_layer,
         "n_head": cfg.n_head,
         "n_embd": cfg.n_embd,
@@ -212,8 +276,11 @@ def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
     for task in cfg.task_list:
         if task in TEXT:
             continue
-        base = os.path.join(cfg.data_dir, task)
-        args = [*task_prepare_args(task, cfg), "--n_segments", str(cfg.n_segments), "--block_size", str(cfg.block_size)]
+        dataset, sub = task_dataset(task)
+        base = os.path.join(cfg.data_dir, sub, dataset)
+        curriculum, evals = task_lengths(task, cfg)
+        n_segments = max(cfg.n_segments, min_segments(task, cfg))
+        args = [*task_prepare_args(task, cfg), "--n_segments", str(n_segments), "--block_size", str(cfg.block_size)]
         if os.path.exists(os.path.join(base, "meta.json")):  # made by an earlier grid: its task settings must agree
             with open(os.path.join(base, "meta.json")) as f:
                 prepared = json.load(f)["prepare_args"]
@@ -221,14 +288,14 @@ def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
             want = dict(zip(args[::2], args[1::2], strict=True))
             if any(have.get(k, v) != v for k, v in want.items() if k not in ("--n_segments", "--block_size")):
                 raise ValueError(f"{base} was prepared with other settings ({' '.join(prepared)}): remove it first")
-        ensure_data(base, task, args)
+        ensure_data(base, dataset, args)
         with open(os.path.join(base, "meta.json")) as f:
             meta = json.load(f)
-        counts = {cfg.n_segments, *cfg.segment_curriculum, *cfg.eval_segments}
+        counts = {n_segments, *curriculum, *evals}
         dirs[task] = {n: episode_dir(base, meta, n, cfg.block_size) for n in sorted(counts)}
         for n, folder in dirs[task].items():
             ensure_data(
-                folder, task, [*meta["prepare_args"], "--n_segments", str(n), "--block_size", str(cfg.block_size)]
+                folder, dataset, [*meta["prepare_args"], "--n_segments", str(n), "--block_size", str(cfg.block_size)]
             )
     return dirs
 
@@ -261,7 +328,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     evals = {}
     for n, folder in spec["eval_dirs"].items():
         L = n * T
-        episodic = spec["task"] in SYNTHETIC
+        episodic = is_synthetic(spec["task"])
         out = estimate_loss(model, folder, L, cfg, spec["device"], spec["dtype"], L if episodic else 1,
                             seg_len=T, splits=("val",))  # fmt: skip
         evals[str(n)] = {"loss": out["val"], "seg_loss": out["val_seg_loss"]}
@@ -269,7 +336,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             evals[str(n)].update(acc_answer=out["val_acc_answer"], acc_token=out["val_acc_token"])
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         curve = [json.loads(line) for line in f if '"eval"' in line]
-    keep = ("iter", "val_loss", "val_acc_answer")
+    keep = ("iter", "val_loss", "val_acc_answer", "val_acc_token")
     return {
         **record,
         "params": sum(p.numel() for p in model.parameters()),
@@ -311,8 +378,9 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
             evaluation: dict[str, Any] = {"eval_iters": eval_iters}
         else:
             T, batch_size, eval_iters = cfg.block_size, cfg.batch_size, cfg.eval_iters
-            eval_dirs = {n: data_dirs[task][n] for n in cfg.eval_segments}
-            evaluation = {"eval_segments": cfg.eval_segments, "eval_iters": eval_iters}
+            evals = task_lengths(task, cfg)[1]
+            eval_dirs = {n: data_dirs[task][n] for n in evals}
+            evaluation = {"eval_segments": evals, "eval_iters": eval_iters}
         for variant in cfg.variants_for(task):
             for seed in cfg.seeds:
                 run_dir = os.path.join(cfg.out_dir, "runs", task, variant, f"seed{seed}")
@@ -379,8 +447,11 @@ def run_settings(rec: dict[str, Any]) -> dict[str, str]:
 
 
 def learned_at(rec: dict[str, Any]) -> int | None:
-    """The first iteration whose evaluation (at the trained length) reached LEARNED answer accuracy, or None."""
-    return next((e["iter"] for e in rec.get("curve", []) if e.get("val_acc_answer", 0.0) >= LEARNED), None)
+    """The first iteration whose evaluation (at the trained length) reached LEARNED accuracy, or None: answer
+    accuracy, or per answer token on tasks whose answers have several tokens (mqar's P values, copy's string)."""
+    several = (rec.get("chance_exact") or rec["chance"]) < rec["chance"]
+    key = "val_acc_token" if several and any("val_acc_token" in e for e in rec.get("curve", [])) else "val_acc_answer"
+    return next((e["iter"] for e in rec.get("curve", []) if e.get(key, 0.0) >= LEARNED), None)
 
 
 def accuracy_stats(runs: list[dict[str, Any]], n: str, key: str) -> dict[str, Any]:
@@ -401,7 +472,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     segment (text), over the seeds that finished."""
     out: dict[str, Any] = {}
     done = [r for r in records if "error" not in r]
-    for task in [t for t in SYNTHETIC + TEXT if any(r["task"] == t for r in done)]:
+    for task in sorted({r["task"] for r in done}, key=task_order):
         out[task] = {}
         for variant in sorted({r["variant"] for r in done if r["task"] == task}, key=variant_order):
             runs = sorted((r for r in done if (r["task"], r["variant"]) == (task, variant)), key=lambda r: r["seed"])
@@ -453,8 +524,9 @@ def format_tables(summary: dict[str, Any]) -> str:
             lines.append(accuracy_row(variant, cell, "acc") + f" {len(hits)}/{len(cell['learned_at'])}{median} |")
         lines += [
             "",
-            f"learned: seeds whose evaluation at the trained length reached {LEARNED} answer accuracy during "
-            "training, and the median first step it did (evaluations every eval_interval steps)",
+            f"learned: seeds whose evaluation at the trained length reached {LEARNED} accuracy (per answer token "
+            "where answers have several) during training, and the median first step it did (evaluations every "
+            "eval_interval steps)",
             "",
         ]
         if multi_token(cells):
@@ -506,7 +578,7 @@ def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
     from matplotlib.figure import Figure  # drawn without pyplot: no backend or global state is touched
 
     paths = []
-    synthetic = {t: c for t, c in summary.items() if t in SYNTHETIC and c}
+    synthetic = {t: c for t, c in summary.items() if is_synthetic(t) and c}
     if synthetic:
         fig = Figure(figsize=(5.5 * len(synthetic), 4))
         axes = fig.subplots(1, len(synthetic), squeeze=False)

@@ -27,8 +27,21 @@ def test_variant_settings() -> None:
         "bptt_segments": 2,
         "gmm_temperature": 0.5,
     }
+    # the mixture's structure, the read slots, and the reliability knobs
+    assert variant_settings("k4-concat-top2-shared", text=False) == {
+        "gmm_experts": 4,
+        "gmm_write_input": "read",
+        "gmm_read": "concat",
+        "gmm_top_k": 2,
+        "gmm_shared_expert": True,
+    }
+    assert variant_settings("k1-slots16", text=False)["gmm_slots"] == 16
+    knobs = variant_settings("k4-rs0.03-is0.02-gb2-lr0.001", text=False)
+    assert knobs["gmm_read_scale"] == 0.03 and knobs["gmm_init_scale"] == 0.02 and knobs["gmm_gate_bias"] == 2.0
+    assert knobs["learning_rate"] == 0.001 and knobs["min_lr"] == pytest.approx(0.0001)
     assert variant_settings("full", text=True) == {"gmm_experts": 0, "full_attention": True}
-    bad_names = [("k9", "k1..k8"), ("k4-fast", "unknown ablation 'fast'"), ("off-prob", "k1..k8"), ("", "must be off")]
+    bad_names = [("k9", "k1..k8"), ("k4-fast", "unknown ablation 'fast'"), ("off-prob", "k1..k8"), ("", "must be off"),
+                 ("k4-top", "unknown ablation 'top'"), ("k4-slots1.5", "'slots1.5' needs a whole number")]  # fmt: skip
     for bad, words in bad_names:
         with pytest.raises(ValueError, match=words):
             variant_settings(bad, text=False)
@@ -47,11 +60,30 @@ def test_train_args() -> None:
     assert "--block_size=256" in argv and "--n_segments=1" in argv and "--gmm_experts=0" in argv
 
 
+def test_mqar_tasks_get_their_own_data_and_lengths() -> None:
+    """mqar<P> trains on dataset mqar with P pairs, each P in its own data folder; curriculum stages and evaluation
+    lengths too short to hold the pairs and the queries in different segments are raised or dropped."""
+    cfg = GridConfig(tasks="mqar16,mqar4", block_size=16, segment_curriculum=[2, 3, 4], eval_segments=[2, 4, 8, 16],
+                     data_dir="d")  # fmt: skip
+    argv = train_args("mqar16", "k4-top1", 1, cfg, "runs/z")
+    assert "--dataset=mqar" in argv and "--data_dir=d/p16" in argv
+    assert "--segment_curriculum=[4,4,4]" in argv and "--n_segments=4" in argv  # 32 pair tokens: 2 segments each way
+    assert benchmark.task_lengths("mqar16", cfg) == ([4, 4, 4], [4, 8, 16])
+    assert benchmark.task_lengths("mqar4", cfg) == ([2, 3, 4], [2, 4, 8, 16])
+    assert benchmark.task_prepare_args("mqar4", cfg) == ["--n_pairs", "4"]
+    assert (
+        benchmark.is_synthetic("mqar4") and not benchmark.is_synthetic("mqar") and not benchmark.is_synthetic("mqar0")
+    )
+    assert sorted(["shakespeare_char", "mqar16", "mqar4", "recall"], key=benchmark.task_order) == [
+        "recall", "mqar4", "mqar16", "shakespeare_char"]  # fmt: skip
+
+
 def test_bad_settings_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for arg, words in [
         ("--variants=off,k9", "k1..k8"),
         ("--variants=off,full", "add one to tasks"),
         ("--tasks=recall,sorting", "task 'sorting' must be one of"),
+        ("--tasks=mqar", "or mqar<P> (P pairs)"),
         ("--seeds=[]", "at least one seed"),
         ("--eval_segments=[0,2]", "positive segment counts"),
         ("--max_iter=3", "did you mean 'max_iters'"),
@@ -87,6 +119,11 @@ def test_multi_token_answers_get_a_per_token_table() -> None:
     assert "### copy: answer-token accuracy (mean ± std over seeds; best seed in brackets), chance 0.0625" in table
     assert "| k4 | 0.001M | 0.250 ± 0.354 (0.50) | 0/2 |" in table
     assert "| k4 | 0.001M | 0.600 ± 0.283 (0.80) |" in table
+    # a multi-token task has learned when its answer tokens are right, not when every episode is exact
+    curve = [{"iter": 100, "val_acc_answer": 0.2, "val_acc_token": 0.7}, {"iter": 200, "val_acc_answer": 0.5,
+             "val_acc_token": 0.93}]  # fmt: skip
+    assert benchmark.learned_at({**recs[0], "curve": curve}) == 200
+    assert benchmark.learned_at({**recs[0], "curve": curve, "chance_exact": 0.0625}) is None  # one answer token
 
 
 def test_summary_and_tables_by_hand() -> None:
