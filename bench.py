@@ -5,6 +5,7 @@ or what the gated memory mixture costs against memory off.
 $ python bench.py                                    # a GPT-2 124M training step, batch 12 x 1024, synthetic tokens
 $ python bench.py --mode=sample --device=cpu         # greedy generation: KV cache vs. recomputing the whole context
 $ python bench.py --mode=memory --experts=0,1,4      # the training step with k = 0, 1, 4 experts, side by side
+$ python bench.py --mode=memory --experts=0,1,4 --reads=mixture,concat   # and what reading every bank costs
 $ python bench.py --n_layer=4 --block_size=256 --compile=False --profile=True --json=bench_out/result.json
 
 The model's shape is GPTConfig's (GPT-2 124M by default) and is set by the same --key=value flags as in train.py.
@@ -72,6 +73,7 @@ class BenchConfig:
     new_tokens: int = 128  # tokens generated per sequence
     # memory mode
     experts: str = "0,1,2,4,8"  # the gmm_experts values to compare, comma-separated; ratios are against the smallest
+    reads: str = "mixture"  # the read modes to compare for each k > 0, comma-separated: mixture, concat
     fresh_process: bool = True  # run each k in a new process, so that its peak memory is its own (see bench_memory)
     json: str = ""  # if set, also write the results to this path as JSON
 
@@ -90,6 +92,7 @@ class BenchConfig:
                 "profile = True is for modes train and sample: profile one k with --mode=train --gmm_experts=K"
             )
         parse_experts(self.experts)
+        parse_reads(self.reads)
 
 
 def parse_experts(experts: str) -> list[int]:
@@ -102,6 +105,14 @@ def parse_experts(experts: str) -> list[int]:
     if len(set(ks)) != len(ks) or not all(0 <= k <= gmm.MAX_EXPERTS for k in ks):
         raise ValueError(f"experts = '{experts}' must be {allowed}")
     return sorted(ks)
+
+
+def parse_reads(reads: str) -> list[str]:
+    """'mixture,concat' -> ['mixture', 'concat']; ValueError names what is allowed."""
+    modes = [s.strip() for s in reads.split(",")]
+    if not modes or len(set(modes)) != len(modes) or any(m not in ("mixture", "concat") for m in modes):
+        raise ValueError(f"reads = '{reads}' must be distinct read modes, mixture and/or concat, separated by commas")
+    return modes
 
 
 # -----------------------------------------------------------------------------
@@ -332,9 +343,10 @@ def bench_sample(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
 
 def bench_memory(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     """What the memory costs against memory off: bench_train's step, on the same shape, batch and seed, for each
-    k in experts in turn (ascending), each after its own warm-up. Each row holds k's parameters (and the memory's
-    share of them), median ms/iter, tokens/s and peak memory, and each as a ratio to the first row (k = 0 when
-    it is listed).
+    k in experts in turn (ascending), with each read mode in reads for k > 0 (concat reads every bank's slots, so
+    its read slots and write tokens grow with k), each after its own warm-up. Each row holds k's parameters (and
+    the memory's share of them), its read slots, median ms/iter, tokens/s and peak memory, and each as a ratio to
+    the first row (k = 0 when it is listed).
 
     Peak memory needs care on a CPU: process RSS has no peak counter that can be reset, and memory a finished k
     has freed may stay with the process (the allocator keeps it), so in one process no k could read below an
@@ -346,16 +358,19 @@ def bench_memory(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     the table's footnote says so."""
     device, dtype, compile = resolve(replace(cfg, mode="train"))  # a bad device fails here, once
     rows = []
-    for k in parse_experts(cfg.experts):
-        train_cfg, k_cfg = replace(cfg, mode="train", json=""), replace(model_cfg, gmm_experts=k)
-        print(f"--- k = {k} ---")
+    runs = [(k, read) for k in parse_experts(cfg.experts) for read in (parse_reads(cfg.reads) if k else ["-"])]
+    for k, read in runs:
+        train_cfg = replace(cfg, mode="train", json="")
+        k_cfg = replace(model_cfg, gmm_experts=k, gmm_read=read if k else model_cfg.gmm_read)
+        print(f"--- k = {k}{f', {read} read' if k else ''} ---")
         if cfg.fresh_process:
             r = train_in_new_process(train_cfg, k_cfg)
         else:
             gc.collect()  # the previous k's model and optimizer go before this k's peak is counted
             r = bench_train(train_cfg, k_cfg)
         keep = ("params", "memory_params", "ms_per_iter", "tokens_per_s", "memory_bytes")
-        rows.append({"k": k, **{key: r[key] for key in keep}})
+        read_slots = 0 if k == 0 else k_cfg.gmm_slots * (k + int(k_cfg.gmm_shared_expert) if read == "concat" else 1)
+        rows.append({"k": k, "read": read, "read_slots": read_slots, **{key: r[key] for key in keep}})
         rows[-1]["memory_rise_bytes"] = r["memory_bytes"] - r["memory_start_bytes"]
         memory_kind = r["memory_kind"]
     if cfg.fresh_process:
@@ -431,13 +446,14 @@ def memory_table(result: dict[str, Any]) -> str:
     """Memory mode's rows as a markdown table, each figure with its ratio to the first row, and what was measured."""
     rows = result["rows"]
     lines = [
-        "| k | parameters | memory's share | ms/iter | tokens/s | peak memory | peak above start |",
-        "|---|---|---|---|---|---|---|",
+        "| k | read | read slots | parameters | memory's share | ms/iter | tokens/s | peak memory | peak above start |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         share = row["memory_params"] / row["params"]
         lines.append(
-            f"| {row['k']} | {row['params']:,} ({times(row['params_ratio'])}) | {row['memory_params']:,} ({share:.1%}) "
+            f"| {row['k']} | {row.get('read', '-')} | {row.get('read_slots', '-')} "
+            f"| {row['params']:,} ({times(row['params_ratio'])}) | {row['memory_params']:,} ({share:.1%}) "
             f"| {row['ms_per_iter']:.1f} ({times(row['ms_per_iter_ratio'])}) "
             f"| {row['tokens_per_s']:,.0f} ({times(row['tokens_per_s_ratio'])}) "
             f"| {row['memory_bytes'] / 2**30:.3f} GiB ({times(row['memory_bytes_ratio'])}) "

@@ -112,24 +112,28 @@ def table_rows(out: str) -> list[list[str]]:
 
 
 def test_memory_mode_row_per_k(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--mode=memory", "--experts=2,0,1", "--n_segments=2", "--gmm_slots=4", "--fresh_process=False"]
+    args = ["--mode=memory", "--experts=2,0,1", "--n_segments=2", "--gmm_slots=4", "--fresh_process=False",
+            "--reads=mixture,concat"]  # fmt: skip
     r = bench.main([*TINY_ARGS, *args, "--device=cpu", "--iters=2", "--warmup_iters=1"])
     rows = table_rows(capsys.readouterr().out)
-    assert [row[0] for row in rows] == ["0", "1", "2"]  # one row per k, ascending
-    assert [row["k"] for row in r["rows"]] == [0, 1, 2]
+    # one row per k, ascending, and per read mode for k > 0; concat reads every bank's 4 slots
+    assert [row[:3] for row in rows] == [["0", "-", "0"], ["1", "mixture", "4"], ["1", "concat", "4"],
+                                         ["2", "mixture", "4"], ["2", "concat", "8"]]  # fmt: skip
+    assert [(row["k"], row["read"]) for row in r["rows"]] == [(0, "-"), (1, "mixture"), (1, "concat"),
+                                                               (2, "mixture"), (2, "concat")]  # fmt: skip
     params = [row["params"] for row in r["rows"]]
-    assert params[0] < params[1] < params[2]
+    assert params[0] < params[1] < params[3]
     for row in r["rows"]:
-        model = GPT(
-            GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, gmm_slots=4, gmm_experts=row["k"])
-        )
+        read = row["read"] if row["k"] else "mixture"
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, gmm_slots=4,
+                              gmm_experts=row["k"], gmm_read=read))  # fmt: skip
         assert row["params"] == model.get_num_params()
         assert row["memory_params"] == row["params"] - params[0]  # the memory is all that k adds
         assert row["tokens_per_s"] == pytest.approx(2 * 2 * 16 / (row["ms_per_iter"] / 1000))  # batch x segments x T
         assert row["memory_bytes"] > 10 * 2**20
     base = r["rows"][0]
     assert all(base[f"{key}_ratio"] == 1.0 for key in ("params", "ms_per_iter", "tokens_per_s", "memory_bytes"))
-    assert r["rows"][2]["params_ratio"] == pytest.approx(params[2] / params[0])
+    assert r["rows"][3]["params_ratio"] == pytest.approx(params[3] / params[0])
     assert "running" not in r["memory_kind"] and "one process" in r["memory_kind"]
 
 
@@ -167,3 +171,13 @@ def test_bad_expert_list_one_line_exit_2(experts: str, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert f"experts = '{experts}'" in err and "0..8" in err
+
+
+def test_bad_read_list_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        bench.main([*TINY_ARGS, "--device=cpu", "--mode=memory", "--reads=mixture,sum"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "error: reads = 'mixture,sum' must be distinct read modes, mixture and/or concat, separated by commas\n"
+    )
