@@ -141,6 +141,14 @@ class GridConfig:
         for task in self.task_list:
             if not is_synthetic(task) and task not in TEXT:
                 raise ValueError(f"task '{task}' must be one of {', '.join(SYNTHETIC + TEXT)} or mqar<P> (P pairs)")
+        for task in self.task_list:
+            if not 1 <= (mqar_pairs(task) or 1) <= 16:
+                raise ValueError(f"task '{task}': mqar<P> takes 1 <= P <= 16 pairs, one per key of the vocabulary")
+            if is_synthetic(task) and not task_lengths(task, self)[1]:
+                raise ValueError(
+                    f"task '{task}' needs episodes of >= {min_segments(task, self)} segments of {self.block_size} "
+                    f"tokens: add such a count to eval_segments = {self.eval_segments}"
+                )
         for variant in self.variant_list:
             variant_settings(variant, text=True)  # raises on a bad name
         if "full" in self.variant_list and not any(t in TEXT for t in self.task_list):

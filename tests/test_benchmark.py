@@ -84,6 +84,7 @@ def test_bad_settings_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
         ("--variants=off,full", "add one to tasks"),
         ("--tasks=recall,sorting", "task 'sorting' must be one of"),
         ("--tasks=mqar", "or mqar<P> (P pairs)"),
+        ("--tasks=mqar17", "mqar<P> takes 1 <= P <= 16 pairs"),
         ("--seeds=[]", "at least one seed"),
         ("--eval_segments=[0,2]", "positive segment counts"),
         ("--max_iter=3", "did you mean 'max_iters'"),
@@ -93,6 +94,9 @@ def test_bad_settings_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
         err = capsys.readouterr().err
         assert exit_info.value.code == 2, (arg, err)
         assert err.count("\n") == 1 and words in err, (arg, err)
+    with pytest.raises(SystemExit):
+        benchmark.main(["--tasks=mqar16", "--eval_segments=2,3", f"--out_dir={tmp_path}"])
+    assert "task 'mqar16' needs episodes of >= 4 segments of 16 tokens: add such a count" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
     # the command line a user types reaches the same check
     r = subprocess.run([sys.executable, "benchmark.py", "--variants=k0"], cwd=ROOT, capture_output=True, text=True)
