@@ -75,7 +75,7 @@ def runnable(command: str, tmp: Path, hf_dir: Path) -> list[str] | None:
             (docs / f"doc{i}.txt").write_text(SHAKESPEARE_TXT.read_text()[i * 5000 : (i + 1) * 5000])
         out = data / "openwebtext_local"
         return [*launcher, script, *args, "--text_files", str(docs / "*.txt"), "--out_dir", str(out), "--num_proc=1"]
-    if script in ("data/recall/prepare.py", "data/copy/prepare.py", "data/needle/prepare.py"):
+    if script in ("data/recall/prepare.py", "data/copy/prepare.py", "data/needle/prepare.py", "data/mqar/prepare.py"):
         small = ["--train_episodes", "64", "--val_episodes", "16", "--out_dir", str(data / script.split("/")[1])]
         return [*launcher, script, *args, *small]
     if script in ("train.py", "sample.py"):
@@ -98,6 +98,8 @@ def runnable(command: str, tmp: Path, hf_dir: Path) -> list[str] | None:
         tiny = ["--max_iters=2", "--seeds=[1]", "--eval_iters=1", "--eval_interval=1", "--batch_size=2",
                 "--n_layer=1", "--n_embd=16", "--n_segments=2", "--segment_curriculum=[2]", "--eval_segments=2,3",
                 "--jobs=2"]  # fmt: skip
+        if "mqar" in command:  # mqar16's 32 pair tokens take 2 segments of 16, and its 32 query tokens 2 more
+            tiny += ["--n_segments=4", "--segment_curriculum=[4]", "--eval_segments=4"]
         return [*launcher, script, *args, *tiny, *text, f"--out_dir={tmp / 'results'}", "--device=cpu"]
     if script == "bench.py":
         return [*launcher, script, *args, *BENCH, *TINY_MODEL]
