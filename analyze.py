@@ -257,7 +257,7 @@ def collect(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
             if routing is not None and memory is not None:
                 p.append(routing.probs.float().cpu())
                 g.append(routing.gates.float().cpu())
-                experts.append(memory.experts.float().cpu())
+                experts.append(memory.experts[:, :k].float().cpu())  # the routed banks, not the shared one
         loss_sum = torch.stack(ce) if loss_sum is None else loss_sum + torch.stack(ce)
         count = torch.stack(valid) if count is None else count + torch.stack(valid)
         if p:

@@ -204,13 +204,16 @@ def test_smallest_keys_of_synthetic_tokens() -> None:
     assert list(analyze.write_properties(tokens, 4, synthetic=False)) == ["segment_index"]  # text: no key labels
 
 
-def tiny_model(k: int) -> GPT:
+def tiny_model(k: int, **kw: Any) -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=4, vocab_size=20, n_layer=1, n_head=2, n_embd=16, gmm_experts=k, gmm_slots=2))
+    return GPT(GPTConfig(block_size=4, vocab_size=20, n_layer=1, n_head=2, n_embd=16, gmm_experts=k, gmm_slots=2, **kw))
 
 
-def test_collect_equals_forward_segments() -> None:
-    model = tiny_model(3).eval()
+@pytest.mark.parametrize("mixture", [{}, dict(gmm_read="concat", gmm_top_k=1, gmm_shared_expert=True)])
+def test_collect_equals_forward_segments(mixture: dict[str, Any]) -> None:
+    """...for a dense mixture, and for a sparse concat one with a shared bank (whose diversity is the routed
+    banks')."""
+    model = tiny_model(3, **mixture).eval()
     T, S = 4, 3
     batches = [(torch.randint(20, (2, T * S)), torch.randint(20, (2, T * S))) for _ in range(2)]
     batches[1][1][0, :5] = -1  # ignored targets count in neither the loss nor its denominator
@@ -230,7 +233,7 @@ def test_collect_equals_forward_segments() -> None:
         # the experts after each segment's write: those the first s + 1 segments leave behind
         div = torch.stack(
             [
-                analyze.expert_diversity(model.forward_segments(X[:, : T * (s + 1)]).memory.experts)  # type: ignore[union-attr]
+                analyze.expert_diversity(model.forward_segments(X[:, : T * (s + 1)]).memory.experts[:, :3])  # type: ignore[union-attr]
                 for X, _ in batches
                 for s in range(S)
             ]
