@@ -131,6 +131,11 @@ def fillers(rng: np.random.Generator, n: int, episode_len: int) -> np.ndarray:
     return rng.integers(FILLER0, FILLER0 + N_FILLERS, size=(n, episode_len), dtype=np.int64)
 
 
+def distinct_keys(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
+    """(n, count) key ids, distinct within each row: the first count of a random permutation of the keys."""
+    return KEY0 + np.argsort(rng.random((n, N_KEYS)), axis=1)[:, :count]
+
+
 # generate(rng, n) -> (tokens, mask), both (n, episode_len): ids, and 1 where the token is a scored answer
 EpisodeGenerator = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 

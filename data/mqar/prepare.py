@@ -29,11 +29,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run as a script, only data/mqar is on the path; data/common.py is 2 up
 from data.common import (  # noqa: E402
-    KEY0,
     N_KEYS,
     N_VALUES,
     VALUE0,
     UsageError,
+    distinct_keys,
     episode_parser,
     fillers,
     positive_int,
@@ -47,7 +47,7 @@ def generate(
     """n MQAR episodes: tokens and answer mask, both (n, n_segments * block_size)."""
     L, P = n_segments * block_size, n_pairs
     tokens = fillers(rng, n, L)  # (n, L)
-    keys = KEY0 + np.argsort(rng.random((n, N_KEYS)), axis=1)[:, :P]  # (n, P), distinct within a row
+    keys = distinct_keys(rng, n, P)  # (n, P), distinct within a row
     values = rng.integers(VALUE0, VALUE0 + N_VALUES, size=(n, P))  # (n, P)
     tokens[:, : 2 * P] = np.stack([keys, values], axis=2).reshape(n, 2 * P)  # k v k v ...
     # the same pairs in a fresh order, so the answers cannot be copied by position

@@ -23,12 +23,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run as a script, only data/recall is on the path; data/common.py is 2 up
 from data.common import (  # noqa: E402
-    KEY0,
     N_KEYS,
     N_VALUES,
     QUERY,
     VALUE0,
     UsageError,
+    distinct_keys,
     episode_parser,
     fillers,
     positive_int,
@@ -43,7 +43,7 @@ def generate(
     L, P = n_segments * block_size, max_pairs
     tokens = fillers(rng, n, L)  # (n, L)
     n_pairs = rng.integers(min_pairs, max_pairs + 1, size=n)  # (n,)
-    keys = KEY0 + np.argsort(rng.random((n, N_KEYS)), axis=1)[:, :P]  # (n, P), distinct within a row
+    keys = distinct_keys(rng, n, P)  # (n, P), distinct within a row
     values = rng.integers(VALUE0, VALUE0 + N_VALUES, size=(n, P))  # (n, P)
     pairs = np.stack([keys, values], axis=2).reshape(n, 2 * P)  # (n, 2P): k v k v ...
     used = np.repeat(np.arange(P)[None, :] < n_pairs[:, None], 2, axis=1)  # (n, 2P): pair slots this episode fills
