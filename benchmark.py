@@ -218,9 +218,10 @@ def task_dataset(task: str) -> tuple[str, str]:
 
 
 def min_segments(task: str, cfg: GridConfig) -> int:
-    """The fewest segments an episode of the task can have with the pairs and the queries in different segments."""
+    """The fewest segments an episode of the task can have: one, or for mqar, pairs and queries in different segments
+    (one segment is its no-gap control when it holds both)."""
     P = mqar_pairs(task)
-    return 1 if P is None else 2 * -(-2 * P // cfg.block_size)
+    return 1 if P is None or 4 * P <= cfg.block_size else 2 * -(-2 * P // cfg.block_size)
 
 
 def task_lengths(task: str, cfg: GridConfig) -> tuple[list[int], list[int]]:

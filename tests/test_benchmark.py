@@ -71,6 +71,8 @@ def test_mqar_tasks_get_their_own_data_and_lengths() -> None:
     assert benchmark.task_lengths("mqar16", cfg) == ([4, 4, 4], [4, 8, 16])
     assert benchmark.task_lengths("mqar4", cfg) == ([2, 3, 4], [2, 4, 8, 16])
     assert benchmark.task_prepare_args("mqar4", cfg) == ["--n_pairs", "4"]
+    # 4 pairs and 4 queries fit in one segment of 16 (the no-gap control); 16 pairs need two segments each way
+    assert benchmark.min_segments("mqar4", cfg) == 1 and benchmark.min_segments("mqar16", cfg) == 4
     assert (
         benchmark.is_synthetic("mqar4") and not benchmark.is_synthetic("mqar") and not benchmark.is_synthetic("mqar0")
     )
