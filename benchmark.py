@@ -436,8 +436,10 @@ def describe(rec: dict[str, Any], cfg: GridConfig) -> str:
         return f"{name}: FAILED: {rec['error']}"
     if rec["task"] in TEXT:
         return f"{name}: val loss {next(iter(rec['eval'].values()))['loss']:.4f} ({rec['train_seconds']:.0f} s)"
-    accs = ", ".join(f"{n}: {e['acc_answer']:.3f}" for n, e in rec["eval"].items())
-    return f"{name}: answer accuracy by segments {{{accs}}} ({rec['train_seconds']:.0f} s)"
+    several = (rec.get("chance_exact") or rec["chance"]) < rec["chance"]  # mqar, copy: say the per-token accuracy
+    key, what = ("acc_token", "answer-token accuracy") if several else ("acc_answer", "answer accuracy")
+    accs = ", ".join(f"{n}: {e[key]:.3f}" for n, e in rec["eval"].items())
+    return f"{name}: {what} by segments {{{accs}}} ({rec['train_seconds']:.0f} s)"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

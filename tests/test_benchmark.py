@@ -130,6 +130,7 @@ def test_multi_token_answers_get_a_per_token_table() -> None:
              "val_acc_token": 0.93}]  # fmt: skip
     assert benchmark.learned_at({**recs[0], "curve": curve}) == 200
     assert benchmark.learned_at({**recs[0], "curve": curve, "chance_exact": 0.0625}) is None  # one answer token
+    assert "answer-token accuracy by segments {4: 0.400}" in benchmark.describe(recs[1], GridConfig())
 
 
 def test_summary_and_tables_by_hand() -> None:
