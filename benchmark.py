@@ -223,7 +223,7 @@ def min_segments(task: str, cfg: GridConfig) -> int:
     """The fewest segments an episode of the task can have: one, or for mqar, pairs and queries in different segments
     (one segment is its no-gap control when it holds both)."""
     P = mqar_pairs(task)
-    return 1 if P is None or 4 * P <= cfg.block_size else 2 * -(-2 * P // cfg.block_size)
+    return 1 if P is None or cfg.block_size >= 4 * P else 2 * -(-2 * P // cfg.block_size)
 
 
 def task_lengths(task: str, cfg: GridConfig) -> tuple[list[int], list[int]]:
