@@ -132,7 +132,7 @@ class ExpertUpdater(nn.Module):
         return (1 - a) * experts + a * u, a
 
 
-def write_scale(p: torch.Tensor, chosen: torch.Tensor, mode: str, sparse: bool) -> torch.Tensor:
+def expert_scale(p: torch.Tensor, chosen: torch.Tensor, mode: str, sparse: bool) -> torch.Tensor:
     """Each routed expert's write scale s (B, k) from the probabilities p and the chosen-expert mask (B, k).
     'prob': p_j. 'normalized': p_j / max p, so the top expert writes at full gate strength; when sparse the max is a
     constant (detached), so that even a single chosen expert passes the router a gradient (Switch's raw-probability
@@ -244,7 +244,7 @@ class GatedMemoryMixture(nn.Module):
         B, k = W.size(0), self.n_experts
         p = torch.ones(B, 1, device=W.device, dtype=W.dtype) if self.gate is None else self.gate(W)  # (B, k)
         chosen = top_k_mask(p, self.top_k)  # (B, k)
-        s = write_scale(p, chosen, self.write_scale, sparse=self.top_k > 0)  # (B, k)
+        s = expert_scale(p, chosen, self.write_scale, sparse=self.top_k > 0)  # (B, k)
         if self.shared:  # the shared bank takes every write at full scale
             s = torch.cat([s, torch.ones(B, 1, device=W.device, dtype=s.dtype)], dim=1)  # (B, banks)
             chosen_all = torch.cat([chosen, torch.ones_like(s[:, :1])], dim=1)

@@ -23,7 +23,7 @@ import torch
 
 import gmm
 from configurator import ConfigError, configure
-from gmm import ExpertUpdater, Memory, load_balance_loss, routing_entropy, top_k_mask, write_scale
+from gmm import ExpertUpdater, Memory, expert_scale, load_balance_loss, routing_entropy, top_k_mask
 from model import GPT, GPTConfig, SegmentDecoder
 from train import TrainConfig
 
@@ -204,7 +204,7 @@ def test_expert_update_formula(write_scale: str) -> None:
 
 
 def write_scale_of(p: torch.Tensor, mode: str) -> torch.Tensor:
-    return write_scale(p, torch.ones_like(p), mode, sparse=False)
+    return expert_scale(p, torch.ones_like(p), mode, sparse=False)
 
 
 def test_sparse_write_scale_keeps_full_strength_and_a_router_gradient() -> None:
@@ -214,7 +214,7 @@ def test_sparse_write_scale_keeps_full_strength_and_a_router_gradient() -> None:
     p = torch.softmax(logits, dim=-1)
     chosen = top_k_mask(p, 1)
     assert torch.equal(chosen, torch.tensor([[0.0, 1, 0, 0], [1, 0, 0, 0]]))
-    s = write_scale(p, chosen, "normalized", sparse=True)
+    s = expert_scale(p, chosen, "normalized", sparse=True)
     assert torch.equal(s.detach(), chosen)
     (g,) = torch.autograd.grad(s.sum(), logits, retain_graph=True)
     assert g.abs().sum() > 0
@@ -223,7 +223,7 @@ def test_sparse_write_scale_keeps_full_strength_and_a_router_gradient() -> None:
     assert g0.abs().max() < 1e-7
     # top-2 keeps two experts; prob scales by p itself
     assert top_k_mask(p, 2).sum(dim=-1).tolist() == [2.0, 2.0]
-    assert torch.allclose(write_scale(p, chosen, "prob", sparse=True), p * chosen)
+    assert torch.allclose(expert_scale(p, chosen, "prob", sparse=True), p * chosen)
 
 
 @pytest.mark.parametrize("mode", [dict(gmm_top_k=1), dict(gmm_top_k=2, gmm_shared_expert=True),
