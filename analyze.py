@@ -45,7 +45,7 @@ from matplotlib.figure import Figure
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import DTYPES, autocast, check_device, default_device, default_dtype, fail, load_checkpoint
+from common import DTYPES, autocast, check_device, default_device, default_dtype, fail, interactive, load_checkpoint
 from configurator import ConfigError, configure
 from data.common import KEY0, N_KEYS
 from gmm import routing_stats
@@ -468,7 +468,13 @@ def analyze(cfg: AnalyzeConfig, progress: bool = True) -> dict[str, Any]:
     mc = model.config
     k = mc.gmm_experts
     device, dtype = resolve_device(cfg)
-    batches = tqdm(eval_batches(cfg, ckpt), total=cfg.batches, desc="analyze", disable=not progress, leave=False)
+    batches = tqdm(
+        eval_batches(cfg, ckpt),
+        total=cfg.batches,
+        desc="analyze",
+        disable=not progress or not interactive(),
+        leave=False,
+    )
     trace = collect(model, batches, device, dtype)
     S, N = len(trace.seg_loss), trace.probs.size(1)
     result: dict[str, Any] = {

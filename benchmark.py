@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import default_device, default_dtype, fail, load_checkpoint
+from common import default_device, default_dtype, fail, interactive, load_checkpoint
 from configurator import ConfigError, configure, read_config_file
 from model import GPT
 from train import TrainConfig, ensure_data, episode_dir, estimate_loss
@@ -415,7 +415,11 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
     failed = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(run_one, spec) for spec in todo]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="benchmark", dynamic_ncols=True):
+        # a bar on a terminal; in a log the line each finished run prints is the progress
+        bar = tqdm(
+            as_completed(futures), total=len(futures), desc="benchmark", dynamic_ncols=True, disable=not interactive()
+        )
+        for future in bar:
             rec = future.result()
             with open(record_path(cfg, rec["task"], rec["variant"], rec["seed"]), "w") as f:
                 json.dump(rec, f, indent=1)

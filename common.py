@@ -152,6 +152,12 @@ def check_model_args(saved: dict[str, Any], requested: dict[str, Any], keys: set
             )
 
 
+def interactive() -> bool:
+    """Whether progress is watched on a terminal (tqdm draws on stderr): then a bar, else plain periodic lines, so a
+    log file, nohup or CI gets readable lines instead of thousands of carriage-return updates."""
+    return sys.stderr.isatty()
+
+
 def print0(*args: Any, **kwargs: Any) -> None:
     """print on the master process only (RANK unset or 0)."""
     if int(os.environ.get("RANK", 0)) == 0:

@@ -46,6 +46,7 @@ from common import (
     default_device,
     default_dtype,
     fail,
+    interactive,
     load_checkpoint,
     peak_flops,
     print0,
@@ -510,7 +511,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
 
     # training loop
     start_iter = iter_num
-    progress = tqdm(total=cfg.max_iters, initial=iter_num, disable=not master_process, desc="train", dynamic_ncols=True)
+    bar = master_process and interactive()  # in a log: a plain line every log_interval instead of the bar
+    progress = tqdm(total=cfg.max_iters, initial=iter_num, disable=not bar, desc="train", dynamic_ncols=True)
     t0 = time.time()
     running_mfu = -1.0
     while True:
@@ -592,6 +594,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
             if master_process:
                 mfu_str = f"{running_mfu * 100:.1f}%" if running_mfu >= 0 else "-"
                 progress.set_postfix(loss=f"{lossf:.4f}", ms=f"{dt * 1000:.0f}", mfu=mfu_str)
+                if not bar:
+                    print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3g}, time {dt * 1000:.2f}ms, mfu {mfu_str}")
                 append_metrics(
                     cfg.out_dir,
                     {"event": "train", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "mfu": running_mfu},

@@ -432,3 +432,49 @@ def test_dataset_without_data_or_prepare_exits_2(tmp_path: Path) -> None:
     args = [f"--data_dir={tmp_path}", "--dataset=no_such_set", f"--out_dir={tmp_path / 'out'}", *TINY]
     assert_one_error_line(run_script(args), "'no_such_set'", "prepare.py")
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_progress_is_plain_lines_in_a_log_and_a_bar_on_a_terminal(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    """Written to a file or a pipe (nohup, CI), progress is one plain line per log_interval and no carriage
+    returns; on a terminal it is tqdm's bar (drawn on stderr)."""
+    args = char_args(shakespeare_char_data, tmp_path / "log", "--max_iters=3", "--eval_interval=3")
+    result = run_script(args)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("iter ")]
+    assert [line.split(":")[0] for line in lines] == ["iter 1", "iter 2", "iter 3"]
+    assert all(", lr " in line and "ms, mfu " in line for line in lines)
+    # stderr on a pseudo-terminal: the bar, and no plain lines
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read while the run writes, so a full pty buffer never blocks it
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the terminal's other side is closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    cmd = [sys.executable, "train.py", *char_args(shakespeare_char_data, tmp_path / "tty", "--max_iters=3",
+                                                   "--eval_interval=3")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=300)
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert done.returncode == 0
+    assert "train: 100%" in terminal and "\r" in terminal
+    assert not any(line.startswith("iter ") for line in done.stdout.splitlines())
