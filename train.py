@@ -89,6 +89,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip gradients at this value, or disable if == 0.0
+    nonfinite: str = "stop"  # a step whose loss or gradient norm is inf/nan: stop (keep the last checkpoint) | skip
     # learning rate decay settings
     decay_lr: bool = True  # whether to decay the learning rate
     warmup_iters: int = 2000  # how many steps to warm up for
@@ -124,6 +125,8 @@ class TrainConfig:
             raise ValueError(f"max_iters = {self.max_iters} must be >= 0")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype = '{self.dtype}' must be one of auto, {', '.join(DTYPES)}")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite = '{self.nonfinite}' must be one of stop, skip")
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"backend = '{self.backend}' must be one of auto, nccl, gloo")
         if self.init_from not in ("scratch", "resume", *GPT2_SIZES) and not os.path.isdir(self.init_from):
@@ -177,6 +180,28 @@ class BatchSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+
+EXIT_NONFINITE = 3  # the exit status of a run stopped by a non-finite loss or gradient norm
+
+
+def clip_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   grad_clip: float) -> torch.Tensor:  # fmt: skip
+    """Unscale the gradients (a no-op unless fp16 scaling is on), clip their total norm at grad_clip (0 = no
+    clipping) and return the norm they had before clipping, a 0-d tensor on the device."""
+    scaler.unscale_(optimizer)
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+
+
+def nonfinite_part(loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.GradScaler, ddp: bool) -> str:
+    """What of this step is not finite, as every rank sees it: 'loss', 'gradient norm', or '' when all is well.
+    Under fp16 gradient scaling an inf gradient is the scaler's to handle (it skips the step and lowers the
+    scale), so only the loss counts there. One host sync per step."""
+    bad = torch.stack([~torch.isfinite(loss), ~torch.isfinite(grad_norm) & (not scaler.is_enabled())]).float()
+    if ddp:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # every rank stops or skips together
+    loss_bad, grad_bad = bad.tolist()
+    return "loss" if loss_bad else "gradient norm" if grad_bad else ""
 
 
 def segments_at(it: int, cfg: TrainConfig) -> int:
@@ -461,12 +486,13 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         sampler = BatchSampler(len(tokens), n_len, cfg.seed, align=n_len if episodic else 1, generator=generator)
         stages[n] = (sampler, tokens, open_mask(folder, "train"))
     train_sampler = stages[cfg.n_segments][0]
-    iter_num, best_val_loss, tokens_seen = 0, 1e9, 0
+    iter_num, best_val_loss, tokens_seen, skipped = 0, 1e9, 0, 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         train_sampler.load_state_dict(ckpt["sampler"])
         iter_num, best_val_loss, tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
+        skipped = ckpt.get("skipped_steps", 0)  # checkpoints from before the divergence guard have none
         if master_process:
             set_rng_state(ckpt["rng"])
         else:  # other ranks carry on from a state of their own, derived from the seed and the step
@@ -502,6 +528,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
             "iter_num": iter_num,
             "best_val_loss": best_val_loss,
             "tokens_seen": tokens_seen,
+            "skipped_steps": skipped,
             "config": asdict(cfg),
             "tokenizer_meta": meta,
             "rng": rng_state(),
@@ -567,12 +594,23 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
             step_loss += loss.detach()
             # backward pass, with gradient scaling if training in fp16
             scaler.scale(loss).backward()
-        # clip the gradient
-        if cfg.grad_clip != 0.0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        # step the optimizer and scaler if training in fp16
-        scaler.step(optimizer)
+        # clip the gradient, and look at the step before taking it: a non-finite loss or gradient norm stops the run
+        # before it can reach the weights or a checkpoint, or (nonfinite=skip) the step is skipped and counted
+        grad_norm = clip_gradients(model, optimizer, scaler, cfg.grad_clip)
+        bad = nonfinite_part(step_loss, grad_norm, scaler, ddp)
+        if bad and cfg.nonfinite == "stop":
+            progress.close()
+            if master_process:
+                kept = f"the last checkpoint in {cfg.out_dir} is kept (--nonfinite=skip skips such steps)"
+                print(f"error: iteration {iter_num}: the {bad} is not finite; stopped before the step, {kept}",
+                      file=sys.stderr)  # fmt: skip
+            if ddp:
+                destroy_process_group()
+            sys.exit(EXIT_NONFINITE)
+        if bad:
+            skipped += 1
+        else:  # step the optimizer and scaler if training in fp16
+            scaler.step(optimizer)
         scaler.update()
         # flush the gradients as soon as we can, no need for this memory anymore
         optimizer.zero_grad(set_to_none=True)
@@ -585,6 +623,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
             if ddp:
                 torch.distributed.all_reduce(step_loss, op=torch.distributed.ReduceOp.AVG)
             lossf = step_loss.item()  # a CPU-GPU sync point
+            normf = grad_norm.item()  # this rank's, before clipping
             t1 = time.time()
             dt = (t1 - t0) / cfg.log_interval
             t0 = t1
@@ -595,12 +634,15 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
                 mfu_str = f"{running_mfu * 100:.1f}%" if running_mfu >= 0 else "-"
                 progress.set_postfix(loss=f"{lossf:.4f}", ms=f"{dt * 1000:.0f}", mfu=mfu_str)
                 if not bar:
-                    print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3g}, time {dt * 1000:.2f}ms, mfu {mfu_str}")
+                    skips = f", {skipped} skipped" if skipped else ""
+                    print(f"iter {iter_num}: loss {lossf:.4f}, grad norm {normf:.3g}, lr {lr:.3g}, "
+                          f"time {dt * 1000:.2f}ms, mfu {mfu_str}{skips}")  # fmt: skip
                 append_metrics(
                     cfg.out_dir,
-                    {"event": "train", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "mfu": running_mfu},
-                )
-                run.log({"iter": iter_num, "train/step_loss": lossf, "mfu": running_mfu})
+                    {"event": "train", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "mfu": running_mfu,
+                     "grad_norm": normf, "skipped": skipped},
+                )  # fmt: skip
+                run.log({"iter": iter_num, "train/step_loss": lossf, "mfu": running_mfu, "grad_norm": normf})
     progress.close()
     run.finish()
     if ddp:

@@ -196,6 +196,7 @@ def test_config_file_that_raises(tmp_path: Path) -> None:
         (["--n_layer=0"], "n_layer = 0 must be a positive integer"),
         (["--batch_size=0"], "batch_size = 0 must be a positive integer"),
         (["--dtype=float64"], "dtype = 'float64' must be one of"),
+        (["--nonfinite=ignore"], "nonfinite = 'ignore' must be one of stop, skip"),
         (["--init_from=/no/such/dir"], "init_from = '/no/such/dir'"),
     ],
 )

@@ -478,3 +478,52 @@ def test_progress_is_plain_lines_in_a_log_and_a_bar_on_a_terminal(shakespeare_ch
     assert done.returncode == 0
     assert "train: 100%" in terminal and "\r" in terminal
     assert not any(line.startswith("iter ") for line in done.stdout.splitlines())
+
+
+def poison_training_steps(monkeypatch: pytest.MonkeyPatch, steps: set[int]) -> None:
+    """Make the loss of the given training forward calls (0, 1, ...; one per iteration here) NaN."""
+    forward = model.GPT.forward
+    calls = [0]
+
+    def poisoned(self: model.GPT, *args: Any, **kwargs: Any) -> Any:
+        logits, loss = forward(self, *args, **kwargs)
+        if self.training:
+            if calls[0] in steps and loss is not None:
+                loss = loss * float("nan")
+            calls[0] += 1
+        return logits, loss
+
+    monkeypatch.setattr(model.GPT, "forward", poisoned)
+
+
+def test_nonfinite_loss_stops_the_run_and_keeps_the_last_checkpoint(
+    shakespeare_char_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    poison_training_steps(monkeypatch, {4})
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        run_train(shakespeare_char_data, out, "--max_iters=6", "--eval_interval=2")
+    assert e.value.code == train.EXIT_NONFINITE == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: iteration 4: the loss is not finite; stopped before the step, the last checkpoint in "
+                   f"{out} is kept (--nonfinite=skip skips such steps)"]  # fmt: skip
+    ckpt = load_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["iter_num"] == 4  # saved by the evaluation at iteration 4, not overwritten afterwards
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    records = metrics(out)
+    assert max(r["iter"] for r in records if r["event"] == "train") == 4  # iterations 1..4 were taken, 5 was not
+    assert all(r["grad_norm"] > 0 and math.isfinite(r["grad_norm"]) for r in records if r["event"] == "train")
+
+
+def test_nonfinite_skip_skips_the_step_and_counts_it(
+    shakespeare_char_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poison_training_steps(monkeypatch, {2})
+    out = tmp_path / "run"
+    run_train(shakespeare_char_data, out, "--max_iters=5", "--eval_interval=5", "--nonfinite=skip")
+    train_records = [r for r in metrics(out) if r["event"] == "train"]
+    assert [r["skipped"] for r in train_records] == [0, 0, 1, 1, 1]  # the step of iteration 3 (index 2) skipped
+    assert math.isnan(train_records[2]["loss"]) and math.isfinite(train_records[-1]["loss"])
+    ckpt = load_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["skipped_steps"] == 1 and ckpt["iter_num"] == 5
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
