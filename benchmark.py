@@ -26,12 +26,15 @@ and a larger grid reuses the cells it shares with a smaller one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -43,7 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import default_device, default_dtype, fail, interactive, load_checkpoint
+from common import default_device, default_dtype, die_with_parent, fail, interactive, load_checkpoint
 from configurator import ConfigError, configure, read_config_file
 from model import GPT
 from train import TrainConfig, ensure_data, episode_dir, estimate_loss
@@ -325,7 +328,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.time()
     with open(os.path.join(run_dir, "train.log"), "w") as log:
         rc = subprocess.run([sys.executable, str(ROOT / "train.py"), *spec["argv"]], stdout=log, stderr=log,
-                            env=env).returncode  # fmt: skip
+                            env=env, preexec_fn=die_with_parent).returncode  # fmt: skip
     seconds = time.time() - t0
     record = {k: spec[k] for k in ("task", "variant", "seed", "settings")}
     if rc != 0:
@@ -398,12 +401,10 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
                 argv = train_args(task, variant, seed, cfg, run_dir)
                 settings = {"argv": argv, **evaluation}
                 path = record_path(cfg, task, variant, seed)
-                if os.path.exists(path):
-                    with open(path) as f:
-                        old = json.load(f)
-                    if old.get("settings") == settings and "error" not in old:
-                        records.append(old)
-                        continue
+                old = read_record(path)
+                if old is not None and old.get("settings") == settings and "error" not in old:
+                    records.append(old)
+                    continue
                 todo.append(
                     dict(task=task, variant=variant, seed=seed, settings=settings, argv=argv, run_dir=run_dir,
                          eval_dirs=eval_dirs, segment_len=T, eval_iters=eval_iters, batch_size=batch_size,
@@ -413,7 +414,12 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
         f"{len(records)} runs already done, {len(todo)} to go, {jobs} at a time on {device} ({threads} thread(s) each)"
     )
     failed = []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    # stopped by SIGTERM or SIGINT (to this process alone, or to its group), it stops the workers and their train.py
+    # runs; killed outright, the kernel does (die_with_parent). Runs that finished are recorded; the others rerun
+    main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=die_with_parent)
+    try:
         futures = [pool.submit(run_one, spec) for spec in todo]
         # a bar on a terminal; in a log the line each finished run prints is the progress
         bar = tqdm(
@@ -421,17 +427,58 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
         )
         for future in bar:
             rec = future.result()
-            with open(record_path(cfg, rec["task"], rec["variant"], rec["seed"]), "w") as f:
-                json.dump(rec, f, indent=1)
+            write_record(record_path(cfg, rec["task"], rec["variant"], rec["seed"]), rec)
             records.append(rec)
             tqdm.write(describe(rec, cfg))
             if "error" in rec:
                 failed.append(rec)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_workers()
+        print(f"benchmark: interrupted; {len(records)} runs are recorded and are not run again, the others start "
+              f"over next time", file=sys.stderr)  # fmt: skip
+        raise SystemExit(130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    pool.shutdown()
     write_outputs(cfg.out_dir)
     if failed:
         raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]['task']}/{failed[0]['variant']}: "
                          f"{failed[0]['error']} (see its train.log)")  # fmt: skip
     return records
+
+
+def stop_workers() -> None:
+    """SIGTERM to this process's workers and the train.py runs they started (all its descendants but
+    multiprocessing's resource tracker, which must outlive the pool to release its locks)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                child.terminate()
+
+
+def interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM: stop the grid as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def read_record(path: str) -> dict[str, Any] | None:
+    """A run's record, or None if there is none (or only an unreadable one, which is run again)."""
+    try:
+        with open(path) as f:
+            return dict(json.load(f))
+    except (OSError, ValueError):
+        return None
+
+
+def write_record(path: str, rec: dict[str, Any]) -> None:
+    """Whole or not at all: to a temporary file, then renamed, so an interrupted grid leaves no half record."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(rec, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def describe(rec: dict[str, Any], cfg: GridConfig) -> str:
@@ -654,9 +701,8 @@ def write_outputs(out_dir: str) -> None:
     run into it (each record is the latest run of its task, variant and seed)."""
     records = []
     for name in sorted(os.listdir(out_dir)):
-        if re.fullmatch(r".+_seed-?\d+\.json", name):
-            with open(os.path.join(out_dir, name)) as f:
-                records.append(json.load(f))
+        if re.fullmatch(r".+_seed-?\d+\.json", name) and (rec := read_record(os.path.join(out_dir, name))):
+            records.append(rec)
     summary = summarize(records)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
 import time
 from typing import Any, NoReturn
@@ -156,6 +157,15 @@ def interactive() -> bool:
     """Whether progress is watched on a terminal (tqdm draws on stderr): then a bar, else plain periodic lines, so a
     log file, nohup or CI gets readable lines instead of thousands of carriage-return updates."""
     return sys.stderr.isatty()
+
+
+def die_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when the thread that started it exits (Linux's PR_SET_PDEATHSIG;
+    elsewhere nothing happens): a worker, and what it starts in turn, never outlives the command that started it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def print0(*args: Any, **kwargs: Any) -> None:

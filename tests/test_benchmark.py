@@ -2,11 +2,15 @@
 statistics and gap-closed figures match hand-computed values, and a grid runs end to end (records, table, plot) and
 is reused, not rerun, when asked again: the recall grid in which four experts learn what no memory can."""
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import benchmark
@@ -213,3 +217,48 @@ def test_grid_end_to_end_where_memory_learns_recall_and_no_memory_cannot(tmp_pat
     # other task settings on the same data folder are refused, not silently mixed
     with pytest.raises(SystemExit):
         benchmark.main([*args, "--recall_pairs=2"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_stopping_the_parent_alone_stops_every_run(sig: signal.Signals, tmp_path: Path) -> None:
+    """SIGTERM or SIGINT sent to benchmark.py alone (not to its process group) stops its workers and their
+    train.py runs too, says so in one line, and leaves no record of the runs it cut short; SIGKILL, which it
+    cannot see, stops them through the kernel (Linux)."""
+    out = tmp_path / "results"
+    tiny = ["--eval_interval=100000", "--eval_segments=2", "--n_layer=1", "--n_embd=16", "--device=cpu", "--jobs=2"]
+    cmd = [sys.executable, "benchmark.py", f"--out_dir={out}", "--variants=k1,k4", "--seeds=1", "--max_iters=100000"]
+    cmd += tiny
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(proc.pid)
+
+    def runs() -> list[psutil.Process]:
+        found = []
+        for p in parent.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "train.py" in " ".join(p.cmdline()):
+                    found.append(p)
+        return found
+
+    deadline = time.time() + 120
+    while len(runs()) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert len(runs()) == 2, proc.communicate()[1][-2000:]
+    everyone = parent.children(recursive=True)  # the workers and the runs they started
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig != signal.SIGKILL:
+        assert proc.returncode == 130
+        assert err.strip().splitlines()[-1].startswith("benchmark: interrupted; 0 runs are recorded"), err[-2000:]
+    _, alive = psutil.wait_procs(everyone, timeout=30)
+    assert not alive, [p.pid for p in alive]
+    assert not list(out.glob("*_seed*.json*"))  # nothing half-written counted as a result
+
+
+def test_records_are_whole_or_absent(tmp_path: Path) -> None:
+    path = str(tmp_path / "recall_k1_seed1.json")
+    assert benchmark.read_record(path) is None
+    benchmark.write_record(path, {"task": "recall", "seed": 1})
+    assert benchmark.read_record(path) == {"task": "recall", "seed": 1} and not Path(path + ".tmp").exists()
+    Path(path).write_text('{"task": "rec')  # what a kill during a plain write could have left: run it again
+    assert benchmark.read_record(path) is None
