@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -360,12 +360,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# settings a resumed run takes from this invocation rather than from its checkpoint: where and how it runs now
+PER_INVOCATION = ("init_from", "out_dir", "eval_only", "device", "backend")
+
+
+def resume_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict[str, Any]]:
+    """init_from=resume, before any data is looked at: the checkpoint in out_dir, read and checked, and the run's
+    settings taken from it (the dataset and its folder, the schedule, the batch...) except those the user set and
+    PER_INVOCATION. Asking for another dataset than the checkpoint's is an error."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise ValueError(f"init_from = 'resume' needs a checkpoint, and {cfg.out_dir} has none ({path} not found)")
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("config", {})
+    if "dataset" in explicit and saved.get("dataset", cfg.dataset) != cfg.dataset:
+        raise ValueError(
+            f"dataset = '{cfg.dataset}' disagrees with {path}, which was trained on '{saved['dataset']}': drop the "
+            "setting to resume, or start a new run in another out_dir"
+        )
+    names = {f.name for f in fields(TrainConfig)} - set(PER_INVOCATION) - explicit
+    return replace(cfg, **{k: v for k, v in saved.items() if k in names}), ckpt
+
+
+def check_tokenizer(meta: dict[str, Any], ckpt: dict[str, Any], data_dir: str) -> None:
+    """The data a run resumes on must be tokenized as its checkpoint's was."""
+    saved = ckpt.get("tokenizer_meta") or {}
+    for key in ("tokenizer", "vocab_size", "itos"):
+        if key in saved and saved[key] != meta.get(key):
+            raise ValueError(
+                f"{data_dir}/meta.json disagrees with the checkpoint on the tokenizer ({key}): the data was prepared "
+                "otherwise than the data the run was trained on"
+            )
+
+
 def init_model(
-    cfg: TrainConfig, model_cfg: GPTConfig, meta: dict[str, Any], explicit: set[str] | None = None
+    cfg: TrainConfig,
+    model_cfg: GPTConfig,
+    meta: dict[str, Any],
+    explicit: set[str] | None = None,
+    ckpt: dict[str, Any] | None = None,
 ) -> tuple[GPT, dict[str, Any] | None]:
-    """The model as init_from asks, and the checkpoint when resuming. `explicit` holds the keys the user set; a
-    model setting among them that disagrees with the checkpoint is an error, not silently overridden."""
-    ckpt = None
+    """The model as init_from asks, and the checkpoint when resuming (read by resume_config, or here). `explicit`
+    holds the keys the user set; a model setting among them that disagrees with the checkpoint is an error, not
+    silently overridden."""
     if cfg.init_from == "scratch":
         model_cfg.vocab_size = int(meta["vocab_size"])
         print0(f"initializing a new model from scratch (vocab_size {model_cfg.vocab_size})")
@@ -373,7 +410,7 @@ def init_model(
     elif cfg.init_from == "resume":
         ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
         print0(f"resuming training from {ckpt_path}")
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = ckpt if ckpt is not None else load_checkpoint(ckpt_path)
         check_model_args(ckpt["model_args"], asdict(model_cfg), explicit or set(), ckpt_path)
         # the checkpoint's model shape wins; only dropout may change between runs
         model = GPT.from_checkpoint(ckpt, {"dropout": model_cfg.dropout})
@@ -404,6 +441,10 @@ def main(argv: list[str]) -> None:
 
 
 def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = None) -> None:
+    # resuming: the checkpoint first, and the run's settings from it; a run that cannot resume prepares no data
+    ckpt = None
+    if cfg.init_from == "resume":
+        cfg, ckpt = resume_config(cfg, explicit or set())
     # various inits, derived attributes, I/O setup
     ddp = int(os.environ.get("RANK", -1)) != -1  # is this a ddp run?
     device = default_device() if cfg.device == "auto" else cfg.device
@@ -454,7 +495,9 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         torch.distributed.barrier()
 
     meta = load_meta(data_dir)  # the tokenizer travels in the checkpoint, so sample.py needs no data folder
-    model, ckpt = init_model(cfg, model_cfg, meta, explicit)
+    if ckpt is not None:
+        check_tokenizer(meta, ckpt, data_dir)
+    model, ckpt = init_model(cfg, model_cfg, meta, explicit, ckpt)
     model_cfg = model.config
     n_memory = sum(p.numel() for p in model.memory.parameters()) if model.memory is not None else 0
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M (memory {n_memory / 1e6:.2f}M)")

@@ -527,3 +527,44 @@ def test_nonfinite_skip_skips_the_step_and_counts_it(
     ckpt = load_checkpoint(str(out / "ckpt.pt"))
     assert ckpt["skipped_steps"] == 1 and ckpt["iter_num"] == 5
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_resume_without_a_checkpoint_prepares_nothing(tmp_path: Path) -> None:
+    """The default dataset is openwebtext, a ~54 GB download: a resume that cannot resume must say so first."""
+    empty, data = tmp_path / "empty", tmp_path / "data"
+    empty.mkdir()
+    result = run_script(["--init_from=resume", f"--out_dir={empty}", f"--data_dir={data}", "--device=cpu"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: init_from = 'resume' needs a checkpoint, and {empty} has none ({empty / 'ckpt.pt'} not found)"
+    ]
+    assert not data.exists() and not any(empty.iterdir())
+
+
+def test_resume_takes_the_run_from_its_checkpoint(
+    shakespeare_char_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--init_from=resume with nothing but a longer max_iters continues the run on its own dataset, model and
+    schedule, exactly as the uninterrupted run; another dataset, or data of another tokenizer, is one line."""
+    run_train(shakespeare_char_data, tmp_path / "straight", "--max_iters=6", "--eval_interval=3")
+    out = tmp_path / "run"
+    run_train(shakespeare_char_data, out, "--max_iters=3", "--eval_interval=3")
+    train.main(["--init_from=resume", f"--out_dir={out}", "--max_iters=6", "--device=cpu"])
+    assert train_losses(out) == train_losses(tmp_path / "straight")
+    for key, value in weights(tmp_path / "straight").items():
+        assert torch.equal(weights(out)[key], value), key
+    with pytest.raises(SystemExit) as e:
+        train.main(["--init_from=resume", f"--out_dir={out}", "--max_iters=8", "--dataset=shakespeare"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("error: dataset = 'shakespeare' disagrees with ")
+    # the same dataset prepared with another vocabulary
+    other = tmp_path / "other"
+    shutil.copytree(shakespeare_char_data / "shakespeare_char", other / "shakespeare_char")
+    meta_path = other / "shakespeare_char" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["itos"] = meta["itos"][::-1]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(SystemExit):
+        train.main(["--init_from=resume", f"--out_dir={out}", "--max_iters=8", f"--data_dir={other}"])
+    assert "disagrees with the checkpoint on the tokenizer (itos)" in capsys.readouterr().err
+    assert load_checkpoint(str(out / "ckpt.pt"))["iter_num"] == 6  # nothing overwritten
