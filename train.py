@@ -22,8 +22,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -182,7 +184,29 @@ class BatchSampler:
         self.generator.set_state(state["generator"])
 
 
-EXIT_NONFINITE = 3  # the exit status of a run stopped by a non-finite loss or gradient norm
+EXIT_NONFINITE = 3  # the exit status of a run stopped by a non-finite loss or gradient norm; a run stopped by a
+# signal (SIGTERM from a scheduler, SIGINT from Ctrl-C) exits with 128 + its number, after writing a checkpoint
+
+
+class StopSignals:
+    """SIGTERM and SIGINT ask the run to stop after its current step: the handlers only note the signal, and the
+    loop writes a checkpoint and exits (see train). A second SIGINT stops at once, as Ctrl-C usually does."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self.note)
+
+    def note(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def clip_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -193,15 +217,19 @@ def clip_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sca
     return torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
 
 
-def nonfinite_part(loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.GradScaler, ddp: bool) -> str:
-    """What of this step is not finite, as every rank sees it: 'loss', 'gradient norm', or '' when all is well.
-    Under fp16 gradient scaling an inf gradient is the scaler's to handle (it skips the step and lowers the
-    scale), so only the loss counts there. One host sync per step."""
-    bad = torch.stack([~torch.isfinite(loss), ~torch.isfinite(grad_norm) & (not scaler.is_enabled())]).float()
+def check_step(
+    loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.GradScaler, ddp: bool, signum: int
+) -> tuple[str, int]:
+    """What every rank agrees on before the optimizer step: what of it is not finite ('loss', 'gradient norm', or
+    '' when all is well) and the stop signal any rank has received (0 for none). Under fp16 gradient scaling an
+    inf gradient is the scaler's to handle (it skips the step and lowers the scale), so only the loss counts
+    there. One host sync per step, and under DDP one small all-reduce."""
+    flags = [~torch.isfinite(loss), ~torch.isfinite(grad_norm) & (not scaler.is_enabled())]
+    checks = torch.stack([*(f.float() for f in flags), torch.tensor(float(signum), device=loss.device)])
     if ddp:
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # every rank stops or skips together
-    loss_bad, grad_bad = bad.tolist()
-    return "loss" if loss_bad else "gradient norm" if grad_bad else ""
+        torch.distributed.all_reduce(checks, op=torch.distributed.ReduceOp.MAX)  # every rank acts as one
+    loss_bad, grad_bad, sig = checks.tolist()
+    return ("loss" if loss_bad else "gradient norm" if grad_bad else ""), int(sig)
 
 
 def segments_at(it: int, cfg: TrainConfig) -> int:
@@ -529,13 +557,14 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         sampler = BatchSampler(len(tokens), n_len, cfg.seed, align=n_len if episodic else 1, generator=generator)
         stages[n] = (sampler, tokens, open_mask(folder, "train"))
     train_sampler = stages[cfg.n_segments][0]
-    iter_num, best_val_loss, tokens_seen, skipped = 0, 1e9, 0, 0
+    iter_num, best_val_loss, tokens_seen, skipped, resumed_after_eval = 0, 1e9, 0, 0, True
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         train_sampler.load_state_dict(ckpt["sampler"])
         iter_num, best_val_loss, tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
         skipped = ckpt.get("skipped_steps", 0)  # checkpoints from before the divergence guard have none
+        resumed_after_eval = ckpt.get("evaluated", True)  # a stop signal's checkpoint comes before the evaluation
         if master_process:
             set_rng_state(ckpt["rng"])
         else:  # other ranks carry on from a state of their own, derived from the seed and the step
@@ -562,8 +591,9 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         )
     flops_peak = peak_flops(device, dtype) if master_process else 1.0
 
-    def checkpoint_dict() -> dict[str, Any]:
+    def checkpoint_dict(evaluated: bool = True) -> dict[str, Any]:
         return {
+            "evaluated": evaluated,  # written after this iteration's evaluation (a resume does not repeat it)
             "model": raw_model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
@@ -581,6 +611,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
 
     # training loop
     start_iter = iter_num
+    stop = StopSignals()
     bar = master_process and interactive()  # in a log: a plain line every log_interval instead of the bar
     progress = tqdm(total=cfg.max_iters, initial=iter_num, disable=not bar, desc="train", dynamic_ncols=True)
     t0 = time.time()
@@ -592,7 +623,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
 
         # evaluate the loss on train/val sets and write checkpoints (a resumed run already did at its first step)
         evaluate_now = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
-        if evaluate_now and master_process and (cfg.eval_only or iter_num > start_iter or cfg.init_from != "resume"):
+        repeat = cfg.eval_only or iter_num > start_iter or cfg.init_from != "resume" or not resumed_after_eval
+        if evaluate_now and master_process and repeat:
             eval_dir = stage_dirs[cfg.n_segments]
             losses = estimate_loss(raw_model, eval_dir, seq_len, cfg, device, dtype, seq_len if episodic else 1)
             extra = {k: v for k, v in losses.items() if k not in ("train", "val")}
@@ -640,13 +672,14 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         # clip the gradient, and look at the step before taking it: a non-finite loss or gradient norm stops the run
         # before it can reach the weights or a checkpoint, or (nonfinite=skip) the step is skipped and counted
         grad_norm = clip_gradients(model, optimizer, scaler, cfg.grad_clip)
-        bad = nonfinite_part(step_loss, grad_norm, scaler, ddp)
+        bad, stop_signal = check_step(step_loss, grad_norm, scaler, ddp, stop.signum)
         if bad and cfg.nonfinite == "stop":
             progress.close()
             if master_process:
                 kept = f"the last checkpoint in {cfg.out_dir} is kept (--nonfinite=skip skips such steps)"
                 print(f"error: iteration {iter_num}: the {bad} is not finite; stopped before the step, {kept}",
                       file=sys.stderr)  # fmt: skip
+            stop.restore()
             if ddp:
                 destroy_process_group()
             sys.exit(EXIT_NONFINITE)
@@ -686,6 +719,20 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
                      "grad_norm": normf, "skipped": skipped},
                 )  # fmt: skip
                 run.log({"iter": iter_num, "train/step_loss": lossf, "mfu": running_mfu, "grad_norm": normf})
+
+        # a stop signal (on any rank): the step is done, so write a checkpoint and leave
+        if stop_signal:
+            progress.close()
+            if master_process:
+                save_checkpoint(checkpoint_dict(evaluated=False), ckpt_path)
+                name = signal.Signals(stop_signal).name
+                print(f"stopped by {name} after iteration {iter_num}: checkpoint written to {ckpt_path}; continue "
+                      "with --init_from=resume")  # fmt: skip
+            stop.restore()
+            if ddp:
+                destroy_process_group()
+            sys.exit(128 + stop_signal)
+    stop.restore()
     progress.close()
     run.finish()
     if ddp:

@@ -7,6 +7,10 @@ Proves, by equivalence:
 - Exact resume: 4 iterations, then --init_from=resume to 8, equals 8 iterations straight (train losses of iterations
   5..8 and final weights bit for bit, with dropout on so the restored RNG matters).
 - Same seed and config give the same losses; another seed gives other losses.
+- Preemption: SIGTERM or SIGINT mid-step ends the step, writes a checkpoint (before that iteration's evaluation)
+  and exits 128 + signal; the resumed run equals the run never stopped; under torchrun the ranks stop together.
+- Divergence: a NaN loss stops the run before the step (exit 3, the last checkpoint kept), or is skipped and counted.
+- Resume first: no checkpoint is one line and prepares nothing; the run's settings come from the checkpoint.
 - gradient_checkpointing=True recomputes every block in backward and gives the losses of False.
 - eval_only from a local Hugging Face GPT-2 directory evaluates to the loss Hugging Face's own model computes on the
   same batches, writes one eval line and no checkpoint.
@@ -20,15 +24,19 @@ boundary is the point (exit status, stderr, torchrun, wandb). Torch runs on one 
 and the numbers do not depend on the machine's core count.
 """
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 from torch.nn import functional as F
@@ -568,3 +576,100 @@ def test_resume_takes_the_run_from_its_checkpoint(
         train.main(["--init_from=resume", f"--out_dir={out}", "--max_iters=8", f"--data_dir={other}"])
     assert "disagrees with the checkpoint on the tokenizer (itos)" in capsys.readouterr().err
     assert load_checkpoint(str(out / "ckpt.pt"))["iter_num"] == 6  # nothing overwritten
+
+
+def signal_during_step(monkeypatch: pytest.MonkeyPatch, step: int, sig: signal.Signals) -> None:
+    """Send this process sig during the forward pass of the given training step (0, 1, ...)."""
+    forward = model.GPT.forward
+    calls = [0]
+
+    def signalling(self: model.GPT, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            if calls[0] == step:
+                os.kill(os.getpid(), sig)
+            calls[0] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.GPT, "forward", signalling)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_step_writes_a_checkpoint_and_resumes_exactly(
+    shakespeare_char_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    sig: signal.Signals,
+) -> None:  # fmt: skip
+    """A scheduler's SIGTERM (or Ctrl-C) during iteration 3, which ends on an evaluation: the step finishes, a
+    checkpoint is written before that evaluation, one line says so, the exit status is 128 + the signal; resuming
+    then runs the evaluation and the rest, equal to the run never stopped (losses, evaluations, weights)."""
+    args = ["--max_iters=6", "--eval_interval=3", "--dropout=0.1"]
+    run_train(shakespeare_char_data, tmp_path / "straight", *args)
+    out = tmp_path / "stopped"
+    signal_during_step(monkeypatch, 2, sig)
+    with pytest.raises(SystemExit) as e:
+        run_train(shakespeare_char_data, out, *args)
+    assert e.value.code == 128 + sig
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == (f"stopped by {sig.name} after iteration 3: checkpoint written to {out / 'ckpt.pt'}; "
+                         "continue with --init_from=resume")  # fmt: skip
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are given back
+    ckpt = load_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["iter_num"] == 3 and ckpt["evaluated"] is False
+    monkeypatch.undo()
+    run_train(shakespeare_char_data, out, *args, "--init_from=resume")
+    assert train_losses(out) == train_losses(tmp_path / "straight")
+    evals = [[r["iter"], r["val_loss"]] for r in metrics(out) if r["event"] == "eval"]
+    assert evals == [[r["iter"], r["val_loss"]] for r in metrics(tmp_path / "straight") if r["event"] == "eval"]
+    for key, value in weights(tmp_path / "straight").items():
+        assert torch.equal(weights(out)[key], value), key
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_running_process(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    """As a scheduler sends it: SIGTERM to train.py mid-run, from outside."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *char_args(shakespeare_char_data, out, "--max_iters=100000",
+                                                  "--eval_interval=100000")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and any(r["event"] == "train" for r in metrics(out)):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM after iteration ") and "checkpoint written to" in last
+    stopped_at = int(last.split("iteration ")[1].split(":")[0])
+    assert load_checkpoint(str(out / "ckpt.pt"))["iter_num"] == stopped_at == max(train_losses(out))
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_on_the_step_they_stop_at(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    """SIGTERM to one rank of two: both stop after the same step (a rank that went on would wait forever in the
+    next gradient all-reduce), and rank 0 writes the checkpoint of that step."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    cmd += char_args(shakespeare_char_data, out, "--gradient_accumulation_steps=2", "--max_iters=100000",
+                     "--eval_interval=100000")  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and any(r["event"] == "train" for r in metrics(out)):
+            break
+        time.sleep(0.2)
+    rank1 = []
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("RANK") == "1" and "train.py" in " ".join(p.cmdline()):
+                rank1.append(p)
+    assert len(rank1) == 1
+    rank1[0].send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0  # torchrun reports its workers' exit
+    last = [line for line in stdout.splitlines() if line.startswith("stopped by SIGTERM")]
+    assert len(last) == 1, stderr[-2000:]
+    stopped_at = int(last[0].split("iteration ")[1].split(":")[0])
+    assert load_checkpoint(str(out / "ckpt.pt"))["iter_num"] == stopped_at
