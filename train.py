@@ -375,6 +375,27 @@ def append_metrics(out_dir: str, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def trim_metrics(out_dir: str, iter_num: int, evaluated: bool) -> None:
+    """A run resumed from iteration iter_num repeats what a crash lost after its checkpoint: drop those lines of
+    metrics.jsonl (and a torn last line) so that the log is the uninterrupted run's. Atomic, like a checkpoint."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by the crash
+                continue
+            it = record.get("iter", 0)
+            if it < iter_num or (it == iter_num and (record.get("event") != "eval" or evaluated)):
+                kept.append(line if line.endswith("\n") else line + "\n")
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -511,6 +532,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
 
     if master_process:
         os.makedirs(cfg.out_dir, exist_ok=True)
+        if cfg.init_from != "resume" and not cfg.eval_only:  # a new run: no log lines of one that never checkpointed
+            trim_metrics(cfg.out_dir, 0, evaluated=False)
     torch.manual_seed(cfg.seed + ddp_rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
     torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
@@ -565,6 +588,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         iter_num, best_val_loss, tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
         skipped = ckpt.get("skipped_steps", 0)  # checkpoints from before the divergence guard have none
         resumed_after_eval = ckpt.get("evaluated", True)  # a stop signal's checkpoint comes before the evaluation
+        if master_process:
+            trim_metrics(cfg.out_dir, iter_num, resumed_after_eval)
         if master_process:
             set_rng_state(ckpt["rng"])
         else:  # other ranks carry on from a state of their own, derived from the seed and the step

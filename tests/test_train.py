@@ -11,6 +11,8 @@ Proves, by equivalence:
   and exits 128 + signal; the resumed run equals the run never stopped; under torchrun the ranks stop together.
 - Divergence: a NaN loss stops the run before the step (exit 3, the last checkpoint kept), or is skipped and counted.
 - Resume first: no checkpoint is one line and prepares nothing; the run's settings come from the checkpoint.
+- Crash safety: SIGKILL at random moments (one during a checkpoint write), resumed each time, equals the run never
+  killed (weights and metrics.jsonl bit for bit but for timings), with a readable checkpoint at every moment.
 - gradient_checkpointing=True recomputes every block in backward and gives the losses of False.
 - eval_only from a local Hugging Face GPT-2 directory evaluates to the loss Hugging Face's own model computes on the
   same batches, writes one eval line and no checkpoint.
@@ -28,10 +30,12 @@ import contextlib
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -673,3 +677,73 @@ def test_ddp_ranks_agree_on_the_step_they_stop_at(shakespeare_char_data: Path, t
     assert len(last) == 1, stderr[-2000:]
     stopped_at = int(last[0].split("iteration ")[1].split(":")[0])
     assert load_checkpoint(str(out / "ckpt.pt"))["iter_num"] == stopped_at
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_and_resumed_equals_the_uninterrupted_run(
+    shakespeare_char_data: Path, tmp_path: Path
+) -> None:
+    """SIGKILL (nothing runs after it) at random moments, one of them while a checkpoint is being written, then
+    --init_from=resume each time: a readable checkpoint exists at every moment after the first save, and the
+    finished run equals the uninterrupted one bit for bit (every logged loss and evaluation, every weight)."""
+    # a model whose checkpoint (~40 MB with AdamW's moments) takes long enough to write to be caught at it
+    args = ["--max_iters=18", "--eval_interval=3", "--dropout=0.1", "--n_layer=4", "--n_embd=256", "--n_head=4"]
+    run_train(shakespeare_char_data, tmp_path / "straight", *args)
+    out = tmp_path / "killed"
+    ckpt_path = out / "ckpt.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    unreadable: list[str] = []
+    watching = [True]
+
+    def watch() -> None:  # a reader that may come at any moment, as a person or a scheduler would
+        while watching[0]:
+            if ckpt_path.exists():
+                try:
+                    load_checkpoint(str(ckpt_path))
+                except ValueError as e:
+                    unreadable.append(str(e))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    rng = random.Random(7)
+    kills, during_write = 0, 0
+    try:
+        for attempt in range(5):
+            resume = ["--init_from=resume"] if ckpt_path.exists() else []
+            cmd = [sys.executable, "train.py", *char_args(shakespeare_char_data, out, *args), *resume]
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if attempt == 1:  # kill it while a checkpoint is being written
+                tmp = str(out / "ckpt.pt.tmp")
+                while not os.path.exists(tmp) and proc.poll() is None:
+                    time.sleep(0.001)
+                during_write += proc.poll() is None
+            else:  # at a random moment once it is training (the first time, maybe before any checkpoint)
+                log = out / "metrics.jsonl"
+                lines = log.read_text().count("\n") if log.exists() else 0  # (a line may be half written)
+                started = time.time()
+                while proc.poll() is None and time.time() - started < 60:
+                    if log.exists() and log.read_text().count("\n") > lines:
+                        break
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 1.5))
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+            proc.wait()
+        resume = ["--init_from=resume"] if ckpt_path.exists() else []
+        done = subprocess.run([sys.executable, "train.py", *char_args(shakespeare_char_data, out, *args), *resume],
+                              cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        watching[0] = False
+        watcher.join()
+    assert kills >= 3 and during_write == 1
+    assert not unreadable, unreadable[:3]
+    untimed = [
+        [{k: v for k, v in r.items() if k not in ("ms", "mfu")} for r in metrics(d)]
+        for d in (out, tmp_path / "straight")
+    ]
+    assert untimed[0] == untimed[1]  # the same log, line for line, but for the timings
+    for key, value in weights(tmp_path / "straight").items():
+        assert torch.equal(weights(out)[key], value), key
