@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pickle
 import signal
 import sys
 import time
@@ -135,11 +136,22 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"checkpoint '{path}' cannot be read: {first[:200]}") from None
+        raise ValueError(f"checkpoint '{path}' cannot be read: {unreadable_reason(e)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise ValueError(f"checkpoint '{path}' is not a checkpoint of this project (no model / model_args)")
     return ckpt
+
+
+def unreadable_reason(e: Exception) -> str:
+    """Why torch.load failed, in words a person can act on (torch's own messages are a number for some truncated
+    files, and for a file that is not a checkpoint they suggest weights_only=False, which would run its code)."""
+    text = str(e).strip()
+    if isinstance(e, (KeyError, EOFError)) or "central directory" in text or "PytorchStreamReader" in text:
+        return "it is truncated or corrupt (not a whole torch archive); a checkpoint cut short by a crash?"
+    if "Weights only load failed" in text or isinstance(e, pickle.UnpicklingError):
+        return "it is not a checkpoint that loads safely (weights_only=True refused it), so it is not loaded"
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first[:200]
 
 
 def check_model_args(saved: dict[str, Any], requested: dict[str, Any], keys: set[str], path: str) -> None:
