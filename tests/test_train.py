@@ -629,19 +629,25 @@ def test_a_stop_signal_ends_the_step_writes_a_checkpoint_and_resumes_exactly(
         assert torch.equal(weights(out)[key], value), key
 
 
+def start_training(cmd: list[str], out: Path) -> subprocess.Popen:
+    """Start a long run and return once it has logged a training step (or ended)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, log = time.time() + 120, out / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and '"event": "train"' in log.read_text():  # a line may be half written: no parsing
+            break
+        time.sleep(0.2)
+    return proc
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_running_process(shakespeare_char_data: Path, tmp_path: Path) -> None:
     """As a scheduler sends it: SIGTERM to train.py mid-run, from outside."""
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", *char_args(shakespeare_char_data, out, "--max_iters=100000",
                                                   "--eval_interval=100000")]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "metrics.jsonl").exists() and any(r["event"] == "train" for r in metrics(out)):
-            break
-        time.sleep(0.2)
+    proc = start_training(cmd, out)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
@@ -659,13 +665,7 @@ def test_ddp_ranks_agree_on_the_step_they_stop_at(shakespeare_char_data: Path, t
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     cmd += char_args(shakespeare_char_data, out, "--gradient_accumulation_steps=2", "--max_iters=100000",
                      "--eval_interval=100000")  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "metrics.jsonl").exists() and any(r["event"] == "train" for r in metrics(out)):
-            break
-        time.sleep(0.2)
+    proc = start_training(cmd, out)
     rank1 = []
     for p in psutil.Process(proc.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
