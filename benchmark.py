@@ -416,8 +416,10 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
     failed = []
     # stopped by SIGTERM or SIGINT (to this process alone, or to its group), it stops the workers and their train.py
     # runs; killed outright, the kernel does (die_with_parent). Runs that finished are recorded; the others rerun
+    # both handlers are set here, since a process can start with SIGINT ignored (as under some test runners)
     main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
-    previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
+    signals = (signal.SIGTERM, signal.SIGINT) if main_thread else ()
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=die_with_parent)
     try:
         futures = [pool.submit(run_one, spec) for spec in todo]
@@ -439,8 +441,8 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
               f"over next time", file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     pool.shutdown()
     write_outputs(cfg.out_dir)
     if failed:
@@ -461,7 +463,7 @@ def stop_workers() -> None:
 
 
 def interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM: stop the grid as Ctrl-C does."""
+    """SIGTERM or SIGINT: stop the grid (see run_grid)."""
     raise KeyboardInterrupt
 
 

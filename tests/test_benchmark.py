@@ -240,18 +240,25 @@ def test_stopping_the_parent_alone_stops_every_run(sig: signal.Signals, tmp_path
                     found.append(p)
         return found
 
-    deadline = time.time() + 120
-    while len(runs()) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert len(runs()) == 2, proc.communicate()[1][-2000:]
-    everyone = parent.children(recursive=True)  # the workers and the runs they started
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    if sig != signal.SIGKILL:
-        assert proc.returncode == 130
-        assert err.strip().splitlines()[-1].startswith("benchmark: interrupted; 0 runs are recorded"), err[-2000:]
-    _, alive = psutil.wait_procs(everyone, timeout=30)
-    assert not alive, [p.pid for p in alive]
+    everyone: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 120
+        while len(runs()) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert len(runs()) == 2, proc.communicate()[1][-2000:]
+        everyone = parent.children(recursive=True)  # the workers and the runs they started
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        if sig != signal.SIGKILL:
+            assert proc.returncode == 130
+            assert err.strip().splitlines()[-1].startswith("benchmark: interrupted; 0 runs are recorded"), err[-2000:]
+        _, alive = psutil.wait_procs(everyone, timeout=30)
+        assert not alive, [p.pid for p in alive]
+    finally:  # a failure must not leave a grid training in the background
+        current = parent.children(recursive=True) if parent.is_running() else []
+        for p in [parent, *current, *everyone]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
     assert not list(out.glob("*_seed*.json*"))  # nothing half-written counted as a result
 
 

@@ -610,6 +610,7 @@ def test_a_stop_signal_ends_the_step_writes_a_checkpoint_and_resumes_exactly(
     args = ["--max_iters=6", "--eval_interval=3", "--dropout=0.1"]
     run_train(shakespeare_char_data, tmp_path / "straight", *args)
     out = tmp_path / "stopped"
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     signal_during_step(monkeypatch, 2, sig)
     with pytest.raises(SystemExit) as e:
         run_train(shakespeare_char_data, out, *args)
@@ -617,7 +618,7 @@ def test_a_stop_signal_ends_the_step_writes_a_checkpoint_and_resumes_exactly(
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == (f"stopped by {sig.name} after iteration 3: checkpoint written to {out / 'ckpt.pt'}; "
                          "continue with --init_from=resume")  # fmt: skip
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are given back
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # given back
     ckpt = load_checkpoint(str(out / "ckpt.pt"))
     assert ckpt["iter_num"] == 3 and ckpt["evaluated"] is False
     monkeypatch.undo()
