@@ -245,11 +245,8 @@ class GatedMemoryMixture(nn.Module):
         p = torch.ones(B, 1, device=W.device, dtype=W.dtype) if self.gate is None else self.gate(W)  # (B, k)
         chosen = top_k_mask(p, self.top_k)  # (B, k)
         s = expert_scale(p, chosen, self.write_scale, sparse=self.top_k > 0)  # (B, k)
-        if self.shared:  # the shared bank takes every write at full scale
-            s = torch.cat([s, torch.ones(B, 1, device=W.device, dtype=s.dtype)], dim=1)  # (B, banks)
-            chosen_all = torch.cat([chosen, torch.ones_like(s[:, :1])], dim=1)
-        else:
-            chosen_all = chosen
+        # the shared bank, if any, is chosen by every write and takes it at full scale: (B, k) -> (B, banks)
+        s, chosen_all = (F.pad(x, (0, self.n_banks - k), value=1.0) for x in (s, chosen))
         old = memory.experts.to(W.dtype)  # (B, banks, M, D)
         # concat: bank j writes from its own M write tokens, which entered as its own read slots
         cand = W.view(B, self.n_banks, self.n_slots, -1) if self.read_mode == "concat" else W.unsqueeze(1)
