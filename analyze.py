@@ -281,8 +281,9 @@ def collect(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
 
 def load(cfg: AnalyzeConfig) -> tuple[GPT, dict[str, Any]]:
     """The model of out_dir/ckpt.pt in eval mode on cfg's device, and the checkpoint."""
-    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-    return GPT.from_checkpoint(ckpt).eval().to(resolve_device(cfg)[0]), ckpt
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path)
+    return GPT.from_checkpoint(ckpt, source=path).eval().to(resolve_device(cfg)[0]), ckpt
 
 
 def resolve_device(cfg: AnalyzeConfig) -> tuple[str, str]:
@@ -313,9 +314,11 @@ def eval_batches(cfg: AnalyzeConfig, ckpt: dict[str, Any]) -> Iterator[tuple[tor
     data, mask = open_split(folder, cfg.split), open_mask(folder, cfg.split)
     seq_len = T * n_seg
     seed = cfg.seed if cfg.seed is not None else int(run["seed"]) + 1
-    sampler = BatchSampler(len(data), seq_len, seed, align=seq_len if "episode_len" in meta else 1)
+    align = seq_len if "episode_len" in meta else 1
+    sampler = BatchSampler(len(data), seq_len, seed, align, source=str(data.filename))
     device, batch_size = resolve_device(cfg)[0], cfg.batch_size or int(run["batch_size"])
-    return (get_batch(data, sampler.draw(batch_size), seq_len, device, mask) for _ in range(cfg.batches))
+    vocab_size = int(ckpt["model_args"]["vocab_size"])
+    return (get_batch(data, sampler.draw(batch_size), seq_len, device, mask, vocab_size) for _ in range(cfg.batches))
 
 
 # -----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from common import (
     synchronize,
 )
 from configurator import ConfigError, configure, parse_value, read_config_file
+from data.common import check_writable_dir
 from model import GPT, GPTConfig
 
 # memory mode's defaults: the GMM quick start's shape (config/train_gmm_shakespeare.py; shakespeare_char's 65 chars)
@@ -214,8 +215,9 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         if not os.path.isfile(os.path.join(data_dir, "train.bin")):
             raise ValueError(f"real_data: {data_dir}/train.bin not found; run data/{cfg.dataset}/prepare.py first")
         data = open_split(data_dir, "train")
-        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed)
-        next_batch = lambda: get_batch(data, sampler.draw(cfg.batch_size), seq_len, device)
+        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed, source=str(data.filename))
+        vocab_size = model_cfg.vocab_size
+        next_batch = lambda: get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, vocab_size=vocab_size)
     else:  # one fixed batch of random tokens: no data loading in the measurement
         x = torch.randint(model_cfg.vocab_size, (cfg.batch_size, seq_len), device=device)
         y = torch.randint(model_cfg.vocab_size, (cfg.batch_size, seq_len), device=device)
@@ -493,6 +495,16 @@ def defaults(mode: str) -> tuple[BenchConfig, GPTConfig]:
     return BenchConfig(**QUICK_START_BENCH), GPTConfig(**QUICK_START_MODEL)
 
 
+def check_outputs(cfg: BenchConfig) -> None:
+    """Where the results go must be writable before anything is measured, not found out after."""
+    if cfg.profile:
+        check_writable_dir(cfg.out_dir)
+    if cfg.json:
+        if os.path.isdir(cfg.json):
+            raise ValueError(f"json = '{cfg.json}' is a folder: name the file the results go to")
+        check_writable_dir(os.path.dirname(cfg.json) or ".", "the folder of json")
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     try:
         cfg, model_cfg = configure(argv, *defaults(mode_of(argv)))
@@ -500,8 +512,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         fail(str(e))
     bench = {"train": bench_train, "sample": bench_sample, "memory": bench_memory}[cfg.mode]
     try:
+        check_outputs(cfg)
         result = bench(cfg, model_cfg)
-    except ValueError as e:  # bad device, dtype, data or model setting: one line
+    except ValueError as e:  # bad device, dtype, data, output path or model setting: one line
         fail(str(e))
     print(format_table(result))
     if "trace" in result:

@@ -46,8 +46,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import default_device, default_dtype, die_with_parent, fail, interactive, load_checkpoint
+from common import (
+    check_device,
+    default_device,
+    default_dtype,
+    die_with_parent,
+    fail,
+    interactive,
+    load_checkpoint,
+)
 from configurator import ConfigError, configure, read_config_file
+from data.common import check_writable_dir
 from model import GPT
 from train import TrainConfig, ensure_data, episode_dir, estimate_loss
 
@@ -373,9 +382,12 @@ def record_path(cfg: GridConfig, task: str, variant: str, seed: int) -> str:
 
 def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
     device = default_device() if cfg.device == "auto" else cfg.device
+    check_device(device)  # here, not in each run: a device this machine lacks prepares no data
     dtype = default_dtype(device) if cfg.dtype == "auto" else cfg.dtype
     cfg.device, cfg.dtype = device, dtype
+    check_writable_dir(cfg.out_dir)
     cfg.data_dir = cfg.data_dir or os.path.join(cfg.out_dir, "data")
+    check_writable_dir(cfg.data_dir, "data_dir")
     on_cpu = device == "cpu"
     jobs = cfg.jobs or (os.cpu_count() or 1 if on_cpu else 1)
     threads = 1 if on_cpu and jobs > 1 else max(1, (os.cpu_count() or 1) // jobs)

@@ -61,6 +61,11 @@ def check_device(device: str) -> None:
         raise ValueError(f"device = '{device}' but Apple MPS is not available here: use cpu")
     if kind not in ("cuda", "mps", "cpu"):
         raise ValueError(f"device = '{device}' is not one of auto, cpu, cuda, cuda:N, mps")
+    if kind == "cuda" and device != "cuda":
+        n = torch.cuda.device_count()
+        index = device.removeprefix("cuda:")
+        if not index.isdigit() or int(index) >= n:
+            raise ValueError(f"device = '{device}' but this machine has {n} CUDA device(s): use cuda:0..cuda:{n - 1}")
 
 
 def _has_mps() -> bool:
@@ -116,6 +121,7 @@ def save_checkpoint(obj: dict[str, Any], path: str) -> None:
     so a crash mid-save leaves the previous checkpoint intact. A save that fails (a full disk) removes its partial
     temporary file rather than leave it filling the disk."""
     tmp = f"{path}.tmp"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)

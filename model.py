@@ -375,12 +375,17 @@ class GPT(nn.Module):
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict, override_args: dict | None = None) -> GPT:
+    def from_checkpoint(cls, ckpt: dict, override_args: dict | None = None, source: str = "the checkpoint") -> GPT:
         """The model a checkpoint of this repo holds (its `model_args` and `model` weights); `override_args` may
-        change settings that leave the weights' shapes alone, such as dropout."""
+        change settings that leave the weights' shapes alone, such as dropout. Weights that do not fit the model
+        are a one-line ValueError naming `source`."""
         model = cls(GPTConfig.from_dict({**ckpt["model_args"], **(override_args or {})}))
         # a compiled model saved its weights under '_orig_mod.'; strip it so the plain model loads them
-        model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+        try:
+            model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+        except RuntimeError as e:  # torch lists every missing, unexpected or misshapen tensor: name the first
+            detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+            raise ValueError(f"{source}: its weights do not fit its model_args: {detail[:300]}") from None
         return model
 
     @classmethod

@@ -94,7 +94,7 @@ def load_model(cfg: SampleConfig, model_args: dict[str, Any] | None = None) -> t
         ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
         ckpt = load_checkpoint(ckpt_path)
         check_model_args(ckpt["model_args"], model_args, set(model_args), ckpt_path)
-        model = GPT.from_checkpoint(ckpt)
+        model = GPT.from_checkpoint(ckpt, source=ckpt_path)
         meta = ckpt.get("tokenizer_meta") or {"tokenizer": "gpt2", "vocab_size": 50257}  # older: nanoGPT's default
         n_text_ids = int(meta["vocab_size"])
     else:

@@ -55,6 +55,7 @@ from common import (
     save_checkpoint,
 )
 from configurator import ConfigError, configure, explicit_keys
+from data.common import check_writable_dir, make_dir
 from model import GPT, GPT2_SIZES, GPTConfig
 from tokenizer import load_meta
 
@@ -125,6 +126,12 @@ class TrainConfig:
             raise ValueError(f"segment_curriculum = {self.segment_curriculum} must hold positive segment counts")
         if self.max_iters < 0:
             raise ValueError(f"max_iters = {self.max_iters} must be >= 0")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} = {getattr(self, name)} must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be in [0, 1)")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype = '{self.dtype}' must be one of auto, {', '.join(DTYPES)}")
         if self.nonfinite not in ("stop", "skip"):
@@ -163,10 +170,16 @@ class BatchSampler:
     whole global batch of a step and keeps its own share, so the ranks together see what one process would."""
 
     def __init__(
-        self, n_tokens: int, seq_len: int, seed: int, align: int = 1, generator: torch.Generator | None = None
+        self,
+        n_tokens: int,
+        seq_len: int,
+        seed: int,
+        align: int = 1,
+        generator: torch.Generator | None = None,
+        source: str = "the data",
     ) -> None:
         if n_tokens < seq_len + 1:
-            raise ValueError(f"the data holds {n_tokens} tokens, fewer than one sequence of {seq_len} + 1")
+            raise ValueError(f"{source} holds {n_tokens} tokens, fewer than one sequence of {seq_len} + 1")
         self.n_tokens = n_tokens
         self.seq_len = seq_len
         self.align = align  # offsets are multiples of this: the episode length of an episode-aligned dataset
@@ -251,12 +264,22 @@ def rank_offsets(sampler: BatchSampler, accum_global: int, batch_size: int, rank
 
 
 def get_batch(
-    data: np.ndarray, offsets: torch.Tensor, seq_len: int, device: str, mask: np.ndarray | None = None
+    data: np.ndarray,
+    offsets: torch.Tensor,
+    seq_len: int,
+    device: str,
+    mask: np.ndarray | None = None,
+    vocab_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs x and next-token targets y, both (B, seq_len), from the uint16 token array at the given offsets.
-    With an answer mask (synthetic tasks), targets whose token is not an answer are -1: only answers count."""
-    x = torch.stack([torch.from_numpy(data[i : i + seq_len].astype(np.int64)) for i in offsets.tolist()])
-    y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + seq_len].astype(np.int64)) for i in offsets.tolist()])
+    With an answer mask (synthetic tasks), targets whose token is not an answer are -1: only answers count.
+    With vocab_size, a token id the model has no embedding for is a one-line ValueError here, on the CPU, rather
+    than an index error in the model (a device-side assert on a GPU)."""
+    rows = torch.stack([torch.from_numpy(data[i : i + seq_len + 1].astype(np.int64)) for i in offsets.tolist()])
+    if vocab_size is not None and int(rows.max()) >= vocab_size:
+        b, t = divmod(int(rows.argmax()), seq_len + 1)
+        raise out_of_vocabulary(data, int(rows.max()), int(offsets[b]) + t, vocab_size)
+    x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
     if mask is not None:
         answer = torch.stack([torch.from_numpy(mask[i + 1 : i + 1 + seq_len] != 0) for i in offsets.tolist()])
         y = y.masked_fill(~answer, -1)
@@ -266,9 +289,39 @@ def get_batch(
     return x.to(device), y.to(device)
 
 
-def open_split(data_dir: str, split: str) -> np.ndarray:
-    """The split's tokens as a read-only memory map (re-opened per use, which avoids a numpy memmap leak)."""
-    return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+def open_split(data_dir: str, split: str) -> np.memmap:
+    """The split's tokens as a read-only memory map (re-opened per use, which avoids a numpy memmap leak); a
+    missing, empty or odd-sized file is a one-line ValueError."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} not found: prepare the data again (see data/README.md)")
+    size = os.path.getsize(path)
+    if size == 0 or size % 2:
+        raise ValueError(
+            f"{path} holds {size} bytes: a token file holds uint16 ids, 2 bytes each, and at least one; it is "
+            "empty or cut short (prepare the data again)"
+        )
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+FULL_CHECK_TOKENS = 2**28  # token files up to this size (512 MB) are checked whole before training starts
+
+
+def check_tokens(data: np.memmap, vocab_size: int) -> np.memmap:
+    """data, once every token id in it is known to be < vocab_size; a ValueError naming the file otherwise. Files
+    larger than FULL_CHECK_TOKENS (openwebtext: 9B tokens) are not read whole here: get_batch checks each batch."""
+    if len(data) <= FULL_CHECK_TOKENS and int(data.max()) >= vocab_size:
+        first = int(np.argmax(data >= vocab_size))
+        raise out_of_vocabulary(data, int(data[first]), first, vocab_size)
+    return data
+
+
+def out_of_vocabulary(data: np.ndarray, token: int, position: int, vocab_size: int) -> ValueError:
+    return ValueError(
+        f"{getattr(data, 'filename', 'the data')} holds token id {token} (at token {position:,}), outside the "
+        f"model's vocabulary of {vocab_size}: the data was tokenized for another model; prepare it again, or "
+        "train a model of this data's vocab_size"
+    )
 
 
 def open_mask(data_dir: str, split: str) -> np.ndarray | None:
@@ -306,13 +359,13 @@ def estimate_loss(
     n_seg = -(-seq_len // T)
     for split in splits:
         data, mask = open_split(data_dir, split), open_mask(data_dir, split)
-        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1, align=align)
+        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1, align=align, source=str(data.filename))
         seg_sum, seg_count = torch.zeros(n_seg), torch.zeros(n_seg)
         sums = {"tok_right": 0.0, "tok": 0.0, "ans_right": 0.0, "ans": 0.0}
         aux: dict[str, float] = {}
         probs, gates = [], []  # (S, B, k) per batch: every write's routing, for the routing statistics
         for _ in range(cfg.eval_iters):
-            X, Y = get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, mask)
+            X, Y = get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, mask, model.config.vocab_size)
             with autocast(device, dtype):
                 result = model.forward_segments(X, Y)
             logits = result.logits.float()
@@ -371,6 +424,9 @@ def episode_dir(data_dir: str, meta: dict[str, Any], n_segments: int, block_size
 
 
 def append_metrics(out_dir: str, record: dict[str, Any]) -> None:
+    """One JSON line in out_dir/metrics.jsonl; the run's first write, so it makes out_dir (a run refused by a check
+    on its data or model leaves no empty folder behind)."""
+    make_dir(out_dir)
     with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -462,7 +518,7 @@ def init_model(
         ckpt = ckpt if ckpt is not None else load_checkpoint(ckpt_path)
         check_model_args(ckpt["model_args"], asdict(model_cfg), explicit or set(), ckpt_path)
         # the checkpoint's model shape wins; only dropout may change between runs
-        model = GPT.from_checkpoint(ckpt, {"dropout": model_cfg.dropout})
+        model = GPT.from_checkpoint(ckpt, {"dropout": model_cfg.dropout}, ckpt_path)
         model_cfg = model.config
     else:
         print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
@@ -491,6 +547,7 @@ def main(argv: list[str]) -> None:
 
 def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = None) -> None:
     # resuming: the checkpoint first, and the run's settings from it; a run that cannot resume prepares no data
+    check_writable_dir(cfg.out_dir)
     ckpt = None
     if cfg.init_from == "resume":
         cfg, ckpt = resume_config(cfg, explicit or set())
@@ -530,10 +587,9 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         )
     print0(f"tokens per iteration will be: {tokens_per_iter:,} on {device} in {dtype}")
 
-    if master_process:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if cfg.init_from != "resume" and not cfg.eval_only:  # a new run: no log lines of one that never checkpointed
-            trim_metrics(cfg.out_dir, 0, evaluated=False)
+    # out_dir is made by the run's first write (append_metrics), so a run refused below leaves nothing behind
+    if master_process and cfg.init_from != "resume" and not cfg.eval_only:
+        trim_metrics(cfg.out_dir, 0, evaluated=False)  # a new run: no log lines of one that never checkpointed
     torch.manual_seed(cfg.seed + ddp_rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
     torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
@@ -550,6 +606,11 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         check_tokenizer(meta, ckpt, data_dir)
     model, ckpt = init_model(cfg, model_cfg, meta, explicit, ckpt)
     model_cfg = model.config
+    if int(meta["vocab_size"]) > model_cfg.vocab_size:
+        raise ValueError(
+            f"{data_dir}/meta.json has a vocabulary of {meta['vocab_size']} tokens, more than the model's "
+            f"{model_cfg.vocab_size}: the data was tokenized for another model"
+        )
     n_memory = sum(p.numel() for p in model.memory.parameters()) if model.memory is not None else 0
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M (memory {n_memory / 1e6:.2f}M)")
     seq_len = model_cfg.block_size * cfg.n_segments
@@ -576,8 +637,10 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
     generator = torch.Generator().manual_seed(cfg.seed)
     stages: dict[int, tuple[BatchSampler, np.ndarray, np.ndarray | None]] = {}
     for n, folder in stage_dirs.items():
-        tokens, n_len = open_split(folder, "train"), model_cfg.block_size * n
-        sampler = BatchSampler(len(tokens), n_len, cfg.seed, align=n_len if episodic else 1, generator=generator)
+        check_tokens(open_split(folder, "val"), model_cfg.vocab_size)
+        tokens, n_len = check_tokens(open_split(folder, "train"), model_cfg.vocab_size), model_cfg.block_size * n
+        align = n_len if episodic else 1
+        sampler = BatchSampler(len(tokens), n_len, cfg.seed, align, generator, source=str(tokens.filename))
         stages[n] = (sampler, tokens, open_mask(folder, "train"))
     train_sampler = stages[cfg.n_segments][0]
     iter_num, best_val_loss, tokens_seen, skipped, resumed_after_eval = 0, 1e9, 0, 0, True
@@ -683,7 +746,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         offsets = rank_offsets(stage_sampler, accum_global, cfg.batch_size, ddp_rank, ddp_world_size)
         step_loss = torch.zeros((), device=device)
         for micro_step in range(accum_local):
-            X, Y = get_batch(train_data, offsets[micro_step], train_len, device, train_mask)
+            X, Y = get_batch(train_data, offsets[micro_step], train_len, device, train_mask, model_cfg.vocab_size)
             if ddp:
                 # in DDP training we only need to sync gradients at the last micro step.
                 model.require_backward_grad_sync = micro_step == accum_local - 1  # type: ignore[assignment]

@@ -9,6 +9,7 @@ import argparse
 import http.client
 import json
 import os
+import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -58,9 +59,49 @@ def read_text(out_dir: Path, input_path: Path | None, url: str = TINY_SHAKESPEAR
         raise RuntimeError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def dir_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be a folder to write into (it is a file, a file stands where one of its parent folders
+    should be, or the nearest folder that exists is not writable), or None. Looks only: creates nothing, so a
+    command can refuse a bad folder before it has written anything."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return "is a file, not a folder: name a folder (it is created if missing)"
+    existing = path
+    while not existing.exists():  # ends at '.' or '/', which exist
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be created: '{existing}' is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"is not writable: no permission to write in '{existing}'"
+    return None
+
+
+def check_writable_dir(path: str | Path, name: str = "out_dir") -> None:
+    """A one-line ValueError naming the setting if `path` cannot be a folder to write into (see dir_problem)."""
+    problem = dir_problem(path)
+    if problem:
+        raise ValueError(f"{name} = '{path}' {problem}")
+
+
+def writable_dir(s: str) -> Path:
+    """argparse type of an --out_dir: a folder that is, or can be made, writable."""
+    problem = dir_problem(s)
+    if problem:
+        raise argparse.ArgumentTypeError(f"'{s}' {problem}")
+    return Path(s)
+
+
+def make_dir(path: str | Path, name: str = "out_dir") -> None:
+    """os.makedirs(path, exist_ok=True), with a failure (a read-only file system...) as a one-line ValueError."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{name} = '{path}' cannot be created: {e.strerror or e}") from None
+
+
 def write_dataset(out_dir: Path, train_ids: np.ndarray, val_ids: np.ndarray, meta: dict) -> None:
     """Flat uint16 bins, then meta.json last: its presence means the folder is complete."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     train_ids.astype(np.uint16).tofile(out_dir / "train.bin")
     val_ids.astype(np.uint16).tofile(out_dir / "val.bin")
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -90,7 +131,7 @@ class UsageError(Exception):
     """A bad command-line argument: main() prints it as one line and returns 2."""
 
 
-class EpisodeArgumentParser(argparse.ArgumentParser):
+class ArgumentParser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of printing usage and exiting, so every bad argument is one line."""
 
     def error(self, message: str) -> NoReturn:
@@ -114,10 +155,10 @@ positive_int = _int_at_least(1)
 nonnegative_int = _int_at_least(0)
 
 
-def episode_parser(description: str, default_out_dir: Path) -> EpisodeArgumentParser:
+def episode_parser(description: str, default_out_dir: Path) -> ArgumentParser:
     """The flags every synthetic task takes; the task adds its own."""
-    p = EpisodeArgumentParser(description=description)
-    p.add_argument("--out_dir", type=Path, default=default_out_dir, help="where the files go (default: here)")
+    p = ArgumentParser(description=description)
+    p.add_argument("--out_dir", type=writable_dir, default=default_out_dir, help="where the files go (default: here)")
     p.add_argument("--n_segments", type=positive_int, default=4, help="segments per episode (default: 4)")
     p.add_argument("--block_size", type=positive_int, default=16, help="tokens per segment (default: 16)")
     p.add_argument("--train_episodes", type=positive_int, default=20000, help="episodes in train.bin (default: 20000)")
@@ -144,7 +185,7 @@ def write_episodes(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
     """For each split ("train", "val"): <split>.bin (uint16 ids) and <split>_mask.bin (uint8, 1 = answer), both
     flat, episode after episode; then meta.json last. An old meta.json goes first, so a folder interrupted halfway
     never looks complete, and each file appears whole (temp file, then rename)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     (out_dir / "meta.json").unlink(missing_ok=True)
     files: list[tuple[str, bytes]] = []
     for split, (tokens, mask) in splits.items():
@@ -203,7 +244,11 @@ def prepare_episodes(
         ],
         "itos": SYNTHETIC_ITOS,
     }
-    write_episodes(args.out_dir, splits, meta)
+    try:
+        write_episodes(args.out_dir, splits, meta)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(
         f"{args.out_dir}: {task}, {args.train_episodes:,} train / {args.val_episodes:,} val episodes of "
         f"{args.n_segments} x {args.block_size} tokens, {answer_len} answer token(s) each, chance {1 / N_VALUES:.4f}"

@@ -10,6 +10,7 @@ ValueError. Offline, CPU only; outputs go to tmp_path, never into the repo's dat
 import functools
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -147,10 +148,7 @@ def test_gpt2_tokenizer_roundtrip_and_eot(bpe_cache: None) -> None:
 
 
 @pytest.mark.slow
-def test_openwebtext_from_text_files(tmp_path: Path, bpe_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")  # keep ~/.cache clean
+def test_openwebtext_from_text_files(tmp_path: Path, bpe_cache: None) -> None:
     docs = [
         "First document.\nIt has two lines.\n",
         "Second one, no trailing newline",
@@ -162,7 +160,12 @@ def test_openwebtext_from_text_files(tmp_path: Path, bpe_cache: None, monkeypatc
         (tmp_path / "docs" / f"{i}.txt").write_text(doc, encoding="utf-8")
     out = tmp_path / "out"
     argv = ["--out_dir", str(out), "--text_files", str(tmp_path / "docs" / "*.txt"), "--num_proc", "2"]
-    assert load_prepare("openwebtext").main(argv) == 0
+    # as a script: its 2 worker processes are forked, which a test process full of other tests' threads could
+    # deadlock; HF_DATASETS_CACHE keeps ~/.cache clean
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
+    script = ROOT / "data" / "openwebtext" / "prepare.py"
+    result = subprocess.run([sys.executable, str(script), *argv], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
 
     meta = load_meta(str(out))
     enc = gpt2_encoding()

@@ -10,7 +10,6 @@ The recipe is nanoGPT's: 0.05% of the documents go to val (shuffled with seed 23
 encode_ordinary and followed by the end-of-text id 50256; each split is one flat uint16 array of all its documents.
 """
 
-import argparse
 import glob
 import json
 import os
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run as a script, only data/<name> is on the path; tokenizer.py is 2 up
+from data.common import ArgumentParser, UsageError, make_dir, writable_dir  # noqa: E402
 from tokenizer import gpt2_encoding  # noqa: E402
 
 VAL_FRACTION = 0.0005
@@ -77,13 +77,19 @@ def write_split(split: Dataset, path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare OpenWebText (or local text files) in GPT-2 BPE tokens.")
-    parser.add_argument("--out_dir", type=Path, default=HERE, help="where the bins and meta.json go (default: here)")
+    parser = ArgumentParser(description="Prepare OpenWebText (or local text files) in GPT-2 BPE tokens.")
+    parser.add_argument(
+        "--out_dir", type=writable_dir, default=HERE, help="folder for the bins and meta.json (default: here)"
+    )
     parser.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1), help="worker processes")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--dataset", default="openwebtext", help="Hugging Face Hub dataset with a 'text' column")
     where.add_argument("--text_files", default=None, help="glob of local text files, one document per file")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     try:
         enc = gpt2_encoding()
@@ -100,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     tokenized = splits.map(tokenize, remove_columns=["text"], desc="tokenizing", num_proc=args.num_proc)
 
     assert enc.n_vocab <= 65536, "ids must fit in uint16"
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        make_dir(args.out_dir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     counts = {name: write_split(tokenized[name], args.out_dir / f"{name}.bin") for name in ("train", "val")}
     meta = {
         "tokenizer": "gpt2",

@@ -7,7 +7,6 @@ of characters of the whole text (65 for tiny-shakespeare); the first 90% is trai
 (111,540 tokens), as in nanoGPT.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,15 +14,21 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run as a script, only data/<name> is on the path; tokenizer.py is 2 up
-from data.common import read_text, write_dataset  # noqa: E402
+from data.common import ArgumentParser, UsageError, read_text, writable_dir, write_dataset  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare tiny-shakespeare for character-level modelling.")
-    parser.add_argument("--out_dir", type=Path, default=HERE, help="where the bins and meta.json go (default: here)")
+    parser = ArgumentParser(description="Prepare tiny-shakespeare for character-level modelling.")
+    parser.add_argument(
+        "--out_dir", type=writable_dir, default=HERE, help="folder for the bins and meta.json (default: here)"
+    )
     parser.add_argument("--input", type=Path, default=None, help="text file (default: <out_dir>/input.txt)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     try:
         text, source = read_text(args.out_dir, args.input)
@@ -50,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         "source": source,
         "itos": itos,
     }
-    write_dataset(args.out_dir, train_ids, val_ids, meta)
+    try:
+        write_dataset(args.out_dir, train_ids, val_ids, meta)
+    except ValueError as e:  # out_dir could not be created
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{args.out_dir}: train {len(train_ids):,} tokens, val {len(val_ids):,} tokens, vocab {len(itos)} (char)")
     return 0
 
