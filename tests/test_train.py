@@ -674,10 +674,11 @@ def test_killed_at_random_moments_and_resumed_equals_the_uninterrupted_run(
     watcher = threading.Thread(target=watch)
     watcher.start()
     rng = random.Random(7)
-    kills, during_write = 0, 0
+    kills, during_write, resumes = 0, 0, 0
     try:
         for attempt in range(5):
             resume = ["--init_from=resume"] if ckpt_path.exists() else []
+            resumes += bool(resume)
             cmd = [sys.executable, "train.py", *char_args(shakespeare_char_data, out, *args), *resume]
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if attempt == 1:  # kill it while a checkpoint is being written
@@ -705,6 +706,10 @@ def test_killed_at_random_moments_and_resumed_equals_the_uninterrupted_run(
     finally:
         watching[0] = False
         watcher.join()
+    resumes += bool(resume)
+    print(
+        f"{kills} SIGKILLs ({during_write} during a checkpoint write), {resumes} resumes, {len(unreadable)} unreadable"
+    )
     assert kills >= 3 and during_write == 1
     assert not unreadable, unreadable[:3]
     untimed = [
