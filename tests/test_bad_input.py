@@ -7,7 +7,8 @@ or device. Each must end with
 - nothing written or overwritten: every file of the test's folders (the checkpoints, data and output folders the
   commands name) has the same size and mtime after the command as before, and no file or folder appears.
 Most entries call the script's main(argv) in this process (what `python script.py argv` runs, without starting
-Python and torch again); those marked `proc` run as a subprocess, where the exit status and stderr are the point.
+Python and torch again); those marked `proc` (one torch script, one prepare script) run as a subprocess, to show
+the same from the command line.
 """
 
 import importlib
@@ -220,7 +221,6 @@ CASES = [
         SAMPLE + " --out_dir={w}/run --start=FILE:{w}/no_prompt.txt",
         "no_prompt.txt",
         "no such file",
-        proc=True,
         id="prompt-file-missing",
     ),
     case("sample", f"{SAMPLE} {RUN} --start=héllo", "'é'", "not in the char vocabulary", id="prompt-unencodable"),
@@ -247,7 +247,6 @@ CASES = [
         "benchmark",
         "--out_dir={w}/grid --tasks=recall --device=cuda:99",
         "cuda:99",
-        proc=True,
         id="benchmark-device-missing",
     ),
     # --- analyze.py ---------------------------------------------------------------------------------------------------
