@@ -196,13 +196,3 @@ def fail(message: str) -> NoReturn:
     """A user's mistake: one line on stderr and exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-class DummyWandb:
-    """Stands in for a wandb run when logging is off, so call sites need no branches."""
-
-    def log(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass

@@ -41,7 +41,6 @@ from tqdm import tqdm
 import gmm
 from common import (
     DTYPES,
-    DummyWandb,
     autocast,
     check_device,
     check_model_args,
@@ -58,6 +57,7 @@ from configurator import ConfigError, configure, explicit_keys
 from data.common import check_writable_dir, make_dir
 from model import GPT, GPT2_SIZES, GPTConfig
 from tokenizer import load_meta
+from tracking import TRACKERS, NoTracker, Tracker, open_tracker
 
 ROOT = Path(__file__).resolve().parent
 
@@ -76,8 +76,12 @@ class TrainConfig:
     eval_only: bool = False  # if True, script exits right after the first eval
     always_save_checkpoint: bool = True  # if True, always save a checkpoint after each eval
     init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), 'gpt2*', or a Hugging Face GPT-2 dir
-    # wandb logging (WANDB_API_KEY may come from a .env file; WANDB_MODE=offline works)
-    wandb_log: bool = False
+    # experiment tracking (tracking.py): none | wandb | trackio; metrics.jsonl is written whatever it is
+    tracker: str = "none"
+    tracker_project: str = ""  # '' = wandb_project
+    tracker_run_name: str = ""  # '' = wandb_run_name
+    # nanoGPT's wandb settings (WANDB_API_KEY may come from a .env file; WANDB_MODE=offline works)
+    wandb_log: bool = False  # True = tracker 'wandb'
     wandb_project: str = "owt"
     wandb_run_name: str = "gpt2"
     # data
@@ -136,6 +140,10 @@ class TrainConfig:
             raise ValueError(f"dtype = '{self.dtype}' must be one of auto, {', '.join(DTYPES)}")
         if self.nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite = '{self.nonfinite}' must be one of stop, skip")
+        if self.tracker not in TRACKERS:
+            raise ValueError(f"tracker = '{self.tracker}' must be one of {', '.join(TRACKERS)}")
+        if self.wandb_log and self.tracker not in ("none", "wandb"):
+            raise ValueError(f"wandb_log = True asks for wandb, but tracker = '{self.tracker}': set one of them")
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"backend = '{self.backend}' must be one of auto, nccl, gloo")
         if self.init_from not in ("scratch", "resume", *GPT2_SIZES) and not os.path.isdir(self.init_from):
@@ -670,13 +678,12 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
             find_unused_parameters=model_cfg.gmm_experts > 0,
         )
 
-    run: Any = DummyWandb()
-    if cfg.wandb_log and master_process:
-        import wandb
-
-        run = wandb.init(
-            project=cfg.wandb_project, name=cfg.wandb_run_name, config={**asdict(cfg), **asdict(model_cfg)}
-        )
+    tracker: Tracker = NoTracker()
+    if master_process:
+        kind = "wandb" if cfg.wandb_log else cfg.tracker
+        project, name = cfg.tracker_project or cfg.wandb_project, cfg.tracker_run_name or cfg.wandb_run_name
+        config = {**asdict(cfg), **asdict(model_cfg)}
+        tracker = open_tracker(kind, project, name, config, cfg.out_dir, resume=cfg.init_from == "resume")
     flops_peak = peak_flops(device, dtype) if master_process else 1.0
 
     def checkpoint_dict(evaluated: bool = True) -> dict[str, Any]:
@@ -727,8 +734,9 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
             per_index = {f"val/seg_loss_{i}": v for i, v in enumerate(losses["val_seg_loss"])}
             for name in ("util", "hard_share"):
                 per_index.update({f"val/{name}_{j}": v for j, v in enumerate(losses.get(f"val_{name}", []))})
-            run.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
-                     **{k: v for k, v in extra.items() if isinstance(v, float)}, **per_index})  # fmt: skip
+            scalars = {k: v for k, v in extra.items() if isinstance(v, float)}
+            tracker.log({"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr, **scalars, **per_index},
+                        iter_num)  # fmt: skip
             if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0:
@@ -806,7 +814,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
                     {"event": "train", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "mfu": running_mfu,
                      "grad_norm": normf, "skipped": skipped},
                 )  # fmt: skip
-                run.log({"iter": iter_num, "train/step_loss": lossf, "mfu": running_mfu, "grad_norm": normf})
+                measured = {"mfu": running_mfu} if running_mfu >= 0 else {}  # -1 until measured
+                tracker.log({"train/step_loss": lossf, "grad_norm": normf, "ms": dt * 1000, **measured}, iter_num)
 
         # a stop signal (on any rank): the step is done, so write a checkpoint and leave
         if stop_signal:
@@ -822,7 +831,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
             sys.exit(128 + stop_signal)
     stop.restore()
     progress.close()
-    run.finish()
+    tracker.finish()
     if ddp:
         destroy_process_group()
 

@@ -131,6 +131,7 @@ CASES = [
     case("train", f"{CHAR} {RUN}2 --init_from=gpt3", "init_from = 'gpt3'", "gpt2-xl", id="unknown-init_from"),
     case("train", f"{CHAR} {RUN}2 --device=cuda:99", "device = 'cuda:99'", id="device-missing-cuda"),
     case("train", f"{CHAR} {RUN}2 --device=tpu", "device = 'tpu'", "cpu, cuda", id="device-unknown"),
+    case("train", f"{CHAR} {RUN}2 --tracker=mlflow", "tracker = 'mlflow'", "none, wandb, trackio", id="tracker"),
     # --- train.py: data -----------------------------------------------------------------------------------------------
     case(
         "train",

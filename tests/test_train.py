@@ -33,6 +33,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -229,6 +230,26 @@ def test_wandb_offline(shakespeare_char_data: Path, tmp_path: Path) -> None:
     # the run's log holds what train.py logged
     (log,) = runs[0].glob("run-*.wandb")
     assert b"train/step_loss" in log.read_bytes() and b"val/loss" in log.read_bytes()
+
+
+def test_trackio_logs_what_metrics_jsonl_holds(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    """tracker=trackio keeps its database beside out_dir (TRACKIO_DIR unset), and its rows are metrics.jsonl's
+    numbers at metrics.jsonl's steps."""
+    out = tmp_path / "runs" / "tiny"
+    args = char_args(shakespeare_char_data, out, "--max_iters=4", "--eval_interval=2", "--tracker=trackio",
+                     "--tracker_project=tiny", "--tracker_run_name=first")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TRACKIO_DIR"}
+    result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    query = "SELECT step, metrics FROM metrics WHERE run_name = 'first' ORDER BY id"
+    with contextlib.closing(sqlite3.connect(tmp_path / "runs" / "trackio" / "tiny.db")) as con:
+        rows = [(step, json.loads(m)) for step, m in con.execute(query)]
+    logged_evals = {step: m["val/loss"] for step, m in rows if "val/loss" in m}
+    logged_steps = {step: m["train/step_loss"] for step, m in rows if "train/step_loss" in m}
+    evals = {r["iter"]: r["val_loss"] for r in metrics(out) if r["event"] == "eval"}
+    assert logged_evals == pytest.approx(evals) and sorted(evals) == [0, 2, 4]
+    assert logged_steps == pytest.approx(train_losses(out)) and sorted(logged_steps) == [1, 2, 3, 4]
+    assert all("grad_norm" in m and "ms" in m for _, m in rows if "train/step_loss" in m)
 
 
 # --- features ---------------------------------------------------------------------------------------------------------
