@@ -475,7 +475,11 @@ def stop_workers() -> None:
 
 
 def interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM or SIGINT: stop the grid (see run_grid)."""
+    """SIGTERM or SIGINT: stop the grid (see run_grid). Later signals are ignored until run_grid has stopped its
+    workers: a second one (Ctrl-C pressed twice; `uv run` forwarding a signal the process also got) would otherwise
+    cut the stop short and leave the runs training."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

@@ -262,6 +262,21 @@ def test_stopping_the_parent_alone_stops_every_run(sig: signal.Signals, tmp_path
     assert not list(out.glob("*_seed*.json*"))  # nothing half-written counted as a result
 
 
+def test_a_second_signal_cannot_cut_the_stop_short() -> None:
+    """The first SIGTERM or SIGINT raises KeyboardInterrupt in run_grid and ignores later ones until run_grid has
+    stopped its workers and restored the handlers: a second signal (Ctrl-C pressed twice; `uv run` forwarding a
+    SIGTERM the process also got, seen in a real grid) once raised again inside stop_workers and left the runs
+    training."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            benchmark.interrupt(signal.SIGTERM, None)
+        assert all(signal.getsignal(sig) == signal.SIG_IGN for sig in previous)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def test_records_are_whole_or_absent(tmp_path: Path) -> None:
     path = str(tmp_path / "recall_k1_seed1.json")
     assert benchmark.read_record(path) is None
