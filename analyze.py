@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 import torch
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torch.nn import functional as F
@@ -330,21 +331,35 @@ def expert_colors(k: int) -> list[Any]:
     return [colormaps["tab10"](j) for j in range(k)]
 
 
-def plot_routing(segment_util: list[list[float]], top: torch.Tensor, path: str, max_sequences: int = 32) -> str:
-    """Left: the mean routing probability of each expert at each segment position (segments x experts). Right: the
-    top expert of each write of the first sequences (one column each), so a sequence that keeps its expert is one
-    colour down its column."""
+def draw_segment_util(fig: Figure, ax: Axes, segment_util: list[list[float]], title: str) -> None:
+    """The routing heatmap: the mean routing probability of each expert (columns) at each segment (rows)."""
     util = torch.tensor(segment_util)  # (S, k)
     S, k = util.shape
-    fig = Figure(figsize=(10, 1.5 + 0.45 * max(S, 6)), layout="constrained")
-    ax, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.4])
     im = ax.imshow(util.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for s in range(S):
         for j in range(k):
             ax.text(j, s, f"{util[s, j]:.2f}", ha="center", va="center", color="w" if util[s, j] < 0.6 else "k")
-    ax.set(xticks=range(k), yticks=range(S), xlabel="expert", ylabel="segment", title="mean routing probability p")
+    ax.set(xticks=range(k), yticks=range(S), xlabel="expert", ylabel="segment", title=title)
     ax.set_yticklabels([str(s + 1) for s in range(S)])
     fig.colorbar(im, ax=ax, shrink=0.8)
+
+
+def plot_segment_util(segment_util: list[list[float]], path: str, title: str = "mean routing probability p") -> str:
+    """The routing heatmap (draw_segment_util) alone: what a tracker shows at each evaluation."""
+    S, k = len(segment_util), len(segment_util[0])
+    fig = Figure(figsize=(1.8 + 0.7 * k, 1.3 + 0.4 * max(S, 4)), layout="constrained")
+    draw_segment_util(fig, fig.subplots(), segment_util, title)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def plot_routing(segment_util: list[list[float]], top: torch.Tensor, path: str, max_sequences: int = 32) -> str:
+    """Left: the routing heatmap (draw_segment_util). Right: the top expert of each write of the first sequences
+    (one column each), so a sequence that keeps its expert is one colour down its column."""
+    S, k = len(segment_util), len(segment_util[0])
+    fig = Figure(figsize=(10, 1.5 + 0.45 * max(S, 6)), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.4])
+    draw_segment_util(fig, ax, segment_util, "mean routing probability p")
     n = min(max_sequences, top.size(1))
     cmap = ListedColormap(expert_colors(k))
     im2 = ax2.imshow(top[:, :n].numpy(), cmap=cmap, vmin=-0.5, vmax=k - 0.5, aspect="auto", interpolation="nearest")

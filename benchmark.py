@@ -5,6 +5,7 @@ $ python benchmark.py                                    # recall: off, k=1, k=4
 $ python benchmark.py --tasks=recall,copy,needle --variants=off,k1,k2,k4,k8 --seeds=1,2,3,4,5
 $ python benchmark.py --tasks=shakespeare_char --variants=off,k1,k4,full     # real text: val loss per segment
 $ python benchmark.py --device=cuda --jobs=1 --n_layer=4 --n_embd=128 --max_iters=10000   # scaled up on a GPU
+$ python benchmark.py --tracker=trackio && python dashboard.py --trackio_dir=results/trackio   # watch it train
 
 The grid is tasks x variants x seeds. Each cell is one `train.py` run (in its own process, `jobs` at a time), whose
 checkpoint is then evaluated on the validation episodes at every segment count in `eval_segments`; counts beyond
@@ -58,6 +59,7 @@ from common import (
 from configurator import ConfigError, configure, read_config_file
 from data.common import check_writable_dir
 from model import GPT
+from tracking import TRACKERS
 from train import TrainConfig, ensure_data, episode_dir, estimate_loss
 
 ROOT = Path(__file__).resolve().parent
@@ -142,6 +144,12 @@ class GridConfig:
     dtype: str = "auto"
     compile: bool = False
     jobs: int = 0  # runs at a time; 0 = one per CPU core on a CPU (each single-threaded), 1 on a GPU
+    # experiment tracking of every run (tracking.py): with trackio, the grid is one project in out_dir/trackio (or
+    # $TRACKIO_DIR), runs grouped by task and named task-variant-seed<S>: `python dashboard.py
+    # --trackio_dir=<out_dir>/trackio` overlays them as they train. Not part of a run's settings: turning it on
+    # reruns nothing.
+    tracker: str = "none"
+    tracker_project: str = ""  # '' = the name of out_dir's folder
     data_dir: str = ""  # where the synthetic tasks' data is prepared; '' = out_dir/data
 
     def __post_init__(self) -> None:
@@ -165,6 +173,8 @@ class GridConfig:
                 )
         for variant in self.variant_list:
             variant_settings(variant, text=True)  # raises on a bad name
+        if self.tracker not in TRACKERS:
+            raise ValueError(f"tracker = '{self.tracker}' must be one of {', '.join(TRACKERS)}")
         if "full" in self.variant_list and not any(t in TEXT for t in self.task_list):
             raise ValueError("variant 'full' is the full-attention bound of a text task: add one to tasks, or drop it")
 
@@ -333,11 +343,12 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     run_dir = spec["run_dir"]
     shutil.rmtree(run_dir, ignore_errors=True)  # a stale run of other settings: its record is gone or differs
     os.makedirs(run_dir)
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONUNBUFFERED": "1", **spec["tracking_env"]}
+    argv = [*spec["argv"], *spec["tracking"]]
     t0 = time.time()
     with open(os.path.join(run_dir, "train.log"), "w") as log:
-        rc = subprocess.run([sys.executable, str(ROOT / "train.py"), *spec["argv"]], stdout=log, stderr=log,
-                            env=env, preexec_fn=die_with_parent).returncode  # fmt: skip
+        rc = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], stdout=log, stderr=log, env=env,
+                            preexec_fn=die_with_parent).returncode  # fmt: skip
     seconds = time.time() - t0
     record = {k: spec[k] for k in ("task", "variant", "seed", "settings")}
     if rc != 0:
@@ -380,6 +391,19 @@ def record_path(cfg: GridConfig, task: str, variant: str, seed: int) -> str:
     return os.path.join(cfg.out_dir, f"{task}_{variant}_seed{seed}.json")
 
 
+def tracking_args(cfg: GridConfig, task: str, variant: str, seed: int) -> tuple[list[str], dict[str, str]]:
+    """train.py's tracker settings for one run, and the environment that puts every run's trackio database in
+    one folder (out_dir/trackio unless TRACKIO_DIR is set)."""
+    if cfg.tracker == "none":
+        return [], {}
+    project = cfg.tracker_project or os.path.basename(os.path.abspath(cfg.out_dir))
+    name = f"{task}-{variant}-seed{seed}"
+    argv = [f"--tracker={cfg.tracker}", f"--tracker_project={project}", f"--tracker_run_name={name}",
+            f"--tracker_group={task}"]  # fmt: skip
+    folder = os.environ.get("TRACKIO_DIR") or os.path.join(os.path.abspath(cfg.out_dir), "trackio")
+    return argv, {"TRACKIO_DIR": folder} if cfg.tracker == "trackio" else {}
+
+
 def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
     device = default_device() if cfg.device == "auto" else cfg.device
     check_device(device)  # here, not in each run: a device this machine lacks prepares no data
@@ -417,10 +441,11 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
                 if old is not None and old.get("settings") == settings and "error" not in old:
                     records.append(old)
                     continue
+                tracking, tracking_env = tracking_args(cfg, task, variant, seed)
                 todo.append(
                     dict(task=task, variant=variant, seed=seed, settings=settings, argv=argv, run_dir=run_dir,
                          eval_dirs=eval_dirs, segment_len=T, eval_iters=eval_iters, batch_size=batch_size,
-                         device=device, dtype=dtype, threads=threads)
+                         device=device, dtype=dtype, threads=threads, tracking=tracking, tracking_env=tracking_env)
                 )  # fmt: skip
     print(
         f"{len(records)} runs already done, {len(todo)} to go, {jobs} at a time on {device} ({threads} thread(s) each)"

@@ -57,7 +57,7 @@ from configurator import ConfigError, configure, explicit_keys
 from data.common import check_writable_dir, make_dir
 from model import GPT, GPT2_SIZES, GPTConfig
 from tokenizer import load_meta
-from tracking import TRACKERS, NoTracker, Tracker, open_tracker
+from tracking import TRACKERS, NoTracker, Tracker, log_record, open_tracker
 
 ROOT = Path(__file__).resolve().parent
 
@@ -80,6 +80,7 @@ class TrainConfig:
     tracker: str = "none"
     tracker_project: str = ""  # '' = wandb_project
     tracker_run_name: str = ""  # '' = wandb_run_name
+    tracker_group: str = ""  # runs shown together (benchmark.py: the task)
     # nanoGPT's wandb settings (WANDB_API_KEY may come from a .env file; WANDB_MODE=offline works)
     wandb_log: bool = False  # True = tracker 'wandb'
     wandb_project: str = "owt"
@@ -358,9 +359,10 @@ def estimate_loss(
     - split_acc_token, split_acc_answer: with an answer mask, the share of answer tokens predicted right
       (greedy) and of answers (all tokens of a sequence's answer) entirely right;
     - split_load_balance, split_entropy: with memory of k > 1 experts, the unweighted auxiliary losses;
-    - split_util, split_hard_share, split_entropy_norm, split_consistency: with k > 1 experts, how the writes were
-      routed (gmm.routing_stats: utilisation and top-expert share per expert, entropy over log k, how often
-      consecutive segments keep their top expert)."""
+    - split_util, split_hard_share, split_entropy_norm, split_consistency, split_segment_util: with k > 1 experts,
+      how the writes were routed (gmm.routing_stats: utilisation and top-expert share per expert, entropy over
+      log k, how often consecutive segments keep their top expert, mean routing probability per segment and expert:
+      the routing heatmap)."""
     out: dict[str, Any] = {}
     model.eval()
     T = seg_len or model.config.block_size
@@ -402,6 +404,7 @@ def estimate_loss(
         if probs:
             stats = gmm.routing_stats(torch.cat(probs, dim=1), torch.cat(gates, dim=1))
             out.update({f"{split}_{k}": stats[k] for k in ("util", "hard_share", "entropy_norm", "consistency")})
+            out[f"{split}_segment_util"] = [[round(p, 4) for p in row] for row in stats["segment_util"]]
     model.train()
     return out
 
@@ -683,7 +686,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         kind = "wandb" if cfg.wandb_log else cfg.tracker
         project, name = cfg.tracker_project or cfg.wandb_project, cfg.tracker_run_name or cfg.wandb_run_name
         config = {**asdict(cfg), **asdict(model_cfg)}
-        tracker = open_tracker(kind, project, name, config, cfg.out_dir, resume=cfg.init_from == "resume")
+        resume = cfg.init_from == "resume"
+        tracker = open_tracker(kind, project, name, config, cfg.out_dir, resume=resume, group=cfg.tracker_group)
     flops_peak = peak_flops(device, dtype) if master_process else 1.0
 
     def checkpoint_dict(evaluated: bool = True) -> dict[str, Any]:
@@ -728,15 +732,10 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
             if "val_util" in losses:  # k > 1 experts: each expert's share of the routing
                 line += ", val_util " + "/".join(f"{u:.2f}" for u in losses["val_util"])
             progress.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{line}")
-            record = {"event": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
-            append_metrics(cfg.out_dir, {**record, **extra, "lr": lr, "tokens": tokens_seen})
-            # the lists, one scalar per segment (and per expert with k > 1)
-            per_index = {f"val/seg_loss_{i}": v for i, v in enumerate(losses["val_seg_loss"])}
-            for name in ("util", "hard_share"):
-                per_index.update({f"val/{name}_{j}": v for j, v in enumerate(losses.get(f"val_{name}", []))})
-            scalars = {k: v for k, v in extra.items() if isinstance(v, float)}
-            tracker.log({"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr, **scalars, **per_index},
-                        iter_num)  # fmt: skip
+            record = {"event": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                      **extra, "lr": lr, "tokens": tokens_seen}  # fmt: skip
+            append_metrics(cfg.out_dir, record)
+            log_record(tracker, record)
             if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0:
@@ -809,13 +808,11 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
                     skips = f", {skipped} skipped" if skipped else ""
                     print(f"iter {iter_num}: loss {lossf:.4f}, grad norm {normf:.3g}, lr {lr:.3g}, "
                           f"time {dt * 1000:.2f}ms, mfu {mfu_str}{skips}")  # fmt: skip
-                append_metrics(
-                    cfg.out_dir,
-                    {"event": "train", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000, "mfu": running_mfu,
-                     "grad_norm": normf, "skipped": skipped},
-                )  # fmt: skip
-                measured = {"mfu": running_mfu} if running_mfu >= 0 else {}  # -1 until measured
-                tracker.log({"train/step_loss": lossf, "grad_norm": normf, "ms": dt * 1000, **measured}, iter_num)
+                record = {"event": "train", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000,
+                          "tokens_per_s": tokens_per_iter / dt, "mfu": running_mfu, "grad_norm": normf,
+                          "skipped": skipped}  # fmt: skip
+                append_metrics(cfg.out_dir, record)
+                log_record(tracker, record)
 
         # a stop signal (on any rank): the step is done, so write a checkpoint and leave
         if stop_signal:

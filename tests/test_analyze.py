@@ -279,10 +279,18 @@ def test_each_plot_is_written(tmp_path: Path) -> None:
 # --- end to end ------------------------------------------------------------------------------------------------------
 
 
+class FakeImage:
+    """wandb.Image: reads its file when made, as wandb does."""
+
+    def __init__(self, path: str) -> None:
+        self.data = Path(path).read_bytes()
+
+
 class FakeWandb:
     """Stands in for the wandb module: keeps what a run logs."""
 
     logged: list[dict[str, Any]] = []
+    Image = FakeImage
 
     @classmethod
     def init(cls, **kwargs: Any) -> type[FakeWandb]:
@@ -317,13 +325,16 @@ def test_training_logs_routing_statistics(gmm_run: Path) -> None:
         assert 0.0 <= r["val_entropy_norm"] <= 1.0 and 0.0 <= r["val_consistency"] <= 1.0
         assert r["val_entropy_norm"] == pytest.approx(r["val_entropy"] / math.log(3), rel=1e-4)
         assert "train_util" in r
-    # wandb gets scalars: one per expert, and the entropy and consistency
+    # wandb gets scalars: one per expert, the entropy and consistency; and the routing heatmap as an image
     logged = [d for d in FakeWandb.logged if "val/loss" in d]
     assert len(logged) == 3
     for d, r in zip(logged, evals, strict=True):
         assert [d[f"val/util_{j}"] for j in range(3)] == r["val_util"]
         assert [d[f"val/hard_share_{j}"] for j in range(3)] == r["val_hard_share"]
-        assert d["val_entropy_norm"] == r["val_entropy_norm"] and d["val_consistency"] == r["val_consistency"]
+        assert d["val/entropy_norm"] == r["val_entropy_norm"] and d["val/consistency"] == r["val_consistency"]
+        rows = r["val_segment_util"]  # segments x experts: the heatmap's numbers
+        assert len(rows) == 3 and all(sum(row) == pytest.approx(1, abs=1e-3) for row in rows)
+        assert d["val/routing"].data[:8] == b"\x89PNG\r\n\x1a\n" and len(d["val/routing"].data) > 5000
 
 
 def test_cli_end_to_end(gmm_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

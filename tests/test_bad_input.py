@@ -1,14 +1,14 @@
 """Bad input, tabulated: for each entry, a command as a user would type it (train.py, sample.py, bench.py,
-benchmark.py, analyze.py, a prepare script) with one mistake in its settings, data, checkpoint, prompt, output folder
-or device. Each must end with
+benchmark.py, analyze.py, dashboard.py, a prepare script) with one mistake in its settings, data, checkpoint, prompt,
+output folder or device. Each must end with
 - one line on stderr, `error: ...`, holding the words that name the thing and what is allowed;
 - a non-zero exit status (2 for a user's mistake; a prepare script that cannot get its input text exits 1);
 - no traceback: in-process, no exception but SystemExit escapes main(); as a subprocess, no "Traceback" on stderr;
 - nothing written or overwritten: every file of the test's folders (the checkpoints, data and output folders the
   commands name) has the same size and mtime after the command as before, and no file or folder appears.
 Most entries call the script's main(argv) in this process (what `python script.py argv` runs, without starting
-Python and torch again); those marked `proc` (one torch script, one prepare script) run as a subprocess, to show
-the same from the command line.
+Python and torch again); those marked `proc` (one torch script, one prepare script, one dashboard) run as a
+subprocess, to show the same from the command line.
 """
 
 import importlib
@@ -84,6 +84,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, shakespeare_char_data: Path)
     (w / "readonly").mkdir()
     (w / "readonly").chmod(0o555)
     (w / "nodata").mkdir()
+    (w / "badmetrics").mkdir()
+    (w / "badmetrics" / "metrics.jsonl").write_text('not json\n{"event": "train", "iter": 1, "loss": 2.0}\n')
     return {"w": w, "data": data}
 
 
@@ -256,6 +258,29 @@ CASES = [
     case(
         "analyze", f"--device=cpu {RUN} --data_dir={{w}}/nodata", "no val.bin", "--data_dir", id="analyze-data-missing"
     ),
+    # --- dashboard.py -------------------------------------------------------------------------------------------------
+    case("dashboard", "--port=70000", "port = 70000", "1..65535", id="dashboard-port-out-of-range"),
+    case("dashboard", "--trackio_dir={w}/afile", "trackio_dir", "is a file", id="dashboard-dir-a-file"),
+    case(
+        "dashboard",
+        "--trackio_dir={w}/tio --import_runs={w}/nope --serve=False",
+        "nope' is not a folder",
+        "out_dirs",
+        id="dashboard-import-missing",
+    ),
+    case(
+        "dashboard",
+        "--trackio_dir={w}/tio --import_runs={w}/nodata --serve=False",
+        "no metrics.jsonl",
+        id="dashboard-import-no-runs",
+    ),
+    case(
+        "dashboard",
+        "--trackio_dir={w}/tio --import_runs={w}/badmetrics --serve=False",
+        "badmetrics/metrics.jsonl: line 1 is not JSON",
+        proc=True,
+        id="dashboard-import-bad-metrics",
+    ),
     # --- prepare scripts ----------------------------------------------------------------------------------------------
     case(
         "data.shakespeare_char.prepare",
@@ -305,6 +330,6 @@ def test_bad_input_is_one_line_and_writes_nothing(
 
 def test_the_table_covers_every_script_and_the_issue_minimum() -> None:
     modules = {p.values[0] for p in CASES}
-    scripts = {"train", "sample", "bench", "benchmark", "analyze"}
+    scripts = {"train", "sample", "bench", "benchmark", "analyze", "dashboard"}
     assert scripts <= modules and any(str(m).startswith("data.") for m in modules)
     assert len(CASES) >= 30
