@@ -7,6 +7,7 @@ import functools
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import time
 from typing import Any, NoReturn
@@ -184,6 +185,20 @@ def die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def git_commit() -> str:
+    """The project's commit (with '+dirty' when the tree has changes), 'unknown' outside a git checkout."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def print0(*args: Any, **kwargs: Any) -> None:

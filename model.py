@@ -16,10 +16,12 @@ import inspect
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+from huggingface_hub import PyTorchModelHubMixin
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
@@ -231,7 +233,10 @@ class ModelOutput(NamedTuple):
     memory: Memory | None  # what the last segment wrote
 
 
-class GPT(nn.Module):
+class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-memory-mixture", "nanogpt"]):
+    """The language model. PyTorchModelHubMixin gives it save_pretrained and push_to_hub (config.json holding every
+    GPTConfig field, model.safetensors): export.py's format for a model with memory, which from_pretrained loads."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
@@ -389,15 +394,23 @@ class GPT(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str, override_args: dict | None = None) -> GPT:
-        """OpenAI's GPT-2 weights (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`) or any local directory that
-        holds a Hugging Face GPT-2 checkpoint. `override_args` may set dropout (and the memory settings)."""
+    def from_pretrained(cls, name_or_dir: str, override_args: dict | None = None) -> GPT:  # type: ignore[override]
+        """OpenAI's GPT-2 weights (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`), or a local folder or Hugging
+        Face Hub repo id (owner/name) holding a transformers GPT-2 or an export of this project (hub.py).
+        `override_args` may set dropout, and for a GPT-2 the memory settings of the add-on to put on top of it."""
         from transformers import GPT2LMHeadModel
+
+        import hub
 
         override_args = dict(override_args or {})
         bad = sorted(k for k in override_args if k != "dropout" and not k.startswith("gmm_"))
         if bad:
             raise ValueError(f"from_pretrained cannot override {', '.join(bad)}: only dropout and gmm_* settings")
+        if name_or_dir not in hub.GPT2_NAMES:
+            folder = hub.local_folder(name_or_dir)
+            if hub.export_kind(folder) == "gmm":
+                return cls.from_export(folder, override_args)
+            name_or_dir = str(folder)
         model_hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
         hf = model_hf.config
         print(f"loading weights from pretrained gpt: {name_or_dir}")
@@ -429,6 +442,29 @@ class GPT(nn.Module):
                 if src.shape != sd[k].shape:
                     raise ValueError(f"{name_or_dir}: {k} has shape {tuple(src.shape)}, expected {tuple(sd[k].shape)}")
                 sd[k].copy_(src)
+        return model
+
+    @classmethod
+    def from_export(cls, folder: Path, override_args: dict | None = None) -> GPT:
+        """A model export.py wrote in the project's format (see PyTorchModelHubMixin above). Only dropout may be
+        overridden; memory settings that disagree with the export's are a one-line ValueError."""
+        from safetensors.torch import load_model
+
+        import hub
+
+        saved = hub.read_config(folder)
+        override_args = dict(override_args or {})
+        differ = sorted(k for k, v in override_args.items() if k.startswith("gmm_") and k in saved and saved[k] != v)
+        if differ:
+            k = differ[0]
+            raise ValueError(
+                f"{folder} holds a model with {k} = {saved[k]!r}; {k} = {override_args[k]!r} would not fit"
+            )
+        model = cls(GPTConfig.from_dict({**saved, "dropout": override_args.get("dropout", saved.get("dropout", 0.0))}))
+        missing, unexpected = load_model(model, folder / "model.safetensors", strict=False)
+        if missing or unexpected:
+            first = (missing or unexpected)[0]
+            raise ValueError(f"{folder}: model.safetensors does not fit its config.json ({first})")
         return model
 
     def configure_optimizers(

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+import hub
 from common import (
     DTYPES,
     autocast,
@@ -39,7 +40,9 @@ from tokenizer import Tokenizer, get_tokenizer
 
 @dataclass
 class SampleConfig:
-    init_from: str = "resume"  # 'resume' (from out_dir/ckpt.pt), a GPT-2 variant ('gpt2-xl'), or a local HF GPT-2 dir
+    # 'resume' (out_dir/ckpt.pt), a GPT-2 size ('gpt2-xl'), a folder (a transformers GPT-2 or an export.py
+    # export) or a Hugging Face Hub repo id (owner/name)
+    init_from: str = "resume"
     out_dir: str = "out"  # ignored if init_from is not 'resume'
     start: str = "\n"  # the prompt; or "<|endoftext|>" for GPT-2, or "FILE:prompt.txt" to read it from a file
     num_samples: int = 10  # number of samples to draw
@@ -67,10 +70,11 @@ class SampleConfig:
             raise ValueError(f"top_p = {self.top_p} must be in (0, 1] or None")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype = '{self.dtype}' must be one of auto, {', '.join(DTYPES)}")
-        if self.init_from not in ("resume", *GPT2_SIZES) and not os.path.isdir(self.init_from):
+        named = self.init_from in ("resume", *GPT2_SIZES)
+        if not named and not os.path.isdir(self.init_from) and not hub.is_repo_id(self.init_from):
             raise ValueError(
-                f"init_from = '{self.init_from}' must be resume, {', '.join(GPT2_SIZES)}, "
-                "or a directory holding a Hugging Face GPT-2 checkpoint"
+                f"init_from = '{self.init_from}' must be resume, {', '.join(GPT2_SIZES)}, a folder holding a "
+                "Hugging Face GPT-2 or an export.py export, or a Hugging Face Hub repo id (owner/name)"
             )
 
 
@@ -103,8 +107,13 @@ def load_model(cfg: SampleConfig, model_args: dict[str, Any] | None = None) -> t
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # stderr is for errors; a bar there would precede a one-line error
-        model = GPT.from_pretrained(cfg.init_from, dict(dropout=0.0))
-        meta, n_text_ids = {"tokenizer": "gpt2", "vocab_size": 50257}, 50257
+        source, exported = cfg.init_from, None
+        if source not in GPT2_SIZES:  # a folder or a Hub repo; an export of this project carries its tokenizer
+            folder = hub.local_folder(source)
+            source, exported = str(folder), hub.export_meta(folder)
+        model = GPT.from_pretrained(source, dict(dropout=0.0))
+        meta = exported or {"tokenizer": "gpt2", "vocab_size": 50257}  # a GPT-2 of OpenAI's or transformers'
+        n_text_ids = int(meta["vocab_size"])
     try:
         tokenizer = get_tokenizer(meta)
     except RuntimeError as e:  # tiktoken's BPE files neither cached nor downloadable

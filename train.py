@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import gmm
+import hub
 from common import (
     DTYPES,
     autocast,
@@ -47,6 +48,7 @@ from common import (
     default_device,
     default_dtype,
     fail,
+    git_commit,
     interactive,
     load_checkpoint,
     peak_flops,
@@ -147,10 +149,11 @@ class TrainConfig:
             raise ValueError(f"wandb_log = True asks for wandb, but tracker = '{self.tracker}': set one of them")
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"backend = '{self.backend}' must be one of auto, nccl, gloo")
-        if self.init_from not in ("scratch", "resume", *GPT2_SIZES) and not os.path.isdir(self.init_from):
+        named = self.init_from in ("scratch", "resume", *GPT2_SIZES)
+        if not named and not os.path.isdir(self.init_from) and not hub.is_repo_id(self.init_from):
             raise ValueError(
-                f"init_from = '{self.init_from}' must be scratch, resume, {', '.join(GPT2_SIZES)}, "
-                "or a directory holding a Hugging Face GPT-2 checkpoint"
+                f"init_from = '{self.init_from}' must be scratch, resume, {', '.join(GPT2_SIZES)}, a folder holding "
+                "a Hugging Face GPT-2 or an export.py export, or a Hugging Face Hub repo id (owner/name)"
             )
 
 
@@ -498,14 +501,14 @@ def resume_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, di
     return replace(cfg, **{k: v for k, v in saved.items() if k in names}), ckpt
 
 
-def check_tokenizer(meta: dict[str, Any], ckpt: dict[str, Any], data_dir: str) -> None:
-    """The data a run resumes on must be tokenized as its checkpoint's was."""
+def check_tokenizer(meta: dict[str, Any], ckpt: dict[str, Any], data_dir: str, source: str = "checkpoint") -> None:
+    """The data a run resumes (or fine-tunes) on must be tokenized as its checkpoint's (or export's) was."""
     saved = ckpt.get("tokenizer_meta") or {}
     for key in ("tokenizer", "vocab_size", "itos"):
         if key in saved and saved[key] != meta.get(key):
             raise ValueError(
-                f"{data_dir}/meta.json disagrees with the checkpoint on the tokenizer ({key}): the data was prepared "
-                "otherwise than the data the run was trained on"
+                f"{data_dir}/meta.json disagrees with the {source} on the tokenizer ({key}): the data was prepared "
+                "otherwise than the data the model was trained on"
             )
 
 
@@ -532,9 +535,18 @@ def init_model(
         model = GPT.from_checkpoint(ckpt, {"dropout": model_cfg.dropout}, ckpt_path)
         model_cfg = model.config
     else:
-        print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
-        memory_args = {k: v for k, v in asdict(model_cfg).items() if k.startswith("gmm_")}
-        model = GPT.from_pretrained(cfg.init_from, dict(dropout=model_cfg.dropout, **memory_args))
+        print0(f"initializing from pretrained weights: {cfg.init_from}")
+        source, memory_args = cfg.init_from, {k: v for k, v in asdict(model_cfg).items() if k.startswith("gmm_")}
+        if source not in GPT2_SIZES:  # a folder or a Hub repo
+            folder = hub.local_folder(source)
+            exported = hub.export_meta(folder)  # an export of this project carries its tokenizer
+            if exported is not None:
+                data_dir = os.path.join(cfg.data_dir, cfg.dataset)
+                check_tokenizer(meta, {"tokenizer_meta": exported}, data_dir, f"export {source}")
+            if hub.export_kind(folder) == "gmm":  # its memory is what it is: only settings given must agree
+                memory_args = {k: v for k, v in memory_args.items() if k in (explicit or set())}
+            source = str(folder)
+        model = GPT.from_pretrained(source, dict(dropout=model_cfg.dropout, **memory_args))
     # crop down the model block size if desired, using model surgery
     if model_cfg.block_size < model.config.block_size:
         model.crop_block_size(model_cfg.block_size)
@@ -551,12 +563,14 @@ def main(argv: list[str]) -> None:
 
     load_dotenv()  # WANDB_API_KEY / HF_TOKEN may live in a .env file; variables already set win
     try:
-        train(cfg, model_cfg, explicit)
+        train(cfg, model_cfg, explicit, argv)
     except ValueError as e:  # bad data, checkpoint or device: one line, nothing written
         fail(str(e))
 
 
-def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = None) -> None:
+def train(
+    cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = None, argv: list[str] | None = None
+) -> None:
     # resuming: the checkpoint first, and the run's settings from it; a run that cannot resume prepares no data
     check_writable_dir(cfg.out_dir)
     ckpt = None
@@ -661,6 +675,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         train_sampler.load_state_dict(ckpt["sampler"])
         iter_num, best_val_loss, tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
         skipped = ckpt.get("skipped_steps", 0)  # checkpoints from before the divergence guard have none
+        argv = ckpt.get("argv", argv)  # the run's own command line, not the resume's
         resumed_after_eval = ckpt.get("evaluated", True)  # a stop signal's checkpoint comes before the evaluation
         if master_process:
             trim_metrics(cfg.out_dir, iter_num, resumed_after_eval)
@@ -690,6 +705,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
         tracker = open_tracker(kind, project, name, config, cfg.out_dir, resume=resume, group=cfg.tracker_group)
     flops_peak = peak_flops(device, dtype) if master_process else 1.0
 
+    commit = git_commit() if master_process else ""
+
     def checkpoint_dict(evaluated: bool = True) -> dict[str, Any]:
         return {
             "evaluated": evaluated,  # written after this iteration's evaluation (a resume does not repeat it)
@@ -705,7 +722,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = No
             "tokenizer_meta": meta,
             "rng": rng_state(),
             "sampler": train_sampler.state_dict(),
-            "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
+            "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0], "commit": commit},
+            "argv": argv,  # the command line that started the run, for a model card (export.py)
         }
 
     # training loop

@@ -1,6 +1,6 @@
 """Bad input, tabulated: for each entry, a command as a user would type it (train.py, sample.py, bench.py,
-benchmark.py, analyze.py, dashboard.py, a prepare script) with one mistake in its settings, data, checkpoint, prompt,
-output folder or device. Each must end with
+benchmark.py, analyze.py, dashboard.py, export.py, a prepare script) with one mistake in its settings, data,
+checkpoint, prompt, output folder or device. Each must end with
 - one line on stderr, `error: ...`, holding the words that name the thing and what is allowed;
 - a non-zero exit status (2 for a user's mistake; a prepare script that cannot get its input text exits 1);
 - no traceback: in-process, no exception but SystemExit escapes main(); as a subprocess, no "Traceback" on stderr;
@@ -258,6 +258,12 @@ CASES = [
     case(
         "analyze", f"--device=cpu {RUN} --data_dir={{w}}/nodata", "no val.bin", "--data_dir", id="analyze-data-missing"
     ),
+    case("sample", SAMPLE + " --init_from={w}/nodata", "nodata is not an exported model", id="sample-not-an-export"),
+    # --- export.py ----------------------------------------------------------------------------------------------------
+    case("export", RUN, "to = ''", "--to=", id="export-no-folder"),
+    case("export", "--out_dir={w}/o --to={w}/e", "ckpt.pt", "not found", id="export-no-checkpoint"),
+    case("export", RUN + " --to={w}/run", "exists", "--overwrite=True", id="export-folder-exists"),
+    case("export", RUN + " --to={w}/e --push_to_hub=nope", "push_to_hub = 'nope'", "owner/name", id="export-repo-id"),
     # --- dashboard.py -------------------------------------------------------------------------------------------------
     case("dashboard", "--port=70000", "port = 70000", "1..65535", id="dashboard-port-out-of-range"),
     case("dashboard", "--trackio_dir={w}/afile", "trackio_dir", "is a file", id="dashboard-dir-a-file"),
@@ -330,6 +336,6 @@ def test_bad_input_is_one_line_and_writes_nothing(
 
 def test_the_table_covers_every_script_and_the_issue_minimum() -> None:
     modules = {p.values[0] for p in CASES}
-    scripts = {"train", "sample", "bench", "benchmark", "analyze", "dashboard"}
+    scripts = {"train", "sample", "bench", "benchmark", "analyze", "dashboard", "export"}
     assert scripts <= modules and any(str(m).startswith("data.") for m in modules)
     assert len(CASES) >= 30

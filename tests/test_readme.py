@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -103,7 +105,27 @@ def runnable(command: str, tmp: Path, hf_dir: Path) -> list[str] | None:
         return [*launcher, script, *args, *tiny, *text, f"--out_dir={tmp / 'results'}", "--device=cpu"]
     if script == "bench.py":
         return [*launcher, script, *args, *BENCH, *TINY_MODEL]
+    if script == "dashboard.py":  # the runs the commands above tracked or wrote, on a free port
+        extra = [f"--trackio_dir={tmp / 'trackio'}", "--port=0"]
+        if imports := model_setting(args, "import_runs", ""):
+            extra.append("--import_runs=" + ",".join(str(tmp / p) for p in imports.split(",")))
+        return [*launcher, script, *args, *extra]
     raise AssertionError(f"the README runs {script}, which this test does not know how to make small")
+
+
+def serve_and_stop(argv: list[str], command: str) -> None:
+    """A command that serves until stopped: it must print its URL, answer there, and stop cleanly on SIGTERM."""
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = next((line.split()[1] for line in proc.stdout if line.startswith("dashboard: ")), "")
+    try:
+        assert url, f"README command printed no URL: {command}"
+        with urllib.request.urlopen(url, timeout=60) as page:
+            assert page.status == 200, command
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, f"README command failed: {command}\n{err[-3000:]}"
 
 
 @pytest.mark.slow
@@ -126,8 +148,11 @@ def test_readme_commands_run(tmp_path: Path) -> None:
         argv = runnable(command, tmp_path, hf_dir)
         if argv is None:
             continue
-        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"README command failed: {command}\n{result.stderr[-3000:]}"
+        if "dashboard.py" in argv:
+            serve_and_stop(argv, command)
+        else:
+            result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, f"README command failed: {command}\n{result.stderr[-3000:]}"
         ran += 1
     assert ran >= 20
     # the quick start and its baselines trained and logged; the samples came from their checkpoints
