@@ -3,7 +3,8 @@
 Every `uv run ...` and `torchrun ...` line in the README's bash blocks is executed in order, as a subprocess from
 the repo root, with overrides that make it tiny and offline: a 1-layer model, 2 iterations, CPU, outputs in a
 temporary directory, data prepared from ../shared instead of downloaded, a random local GPT-2 instead of OpenAI's
-weights, and 2 CPU processes instead of 8 GPUs. `uv run pytest` itself is what CI runs, so it is skipped here.
+weights, 2 CPU processes instead of 8 GPUs, an export without its upload to the Hub, and a dashboard stopped once
+its page answers. `uv run pytest` itself is what CI runs, so it is skipped here.
 """
 
 from __future__ import annotations
@@ -89,8 +90,11 @@ def runnable(command: str, tmp: Path, hf_dir: Path) -> list[str] | None:
                 extra.append("--dataset=shakespeare_char")
         else:
             extra += SAMPLE
-        if model_setting(args, "init_from", "scratch").startswith("gpt2"):  # OpenAI's weights: a local GPT-2
+        init_from = model_setting(args, "init_from", "scratch")
+        if init_from.startswith("gpt2"):  # OpenAI's weights: a local GPT-2
             extra.append(f"--init_from={hf_dir}")
+        elif init_from.startswith("exports/"):  # a folder export.py wrote above
+            extra.append(f"--init_from={tmp / init_from}")
         return [*launcher, script, *args, *extra]
     if script == "analyze.py":  # the checkpoint an earlier command trained
         out_dir = model_setting(args, "out_dir", "out")
@@ -105,6 +109,10 @@ def runnable(command: str, tmp: Path, hf_dir: Path) -> list[str] | None:
         return [*launcher, script, *args, *tiny, *text, f"--out_dir={tmp / 'results'}", "--device=cpu"]
     if script == "bench.py":
         return [*launcher, script, *args, *BENCH, *TINY_MODEL]
+    if script == "export.py":  # the upload needs the network: the folder is made, the push left out
+        args = [a for a in args if not a.startswith("--push_to_hub=")]
+        out_dir, to = model_setting(args, "out_dir", "out"), model_setting(args, "to", "")
+        return [*launcher, script, *args, f"--out_dir={tmp / out_dir}", f"--to={tmp / to}"]
     if script == "dashboard.py":  # the runs the commands above tracked or wrote, on a free port
         extra = [f"--trackio_dir={tmp / 'trackio'}", "--port=0"]
         if imports := model_setting(args, "import_runs", ""):
@@ -119,7 +127,7 @@ def serve_and_stop(argv: list[str], command: str) -> None:
     assert proc.stdout is not None
     url = next((line.split()[1] for line in proc.stdout if line.startswith("dashboard: ")), "")
     try:
-        assert url, f"README command printed no URL: {command}"
+        assert url, f"README command printed no URL: {command}\n{proc.stderr.read() if proc.stderr else ''}"
         with urllib.request.urlopen(url, timeout=60) as page:
             assert page.status == 200, command
     finally:
