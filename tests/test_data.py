@@ -8,6 +8,7 @@ ValueError. Offline, CPU only; outputs go to tmp_path, never into the repo's dat
 """
 
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -252,3 +253,75 @@ def test_load_meta_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "meta.json").write_text(json.dumps({"vocab_size": 65}), encoding="utf-8")
     with pytest.raises(ValueError, match="'tokenizer'"):
         load_meta(str(tmp_path))
+
+
+# --- pycode -----------------------------------------------------------------------------------------------------------
+
+
+def small_tree(root: Path) -> dict[str, str]:
+    """A folder of .py files, with a test suite, a cache and a file that is not UTF-8 that must be left out; returns
+    the files the corpus holds (path below root -> text)."""
+    kept = {
+        f"pkg{i // 4}/mod{i}.py": f"NAME_{i} = {i}\n\n\ndef use():\n    return NAME_{i} * 2  # é\n" for i in range(24)
+    }
+    left_out = {"tests/test_a.py": "assert True\n", "pkg0/test/t.py": "x = 1\n", "__pycache__/m.py": "y = 2\n"}
+    for rel, text in {**kept, **left_out}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    (root / "latin1.py").write_bytes("s = 'caf\xe9'\n".encode("latin-1"))
+    return kept
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
+def test_pycode_prepare_splits_by_file_in_a_fixed_order(tmp_path: Path, bpe_cache: None, tokenizer: str) -> None:
+    prepare = load_prepare("pycode")
+    kept = small_tree(tmp_path / "src")
+    for out in ("a", "b"):
+        assert (
+            prepare.main(
+                ["--source", str(tmp_path / "src"), "--out_dir", str(tmp_path / out), "--tokenizer", tokenizer]
+            )
+            == 0
+        )
+    meta = load_meta(str(tmp_path / "a"))
+    tok = get_tokenizer(meta)
+    val = sorted(rel for rel in kept if prepare.is_val(Path(rel)))
+    train = sorted(rel for rel in kept if rel not in val)
+    assert val and train and meta["files"] == {"train": len(train), "val": len(val), "skipped_not_utf8": 1}
+    for split, files in (("train", train), ("val", val)):
+        ids = read_bin(tmp_path / "a" / f"{split}.bin").tolist()
+        docs = [f"# file: {rel}\n{kept[rel]}" for rel in files]  # the files in path order, each whole
+        if tokenizer == "gpt2":
+            assert ids.count(EOT) == len(files) and ids[-1] == EOT
+            assert tok.decode([i for i in ids if i != EOT]) == "".join(docs)
+        else:
+            assert tok.decode(ids) == "".join(doc + "\x1c" for doc in docs)
+        assert meta["sha256"][split] == hashlib.sha256("\n".join(docs).encode()).hexdigest()
+    assert meta["provenance"] == {"folder": str((tmp_path / "src").resolve())}
+    # the same files give the same bins
+    for name in ("train.bin", "val.bin", "meta.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_pycode_prepare_defaults_to_the_standard_library_and_says_so(tmp_path: Path, bpe_cache: None) -> None:
+    """Without --source: this interpreter's standard library, without its test suites (the file list is checked
+    here; the full corpus is ~5 M tokens)."""
+    import sysconfig
+
+    prepare = load_prepare("pycode")
+    files = prepare.python_files(Path(sysconfig.get_paths()["stdlib"]))
+    assert len(files) > 500 and Path("os.py") in files and Path("json/decoder.py") in files
+    assert not any({"test", "tests", "idle_test", "site-packages"} & set(f.parts[:-1]) for f in files)
+    assert files == sorted(files, key=lambda p: p.as_posix())
+    assert 0.05 < sum(prepare.is_val(f) for f in files) / len(files) < 0.15  # about a tenth of the files are val
+
+
+def test_pycode_prepare_bad_source_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prepare = load_prepare("pycode")
+    assert prepare.main(["--source", str(tmp_path / "none"), "--out_dir", str(tmp_path / "o")]) == 1
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.py").write_text("x = 1\n")
+    assert prepare.main(["--source", str(tmp_path / "one"), "--out_dir", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "is not a folder" in err[0] and "too few to split by file" in err[1]
+    assert is_empty(tmp_path / "o")
