@@ -5,6 +5,7 @@ the upload up to the network boundary, offline."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -222,3 +223,22 @@ def test_a_hub_id_offline_is_one_line(monkeypatch: Any, tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "'nobody/no-such-model' could not be fetched from the Hugging Face Hub" in lines[0]
+
+
+def test_a_hub_id_loads_from_the_hub_cache_offline(runs: dict[str, Path], tmp_path: Path) -> None:
+    """--init_from=owner/name as after a download: the export in the Hugging Face cache's layout, read offline by
+    sample.py, gives the same text as the folder itself."""
+    snapshot = tmp_path / "hub" / "models--me--tiny-gmm" / "snapshots" / ("0" * 40)
+    snapshot.parent.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(runs["gmm-export"], snapshot)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "OMP_NUM_THREADS": "1"}
+    texts = []
+    for source in ("me/tiny-gmm", str(runs["gmm-export"])):
+        argv = [sys.executable, "sample.py", f"--init_from={source}", "--device=cpu", "--num_samples=1",
+                "--max_new_tokens=30", "--seed=3", "--start=KING:"]  # fmt: skip
+        result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        texts.append(result.stdout)
+    assert texts[0] == texts[1] and "KING:" in texts[0]
