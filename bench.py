@@ -6,6 +6,7 @@ $ python bench.py                                    # a GPT-2 124M training ste
 $ python bench.py --mode=sample --device=cpu         # greedy generation: KV cache vs. recomputing the whole context
 $ python bench.py --mode=memory --experts=0,1,4      # the training step with k = 0, 1, 4 experts, side by side
 $ python bench.py --mode=memory --experts=0,1,4 --reads=mixture,concat   # and what reading every bank costs
+$ python bench.py --mode=context --segments=1,2,4,8,16,32,64   # memory vs full attention as the context grows
 $ python bench.py --n_layer=4 --block_size=256 --compile=False --profile=True --json=bench_out/result.json
 
 The model's shape is GPTConfig's (GPT-2 124M by default) and is set by the same --key=value flags as in train.py.
@@ -76,11 +77,15 @@ class BenchConfig:
     experts: str = "0,1,2,4,8"  # the gmm_experts values to compare, comma-separated; ratios are against the smallest
     reads: str = "mixture"  # the read modes to compare for each k > 0, comma-separated: mixture, concat
     fresh_process: bool = True  # run each k in a new process, so that its peak memory is its own (see bench_memory)
+    # context mode
+    segments: str = "1,2,4,8,16,32,64"  # the segment counts (context = count x block_size tokens), comma-separated
+    variants: str = "k1,k4,full"  # k<N>: memory of N banks (other gmm_* flags apply); full: attention over it all
+    full_max_tokens: int = 2048  # full attention is measured up to this context (its cost grows with the square)
     json: str = ""  # if set, also write the results to this path as JSON
 
     def __post_init__(self) -> None:
-        if self.mode not in ("train", "sample", "memory"):
-            raise ValueError(f"mode = '{self.mode}' must be one of train, sample, memory")
+        if self.mode not in ("train", "sample", "memory", "context"):
+            raise ValueError(f"mode = '{self.mode}' must be one of train, sample, memory, context")
         for name in ("batch_size", "n_segments", "iters", "prompt_len", "new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
@@ -94,6 +99,8 @@ class BenchConfig:
             )
         parse_experts(self.experts)
         parse_reads(self.reads)
+        parse_counts(self.segments)
+        parse_variants(self.variants)
 
 
 def parse_experts(experts: str) -> list[int]:
@@ -114,6 +121,26 @@ def parse_reads(reads: str) -> list[str]:
     if not modes or len(set(modes)) != len(modes) or any(m not in ("mixture", "concat") for m in modes):
         raise ValueError(f"reads = '{reads}' must be distinct read modes, mixture and/or concat, separated by commas")
     return modes
+
+
+def parse_counts(segments: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4], ascending; ValueError names what is allowed."""
+    try:
+        counts = sorted({int(c) for c in segments.split(",")})
+    except ValueError:
+        counts = []
+    if not counts or counts[0] < 1:
+        raise ValueError(f"segments = '{segments}' must be positive segment counts separated by commas, e.g. 1,2,4,8")
+    return counts
+
+
+def parse_variants(variants: str) -> list[str]:
+    """'k1,k4,full' -> ['k1', 'k4', 'full']; ValueError names what is allowed."""
+    names = [v.strip() for v in variants.split(",")]
+    ok = all(v == "full" or (v[:1] == "k" and v[1:].isdigit() and 1 <= int(v[1:]) <= gmm.MAX_EXPERTS) for v in names)
+    if not names or not ok or len(set(names)) != len(names):
+        raise ValueError(f"variants = '{variants}' must be k<N> (N memory banks, 1..{gmm.MAX_EXPERTS}) and/or full")
+    return names
 
 
 # -----------------------------------------------------------------------------
@@ -402,6 +429,126 @@ def bench_memory(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     )
 
 
+def bench_context(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
+    """What context costs: for each segment count S, the same model shape with memory (each k<N> of variants, S
+    segments of block_size tokens) and with full attention over the same S x block_size tokens (one segment that
+    long, up to full_max_tokens). For each: the training step's ms per token and peak memory (bench_train in a new
+    process, as in memory mode), and generation's ms per new token after a prompt that fills the context (greedy,
+    KV cache, in this process): the difference between generating new_tokens and one token, per token, so the
+    prompt's prefill cancels out. Memory's cost per token should stay flat as S grows; full attention's grows."""
+    device, dtype, compile = resolve(replace(cfg, mode="train"))
+    T = model_cfg.block_size
+    rows = []
+    for S in parse_counts(cfg.segments):
+        for variant in parse_variants(cfg.variants):
+            full = variant == "full"
+            if full and cfg.full_max_tokens < S * T:
+                rows.append({"segments": S, "context": S * T, "variant": variant, "skipped": True})
+                continue
+            k = 0 if full else int(variant[1:])
+            # full attention: one segment as long as the context; k1 keeps no top-k (it has one bank to write)
+            v_cfg = replace(model_cfg, gmm_experts=k, gmm_top_k=min(model_cfg.gmm_top_k, max(k - 1, 0)))
+            if full:
+                v_cfg = replace(v_cfg, block_size=S * T)
+            print(f"--- {S} segment(s), {S * T} tokens: {variant} ---")
+            r = train_in_new_process(replace(cfg, mode="train", json="", n_segments=1 if full else S), v_cfg)
+            tokens_per_step = cfg.batch_size * S * T
+            rows.append(
+                {
+                    "segments": S,
+                    "context": S * T,
+                    "variant": variant,
+                    "params": r["params"],
+                    "train_ms_per_token": r["ms_per_iter"] / tokens_per_step,
+                    "train_tokens_per_s": r["tokens_per_s"],
+                    "memory_bytes": r["memory_bytes"],
+                    "generate_ms_per_token": generation_ms(cfg, v_cfg, S * T, device, dtype),
+                }
+            )
+    return dict(
+        mode="context",
+        device=device,
+        dtype=dtype,
+        compile=compile,
+        batch_size=cfg.batch_size,
+        block_size=T,
+        gmm_slots=model_cfg.gmm_slots,
+        new_tokens=cfg.new_tokens,
+        iters=cfg.iters,
+        warmup_iters=cfg.warmup_iters,
+        rows=rows,
+    )
+
+
+def generation_ms(cfg: BenchConfig, model_cfg: GPTConfig, context: int, device: str, dtype: str) -> float:
+    """Greedy generation's ms per new token with a context of `context` tokens (prompt + new), the prefill left
+    out: (time for new_tokens - time for 1) / (new_tokens - 1), each the median of three."""
+    new = min(cfg.new_tokens, context - 1)
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg).to(device).eval()
+    prompt = torch.randint(model_cfg.vocab_size, (cfg.batch_size, context - new), device=device)
+    seconds = {}
+    for n in (1, new):
+        runs = []
+        with autocast(device, dtype):
+            model.generate(prompt, n, temperature=0.0)  # warm-up
+            for _ in range(3):
+                synchronize(device)
+                t0 = time.perf_counter()
+                model.generate(prompt, n, temperature=0.0)
+                synchronize(device)
+                runs.append(time.perf_counter() - t0)
+        seconds[n] = statistics.median(runs)
+    return max(seconds[new] - seconds[1], 0.0) / max(new - 1, 1) * 1000
+
+
+def context_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| segments | context tokens | variant | params | train ms/token | generate ms/token | peak memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        if row.get("skipped"):
+            lines.append(f"| {row['segments']} | {row['context']} | {row['variant']} | - | - | - | skipped |")
+            continue
+        lines.append(
+            f"| {row['segments']} | {row['context']} | {row['variant']} | {row['params']:,} "
+            f"| {row['train_ms_per_token']:.4f} | {row['generate_ms_per_token']:.3f} "
+            f"| {row['memory_bytes'] / 2**30:.3f} GiB |"
+        )
+    r = result
+    lines += [
+        "",
+        f"Batch {r['batch_size']}, segments of {r['block_size']} tokens, {r['gmm_slots']} slots, {r['device']} "
+        f"{r['dtype']}; train: median of {r['iters']} steps after {r['warmup_iters']} warm-up, each in a new "
+        f"process; generate: {r['new_tokens']} new tokens after a prompt filling the context, prefill left out.",
+    ]
+    return "\n".join(lines)
+
+
+def plot_context(result: dict[str, Any], path: str) -> str:
+    """Train ms/token, generate ms/token and peak memory against the context length, one line per variant."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    keys = [("train_ms_per_token", "train ms / token"), ("generate_ms_per_token", "generate ms / new token"),
+            ("memory_bytes", "training peak memory (GiB)")]  # fmt: skip
+    variants = dict.fromkeys(row["variant"] for row in result["rows"])
+    for ax, (key, label) in zip(axes, keys, strict=True):
+        for variant in variants:
+            rows = [r for r in result["rows"] if r["variant"] == variant and not r.get("skipped")]
+            scale = 2**30 if key == "memory_bytes" else 1
+            name = "full attention" if variant == "full" else f"memory, {variant}"
+            ax.plot([r["context"] for r in rows], [r[key] / scale for r in rows], "o-", label=name)
+        ax.set(xscale="log", xlabel="context (tokens)", ylabel=label)
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"what context costs ({result['device']}, batch {result['batch_size']})")
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def train_in_new_process(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     """bench_train in a new python running this file, every setting passed as --key=value; its JSON result."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -421,6 +568,8 @@ def format_table(result: dict[str, Any]) -> str:
     """The results a person reads, as a two-column table (memory mode: a markdown table, one row per k)."""
     if result["mode"] == "memory":
         return memory_table(result)
+    if result["mode"] == "context":
+        return context_table(result)
     gib = result["memory_bytes"] / 2**30
     if result["mode"] == "train":
         rows = [
@@ -490,7 +639,7 @@ def mode_of(argv: list[str]) -> str:
 
 def defaults(mode: str) -> tuple[BenchConfig, GPTConfig]:
     """GPT-2 124M for train and sample; memory mode measures the GMM quick start's shape."""
-    if mode != "memory":
+    if mode not in ("memory", "context"):
         return BenchConfig(), GPTConfig()
     return BenchConfig(**QUICK_START_BENCH), GPTConfig(**QUICK_START_MODEL)
 
@@ -510,7 +659,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         cfg, model_cfg = configure(argv, *defaults(mode_of(argv)))
     except ConfigError as e:
         fail(str(e))
-    bench = {"train": bench_train, "sample": bench_sample, "memory": bench_memory}[cfg.mode]
+    bench = {"train": bench_train, "sample": bench_sample, "memory": bench_memory, "context": bench_context}[cfg.mode]
     try:
         check_outputs(cfg)
         result = bench(cfg, model_cfg)
@@ -519,6 +668,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     print(format_table(result))
     if "trace" in result:
         print(f"profiler trace written to {result['trace']}")
+    if cfg.mode == "context":
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        print(f"plot written to {plot_context(result, os.path.join(cfg.out_dir, 'context.png'))}")
     if cfg.json:
         os.makedirs(os.path.dirname(cfg.json) or ".", exist_ok=True)
         with open(cfg.json, "w") as f:

@@ -232,7 +232,7 @@ CASES = [
     case("sample", SAMPLE + " --out_dir={w}/o", "not found", id="sample-no-checkpoint"),
     case("sample", SAMPLE + " --out_dir={w}/wrongshape", "do not fit its model_args", id="sample-wrong-shape"),
     # --- bench.py -----------------------------------------------------------------------------------------------------
-    case("bench", "--device=cpu --mode=fly", "mode = 'fly'", "train, sample, memory", id="bench-mode"),
+    case("bench", "--device=cpu --mode=fly", "mode = 'fly'", "train, sample, memory, context", id="bench-mode"),
     case("bench", "--device=cpu --experts=1,x", "experts = '1,x'", id="bench-experts"),
     case("bench", "--device=cpu --json={w}/afile/x.json", "json", "is a file", id="bench-json-under-a-file"),
     case(
@@ -242,6 +242,8 @@ CASES = [
         "token id 60000",
         id="bench-token-beyond-vocab",
     ),
+    case("bench", "--device=cpu --mode=context --segments=0,2", "segments = '0,2'", "positive", id="bench-segments"),
+    case("bench", "--device=cpu --mode=context --variants=k1,k9", "variants = 'k1,k9'", "full", id="bench-variants"),
     # --- benchmark.py -------------------------------------------------------------------------------------------------
     case("benchmark", "--out_dir={w}/grid --tasks=mqar99", "mqar99", "1 <= P <= 16", id="benchmark-task"),
     case("benchmark", "--out_dir={w}/grid --variants=k1-foo", "'foo'", "allowed", id="benchmark-variant"),

@@ -181,3 +181,28 @@ def test_bad_read_list_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> No
     assert (
         err == "error: reads = 'mixture,sum' must be distinct read modes, mixture and/or concat, separated by commas\n"
     )
+
+
+@pytest.mark.slow
+def test_context_mode_rows_plot_and_the_full_attention_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row per segment count and variant, each with the model it names (its parameters), the tokens of a step in
+    the per-token figure, full attention skipped past full_max_tokens, and the plot."""
+    args = ["--mode=context", "--segments=2,1", "--variants=k2,full", "--full_max_tokens=16", "--gmm_slots=4",
+            "--new_tokens=4", f"--out_dir={tmp_path}"]  # fmt: skip
+    r = bench.main([*TINY_ARGS, *args, "--device=cpu", "--iters=2", "--warmup_iters=1"])
+    out = capsys.readouterr().out
+    assert [(row["segments"], row["variant"], bool(row.get("skipped"))) for row in r["rows"]] == [
+        (1, "k2", False), (1, "full", False), (2, "k2", False), (2, "full", True)
+    ]  # fmt: skip
+    k2, full = r["rows"][0], r["rows"][1]
+    cfg = dict(n_layer=1, n_head=2, n_embd=32, vocab_size=64, gmm_slots=4)
+    assert k2["params"] == GPT(GPTConfig(**cfg, block_size=16, gmm_experts=2)).get_num_params()
+    assert full["params"] == GPT(GPTConfig(**cfg, block_size=16)).get_num_params()
+    for row in r["rows"][:3]:
+        tokens = 2 * row["context"]  # batch 2 x the whole context, in every step
+        assert row["train_ms_per_token"] * tokens == pytest.approx(1000 * tokens / row["train_tokens_per_s"], rel=1e-6)
+        assert row["generate_ms_per_token"] >= 0 and row["memory_bytes"] > 10 * 2**20
+    assert "| 2 | 32 | full | - | - | - | skipped |" in out
+    assert (tmp_path / "context.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
