@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -197,9 +198,9 @@ def test_context_mode_rows_plot_and_the_full_attention_limit(
         (1, "k2", False), (1, "full", False), (2, "k2", False), (2, "full", True)
     ]  # fmt: skip
     k2, full = r["rows"][0], r["rows"][1]
-    cfg = dict(n_layer=1, n_head=2, n_embd=32, vocab_size=64, gmm_slots=4)
-    assert k2["params"] == GPT(GPTConfig(**cfg, block_size=16, gmm_experts=2)).get_num_params()
-    assert full["params"] == GPT(GPTConfig(**cfg, block_size=16)).get_num_params()
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, gmm_slots=4, block_size=16)
+    assert k2["params"] == GPT(replace(cfg, gmm_experts=2)).get_num_params()
+    assert full["params"] == GPT(cfg).get_num_params()
     for row in r["rows"][:3]:
         tokens = 2 * row["context"]  # batch 2 x the whole context, in every step
         assert row["train_ms_per_token"] * tokens == pytest.approx(1000 * tokens / row["train_tokens_per_s"], rel=1e-6)
