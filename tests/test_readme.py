@@ -108,7 +108,8 @@ def runnable(command: str, tmp: Path, hf_dir: Path) -> list[str] | None:
             tiny += ["--n_segments=4", "--segment_curriculum=[4]", "--eval_segments=4"]
         return [*launcher, script, *args, *tiny, *text, f"--out_dir={tmp / 'results'}", "--device=cpu"]
     if script == "bench.py":
-        return [*launcher, script, *args, *BENCH, *TINY_MODEL]
+        context = ["--segments=1,2", "--variants=k1,full"] if "--mode=context" in args else []  # 4 runs, not 21
+        return [*launcher, script, *args, *BENCH, *TINY_MODEL, *context, f"--out_dir={tmp / 'bench_out'}"]
     if script == "export.py":  # the upload needs the network: the folder is made, the push left out
         args = [a for a in args if not a.startswith("--push_to_hub=")]
         out_dir, to = model_setting(args, "out_dir", "out"), model_setting(args, "to", "")
