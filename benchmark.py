@@ -436,6 +436,8 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
                 run_dir = os.path.join(cfg.out_dir, "runs", task, variant, f"seed{seed}")
                 argv = train_args(task, variant, seed, cfg, run_dir)
                 settings = {"argv": argv, **evaluation}
+                if task in TEXT:  # the config file's contents too: editing it changes what a text run trains
+                    settings["text_config"] = {k: repr(v) for k, v in read_config_file(cfg.text_config).items()}
                 path = record_path(cfg, task, variant, seed)
                 old = read_record(path)
                 if old is not None and old.get("settings") == settings and "error" not in old:

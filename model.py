@@ -55,6 +55,7 @@ class GPTConfig:
     gmm_routing: str = "write"  # the read mixes experts with the write's routing | a separate read router
     gmm_write_input: str = "read"  # write tokens enter as the read memory + a learned embedding | learned only
     gmm_init: str = "learned"  # initial expert states: learned | orthogonal | zeros, or one per expert, a,b,...
+    # with k >= 2 experts (with 0 or 1 bank these two are set to 0 and False: there is nothing to route)
     gmm_top_k: int = 0  # 0 = dense: every expert takes each write; 1..k-1 = only the top experts are updated
     gmm_shared_expert: bool = False  # one more bank, written by every segment, beside the k routed ones
     gmm_read: str = "mixture"  # what a segment reads: mixture (sum_j q_j E_j, M slots) | concat (every bank's slots)
@@ -93,8 +94,8 @@ class GPTConfig:
             )
         if self.gmm_read == "concat" and self.gmm_routing == "read":
             raise ValueError("gmm_routing = 'read' weighs a mixture read: with gmm_read = 'concat' every bank is read")
-        if self.gmm_experts <= 1 and self.gmm_top_k != 0:
-            raise ValueError(f"gmm_top_k = {self.gmm_top_k} needs gmm_experts >= 2 to choose among (0 = dense)")
+        if self.gmm_experts <= 1:  # one bank or none: nothing to route, so a config's mixture settings do not apply
+            self.gmm_top_k, self.gmm_shared_expert = 0, False
         if self.gmm_init_scale < 0 or self.gmm_read_scale < 0:
             raise ValueError(
                 f"gmm_init_scale = {self.gmm_init_scale} and gmm_read_scale = {self.gmm_read_scale} must be >= 0"

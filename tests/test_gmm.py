@@ -52,7 +52,7 @@ MIXTURES: list[dict] = [
     dict(gmm_experts=4, gmm_read="concat"),
     dict(gmm_experts=4, gmm_read="concat", gmm_top_k=1),
     dict(gmm_experts=4, gmm_read="concat", gmm_top_k=2, gmm_shared_expert=True, gmm_pooling="max"),
-    dict(gmm_experts=1, gmm_read="concat", gmm_shared_expert=True),
+    dict(gmm_experts=2, gmm_read="concat", gmm_shared_expert=True),
     dict(gmm_experts=4, gmm_top_k=1, gmm_write_scale="prob", gmm_read_scale=0.02),
     dict(gmm_experts=1, gmm_read_scale=0.02, gmm_init_scale=0.02, gmm_gate_bias=1.0),
 ]
@@ -127,7 +127,7 @@ GRADIENT_CASES = [
     for read in ("mixture", "concat") for scale in ("normalized", "prob") for r in ("write", "read")
     for sparse in ({"gmm_top_k": 1}, {"gmm_top_k": 2, "gmm_shared_expert": True}, {})
     if (sparse or read == "concat") and not (read == "concat" and r == "read")
-] + [dict(gmm_experts=1, gmm_read="concat", gmm_shared_expert=True)]  # fmt: skip
+] + [dict(gmm_experts=2, gmm_read="concat", gmm_shared_expert=True)]  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", GRADIENT_CASES, ids=mode_id)
@@ -463,3 +463,15 @@ def test_compiled_memory_model_equals_eager() -> None:
     for name, p in model.named_parameters():
         if p.grad is not None:
             assert torch.allclose(p.grad, eager[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_mixture_settings_do_not_apply_without_a_mixture(k: int) -> None:
+    """With no memory or one bank there is nothing to route: a config's top-k and shared expert (the quick start
+    sets both) leave exactly the model of plain k, so its --gmm_experts=0 and 1 baselines stay what they say."""
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=16, gmm_experts=k, gmm_top_k=2,
+                       gmm_shared_expert=True)  # fmt: skip
+    assert (config.gmm_top_k, config.gmm_shared_expert) == (0, False)
+    plain = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=16, gmm_experts=k))
+    shapes = {name: p.shape for name, p in GPT(config).state_dict().items()}
+    assert shapes == {name: p.shape for name, p in plain.state_dict().items()}
