@@ -434,8 +434,8 @@ def bench_context(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     segments of block_size tokens) and with full attention over the same S x block_size tokens (one segment that
     long, up to full_max_tokens). For each: the training step's ms per token and peak memory (bench_train in a new
     process, as in memory mode), and generation's ms per new token after a prompt that fills the context (greedy,
-    KV cache, in this process): the difference between generating new_tokens and one token, per token, so the
-    prompt's prefill cancels out. Memory's cost per token should stay flat as S grows; full attention's grows."""
+    KV cache, in this process): the time from the first new token to the last, so the prompt's prefill is left
+    out. Memory's cost per token should stay flat as S grows; full attention's grows."""
     device, dtype, compile = resolve(replace(cfg, mode="train"))
     T = model_cfg.block_size
     rows = []
@@ -481,25 +481,22 @@ def bench_context(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
 
 
 def generation_ms(cfg: BenchConfig, model_cfg: GPTConfig, context: int, device: str, dtype: str) -> float:
-    """Greedy generation's ms per new token with a context of `context` tokens (prompt + new), the prefill left
-    out: (time for new_tokens - time for 1) / (new_tokens - 1), each the median of three."""
-    new = min(cfg.new_tokens, context - 1)
+    """Greedy generation's ms per new token with a context of `context` tokens (prompt + new): the time from the
+    first new token to the last, over new_tokens - 1 tokens, so the prompt's prefill is left out; the median of
+    three runs after a warm-up."""
+    new = max(min(cfg.new_tokens, context - 1), 2)
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device).eval()
     prompt = torch.randint(model_cfg.vocab_size, (cfg.batch_size, context - new), device=device)
-    seconds = {}
-    for n in (1, new):
-        runs = []
-        with autocast(device, dtype):
-            model.generate(prompt, n, temperature=0.0)  # warm-up
-            for _ in range(3):
+    runs = []
+    with autocast(device, dtype):
+        for _ in range(4):  # the first is a warm-up
+            times = []
+            for _token in model.stream(prompt, new, temperature=0.0):
                 synchronize(device)
-                t0 = time.perf_counter()
-                model.generate(prompt, n, temperature=0.0)
-                synchronize(device)
-                runs.append(time.perf_counter() - t0)
-        seconds[n] = statistics.median(runs)
-    return max(seconds[new] - seconds[1], 0.0) / max(new - 1, 1) * 1000
+                times.append(time.perf_counter())
+            runs.append((times[-1] - times[0]) / (len(times) - 1) * 1000)
+    return statistics.median(runs[1:])
 
 
 def context_table(result: dict[str, Any]) -> str:
