@@ -20,6 +20,24 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# a 1-layer, 32-wide char model on 16-token sequences: a training step takes milliseconds on one CPU thread
+TINY_TRAIN = [
+    "--device=cpu",
+    "--dtype=float32",
+    "--compile=False",
+    "--n_layer=1",
+    "--n_head=2",
+    "--n_embd=32",
+    "--block_size=16",
+    "--batch_size=2",
+    "--gradient_accumulation_steps=1",
+    "--eval_iters=2",
+    "--log_interval=1",
+    "--warmup_iters=2",
+    "--learning_rate=1e-2",
+]
+
+
 # --- shared data ------------------------------------------------------------------------------------------------------
 
 # ../shared beside the project root (a device checkout may hold it at ./shared)

@@ -18,25 +18,15 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from conftest import TINY_TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GMM = [
     "--dataset=shakespeare_char",
-    "--device=cpu",
-    "--dtype=float32",
-    "--compile=False",
-    "--n_layer=1",
-    "--n_head=2",
-    "--n_embd=32",
-    "--block_size=16",
+    *TINY_TRAIN,
     "--n_segments=2",
     "--gmm_experts=4",
     "--gmm_slots=2",
-    "--batch_size=2",
-    "--gradient_accumulation_steps=1",
-    "--eval_iters=2",
-    "--log_interval=1",
-    "--warmup_iters=2",
     "--max_iters=6",
     "--eval_interval=3",
     "--tracker=trackio",

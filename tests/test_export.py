@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAIN
 
 import export
 import hub
@@ -25,18 +26,8 @@ from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--device=cpu", "--dtype=float32", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=32",
-        "--block_size=16", "--batch_size=2", "--gradient_accumulation_steps=1", "--eval_iters=2", "--log_interval=1",
-        "--warmup_iters=2", "--learning_rate=1e-2", "--max_iters=4", "--eval_interval=2"]  # fmt: skip
+TINY = [*TINY_TRAIN, "--max_iters=4", "--eval_interval=2"]
 GMM = ["--gmm_experts=2", "--gmm_slots=2", "--n_segments=3"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ from typing import Any
 import psutil
 import pytest
 import torch
+from conftest import TINY_TRAIN
 from torch.nn import functional as F
 
 import model
@@ -57,22 +58,7 @@ SHARED = next((p for p in (ROOT.parent / "shared", ROOT / "shared") if p.is_dir(
 SHAKESPEARE_TXT = SHARED / "data" / "tinyshakespeare" / "input.txt"
 TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
 
-# a 1-layer, 32-wide char model on 16-token sequences: a training step takes milliseconds on one CPU thread
-TINY = [
-    "--device=cpu",
-    "--dtype=float32",
-    "--compile=False",
-    "--n_layer=1",
-    "--n_head=2",
-    "--n_embd=32",
-    "--block_size=16",
-    "--batch_size=2",
-    "--gradient_accumulation_steps=1",
-    "--eval_iters=2",
-    "--log_interval=1",
-    "--warmup_iters=2",
-    "--learning_rate=1e-2",
-]
+TINY = TINY_TRAIN
 
 
 @pytest.fixture(autouse=True)
