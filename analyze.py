@@ -467,12 +467,23 @@ def plot_losses(records: list[dict[str, Any]], path: str) -> str | None:
 
 
 def read_metrics(out_dir: str) -> list[dict[str, Any]]:
-    """The records of out_dir/metrics.jsonl, [] if there is none."""
+    """The records of out_dir/metrics.jsonl, [] if there is none. A last line cut short (a run killed while writing
+    it) is left out; any other line that is not JSON is a one-line ValueError naming it. export.py and dashboard.py
+    read metrics.jsonl through this too."""
     path = os.path.join(out_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for n, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == lines[-1][0]:
+                break
+            raise ValueError(f"{path}: line {n} is not JSON (metrics.jsonl holds one JSON record a line)") from None
+    return records
 
 
 # -----------------------------------------------------------------------------

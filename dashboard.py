@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import signal
 import socket
@@ -78,19 +77,13 @@ def find_runs(folder: str) -> list[tuple[str, str, Path]]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a last line cut short (a run killed while writing it) is left out."""
-    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
-    records = []
-    for n, line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if n == lines[-1][0]:
-                break
-            raise ValueError(f"{path}: line {n} is not JSON (metrics.jsonl holds one JSON record a line)") from None
+    """The records of a metrics.jsonl (analyze.read_metrics), each checked to be a metrics record."""
+    from analyze import read_metrics
+
+    records = read_metrics(str(path.parent))
+    for n, record in enumerate(records, 1):
         if not isinstance(record, dict) or not isinstance(record.get("iter"), int):
-            raise ValueError(f"{path}: line {n} is not a metrics record (a JSON object with an integer 'iter')")
-        records.append(record)
+            raise ValueError(f"{path}: record {n} is not a metrics record (a JSON object with an integer 'iter')")
     return records
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from analyze import read_metrics
 from common import fail, git_commit, load_checkpoint
 from configurator import ConfigError, configure
 from model import GPT, GPTConfig
@@ -149,19 +150,6 @@ def build_word_tokenizer(meta: dict[str, Any]) -> Any:
 
 
 # --- the model card -----------------------------------------------------------------------------------------------
-
-
-def read_metrics(out_dir: str) -> list[dict[str, Any]]:
-    path = Path(out_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a last line cut short
-    return records
 
 
 def training_command(ckpt: dict[str, Any]) -> str:

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 EXPORT_FILES = ["*.json", "*.safetensors", "*.txt", "*.md"]  # all an export holds: no pickle is ever fetched
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

@@ -407,7 +407,7 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         bad = sorted(k for k in override_args if k != "dropout" and not k.startswith("gmm_"))
         if bad:
             raise ValueError(f"from_pretrained cannot override {', '.join(bad)}: only dropout and gmm_* settings")
-        if name_or_dir not in hub.GPT2_NAMES:
+        if name_or_dir not in GPT2_SIZES:
             folder = hub.local_folder(name_or_dir)
             if hub.export_kind(folder) == "gmm":
                 return cls.from_export(folder, override_args)
