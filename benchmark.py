@@ -4,6 +4,7 @@ The memory benchmark: does memory carry information across segments, and do k ex
 $ python benchmark.py                                    # recall: off, k=1, k=4 and three k=4 ablations, 3 seeds
 $ python benchmark.py --tasks=recall,copy,needle --variants=off,k1,k2,k4,k8 --seeds=1,2,3,4,5
 $ python benchmark.py --tasks=shakespeare_char --variants=off,k1,k4,full     # real text: val loss per segment
+$ python benchmark.py --out_dir=results/pycode --tasks=pycode_char --variants=off,k1,k4-top2-shared,full
 $ python benchmark.py --device=cuda --jobs=1 --n_layer=4 --n_embd=128 --max_iters=10000   # scaled up on a GPU
 $ python benchmark.py --tracker=trackio && python dashboard.py --trackio_dir=results/trackio   # watch it train
 
@@ -17,10 +18,12 @@ upper bound: no memory and one segment of n_segments * block_size tokens, so eve
 whole context (the grid runs it on text tasks only).
 
 Synthetic tasks (recall, copy, needle: data/<task>/prepare.py) train the small model set by the fields below with
-a segment curriculum; the text task trains `text_config` (the quick start). Writes, under out_dir:
+a segment curriculum; a text task trains its config (TEXT: shakespeare_char the quick start, pycode_char its
+8-segment sibling on Python source) and is evaluated on val at every position. Writes, under out_dir:
 - runs/<task>/<variant>/seed<S>/: train.py's out_dir (ckpt.pt, metrics.jsonl) and train.log;
 - <task>_<variant>_seed<S>.json: one record per run (settings, accuracy and loss at each segment count, curve);
-- table.md (mean +- sample std over seeds), summary.json, accuracy_vs_segments.png, text_loss_per_segment.png.
+- table.md (mean +- sample std over seeds), summary.json, accuracy_vs_segments.png, <task>_loss.png (text: loss
+  per segment and per position).
 A run whose record exists with the same settings is not run again, so an interrupted grid continues where it stopped
 and a larger grid reuses the cells it shares with a smaller one.
 """
@@ -64,7 +67,9 @@ from train import TrainConfig, ensure_data, episode_dir, estimate_loss
 
 ROOT = Path(__file__).resolve().parent
 SYNTHETIC = ("recall", "copy", "needle")  # and mqar<P>: multi-query associative recall with P pairs
-TEXT = ("shakespeare_char",)
+# text tasks and the config each trains: the quick start on tiny-shakespeare; 8 segments of Python source code, where
+# names defined far above are used below (data/pycode_char)
+TEXT = {"shakespeare_char": "config/train_gmm_shakespeare.py", "pycode_char": "config/train_gmm_pycode.py"}
 LEARNED = 0.9  # answer accuracy at the trained length from which a run counts as having learned its task
 NUM = r"\d+(?:\.\d+)?"  # a number in a variant name: 2, 0.5, 0.003 ('-' joins ablations, so none is negative)
 # ablations that are a word, and ablations that carry a number: name -> the train.py settings they set
@@ -110,7 +115,7 @@ def task_order(task: str) -> tuple[int, int, str]:
 @dataclass
 class GridConfig:
     out_dir: str = "results"
-    tasks: str = "recall"  # comma-separated: recall, copy, needle (synthetic), shakespeare_char (text)
+    tasks: str = "recall"  # comma-separated: recall, copy, needle, mqar<P> (synthetic), shakespeare_char, pycode_char
     variants: str = "off,k1,k4,k4-projected,k4-prob,k4-bptt2"  # comma-separated, see the docstring
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     # synthetic tasks: the model and schedule of every run
@@ -134,11 +139,11 @@ class GridConfig:
     eval_iters: int = 16  # batches per evaluation: 16 x 32 = 512 validation episodes per segment count
     recall_pairs: int = 1  # key-value pairs per recall episode
     copy_len: int = 4  # tokens to copy
-    # the text task: the quick start's config, each variant trained on it
-    text_config: str = "config/train_gmm_shakespeare.py"
+    # text tasks: each variant trained on the task's config (TEXT), or on this one if given
+    text_config: str = ""
     text_max_iters: int = 0  # 0 = the config's
     text_data_dir: str = "data"  # the folder that holds the text task's dataset (prepared there if missing)
-    text_eval_iters: int = 50  # batches of the final per-segment evaluation: 50 x 8 sequences of 4 x 64 characters
+    text_eval_iters: int = 50  # batches of the final evaluation, e.g. 50 x 8 sequences of 4 x 64 characters
     # system
     device: str = "auto"
     dtype: str = "auto"
@@ -162,7 +167,7 @@ class GridConfig:
             raise ValueError(f"eval_segments = {self.eval_segments} must be positive segment counts")
         for task in self.task_list:
             if not is_synthetic(task) and task not in TEXT:
-                raise ValueError(f"task '{task}' must be one of {', '.join(SYNTHETIC + TEXT)} or mqar<P> (P pairs)")
+                raise ValueError(f"task '{task}' must be one of {', '.join((*SYNTHETIC, *TEXT))} or mqar<P> (P pairs)")
         for task in self.task_list:
             if not 1 <= (mqar_pairs(task) or 1) <= 16:
                 raise ValueError(f"task '{task}': mqar<P> takes 1 <= P <= 16 pairs, one per key of the vocabulary")
@@ -177,6 +182,10 @@ class GridConfig:
             raise ValueError(f"tracker = '{self.tracker}' must be one of {', '.join(TRACKERS)}")
         if "full" in self.variant_list and not any(t in TEXT for t in self.task_list):
             raise ValueError("variant 'full' is the full-attention bound of a text task: add one to tasks, or drop it")
+
+    def text_config_for(self, task: str) -> str:
+        """The config file a text task trains."""
+        return self.text_config or TEXT[task]
 
     def variants_for(self, task: str) -> list[str]:
         """The grid's variants that apply to a task: 'full' only to text tasks."""
@@ -263,13 +272,13 @@ def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str
     common = {"seed": seed, "out_dir": run_dir, "device": cfg.device, "dtype": cfg.dtype, "compile": cfg.compile,
               "always_save_checkpoint": True, "wandb_log": False}  # fmt: skip
     if text:
-        base = read_config_file(cfg.text_config)
+        base = read_config_file(cfg.text_config_for(task))
         overrides: dict[str, Any] = {**common, "data_dir": cfg.text_data_dir}
         if cfg.text_max_iters:
             overrides.update(max_iters=cfg.text_max_iters, lr_decay_iters=cfg.text_max_iters)
         if full:  # the same tokens per sequence, in one segment that sees them all
             overrides.update(block_size=base["block_size"] * base["n_segments"], n_segments=1)
-        return [cfg.text_config, *(f"--{k}={v}" for k, v in {**overrides, **settings}.items())]
+        return [cfg.text_config_for(task), *(f"--{k}={v}" for k, v in {**overrides, **settings}.items())]
     dataset, folder = task_dataset(task)
     curriculum, _ = task_lengths(task, cfg)
     overrides = {
@@ -364,8 +373,10 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         L = n * T
         episodic = is_synthetic(spec["task"])
         out = estimate_loss(model, folder, L, cfg, spec["device"], spec["dtype"], L if episodic else 1,
-                            seg_len=T, splits=("val",))  # fmt: skip
+                            seg_len=T, splits=("val",), positions=not episodic)  # fmt: skip
         evals[str(n)] = {"loss": out["val"], "seg_loss": out["val_seg_loss"]}
+        if not episodic:  # text: the loss at each position of the window, where far context helps
+            evals[str(n)]["pos_loss"] = out["val_pos_loss"]
         if episodic:
             evals[str(n)].update(acc_answer=out["val_acc_answer"], acc_token=out["val_acc_token"])
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -376,6 +387,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "params": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(seconds, 1),
         "iters": ckpt["iter_num"],
+        "tokens_seen": ckpt["tokens_seen"],
         "chance": ckpt["tokenizer_meta"].get("chance"),  # per answer token
         "chance_exact": ckpt["tokenizer_meta"].get("chance_exact"),  # of a whole answer (all its tokens right)
         "eval": evals,
@@ -421,7 +433,7 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
     for task in cfg.task_list:
         # what every run of the task is evaluated on: segment length, batches, and data folder per segment count
         if task in TEXT:
-            conf = read_config_file(cfg.text_config)
+            conf = read_config_file(cfg.text_config_for(task))
             T, batch_size, eval_iters = conf["block_size"], conf["batch_size"], cfg.text_eval_iters
             eval_dirs = {conf["n_segments"]: os.path.join(cfg.text_data_dir, conf["dataset"])}
             ensure_data(eval_dirs[conf["n_segments"]], conf["dataset"])
@@ -437,7 +449,7 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
                 argv = train_args(task, variant, seed, cfg, run_dir)
                 settings = {"argv": argv, **evaluation}
                 if task in TEXT:  # the config file's contents too: editing it changes what a text run trains
-                    settings["text_config"] = {k: repr(v) for k, v in read_config_file(cfg.text_config).items()}
+                    settings["text_config"] = {k: repr(v) for k, v in conf.items()}
                 path = record_path(cfg, task, variant, seed)
                 old = read_record(path)
                 if old is not None and old.get("settings") == settings and "error" not in old:
@@ -594,6 +606,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 cell["seg_loss"] = [mean_std(list(col)) for col in per_seg.T]
                 cell["loss"] = mean_std([r["eval"][n]["loss"] for r in runs])
                 cell["later_loss"] = mean_std(list(per_seg[:, 1:].mean(axis=1)))  # segments 2..S: where memory can help
+                if all("pos_loss" in r["eval"][n] for r in runs):
+                    cell["pos_loss"] = np.mean([r["eval"][n]["pos_loss"] for r in runs], axis=0).round(4).tolist()
+                cell["iters"] = runs[0]["iters"]
+                if all("tokens_seen" in r for r in runs):  # the whole run's wall time, evaluations and start-up included
+                    cell["tokens_per_s"] = float(np.median([r["tokens_seen"] / r["train_seconds"] for r in runs]))
             else:
                 cell["chance"] = runs[0]["chance"]
                 cell["chance_exact"] = runs[0].get("chance_exact") or runs[0]["chance"]
@@ -665,8 +682,8 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
     S = len(next(iter(cells.values()))["seg_loss"])
     off, full = cells.get("off"), cells.get("full")
     lines = [f"### {task}: val loss per segment (mean ± std over seeds)", "",
-             "| variant | params | " + " | ".join(f"seg {i + 1}" for i in range(S)) + " | segs 2-S | gap closed |",
-             "|---|---|" + "---|" * (S + 2)]  # fmt: skip
+             "| variant | params | " + " | ".join(f"seg {i + 1}" for i in range(S)) + " | segs 2-S | gap closed "
+             "| tokens/s |", "|---|---|" + "---|" * (S + 3)]  # fmt: skip
     for variant, cell in cells.items():
         segs = [f"{m:.3f} ± {s:.3f}" for m, s in cell["seg_loss"]]
         later = cell["later_loss"][0]
@@ -674,15 +691,20 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
         if off is not None and full is not None and off["later_loss"][0] - full["later_loss"][0] > 0:
             closed = (off["later_loss"][0] - later) / (off["later_loss"][0] - full["later_loss"][0])
             gap = f"{100 * closed:.0f}%"
-        lines.append(f"| {variant} | {cell['params'] / 1e6:.2f}M | " + " | ".join(segs) + f" | {later:.3f} | {gap} |")
+        speed = f"{cell['tokens_per_s']:,.0f}" if "tokens_per_s" in cell else "-"
+        lines.append(f"| {variant} | {cell['params'] / 1e6:.2f}M | " + " | ".join(segs) + f" | {later:.3f} | {gap} | "
+                     f"{speed} |")  # fmt: skip
     if off is not None and full is not None and off["later_loss"][0] <= full["later_loss"][0]:
         lines += ["", "full attention is no better than no memory at this budget: there is no gap to close"]
     seeds = sorted({seed for cell in cells.values() for seed in cell["seeds"]})
-    return [*lines, "", f"seeds {seeds}; a cell with ± 0.000 has one seed", ""]
+    iters = sorted({cell["iters"] for cell in cells.values() if "iters" in cell})
+    return [*lines, "", f"seeds {seeds} (a cell with ± 0.000 has one); iterations {iters}. gap closed: the share of the difference between no memory and full "
+            "attention on segments 2-S. tokens/s: training tokens over the run's wall time (evaluations included, "
+            "the grid's runs sharing the machine), median over seeds", ""]
 
 
 def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
-    """accuracy_vs_segments.png (one panel per synthetic task) and text_loss_per_segment.png; returns the paths."""
+    """accuracy_vs_segments.png (one panel per synthetic task) and <task>_loss.png per text task; returns the paths."""
     import matplotlib
     from matplotlib.figure import Figure  # drawn without pyplot: no backend or global state is touched
 
@@ -724,19 +746,31 @@ def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
         fig.savefig(paths[-1], dpi=120)
     text = {t: c for t, c in summary.items() if t in TEXT and c}
     for task, cells in text.items():
-        fig = Figure(figsize=(6, 4))
-        ax = fig.subplots()
+        positions = all("pos_loss" in c for c in cells.values())
+        fig = Figure(figsize=(12 if positions else 6, 4))
+        axes = fig.subplots(1, 2 if positions else 1, squeeze=False)[0]
         for variant, cell in cells.items():
             mean = np.array([m for m, _ in cell["seg_loss"]])
             std = np.array([s for _, s in cell["seg_loss"]])
             segs = np.arange(1, len(mean) + 1)
-            ax.errorbar(segs, mean, yerr=std, marker="o", capsize=3, label=variant)
-        ax.set(title=f"{task}: val loss per segment", xlabel="segment", ylabel="val loss")
-        ax.set_xticks(segs)
-        ax.grid(alpha=0.3)
-        ax.legend()
+            axes[0].errorbar(segs, mean, yerr=std, marker="o", capsize=3, label=variant)
+        axes[0].set(title=f"{task}: val loss per segment", xlabel="segment", ylabel="val loss")
+        axes[0].set_xticks(segs)
+        if positions:  # mean over seeds, smoothed over 8 positions; segment boundaries dotted
+            L = len(next(iter(cells.values()))["pos_loss"])
+            width = min(8, L)
+            for variant, cell in cells.items():
+                smooth = np.convolve(cell["pos_loss"], np.ones(width) / width, mode="valid")
+                axes[1].plot(np.arange(len(smooth)) + width / 2, smooth, label=variant, linewidth=1)
+            for b in range(1, len(segs)):
+                axes[1].axvline(b * L / len(segs), color="gray", linestyle=":", linewidth=0.8)
+            axes[1].set(title=f"{task}: val loss per position (mean over seeds)", xlabel="position in the window",
+                        ylabel="val loss")  # fmt: skip
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend()
         fig.tight_layout()
-        paths.append(os.path.join(out_dir, "text_loss_per_segment.png"))
+        paths.append(os.path.join(out_dir, f"{task}_loss.png"))
         fig.savefig(paths[-1], dpi=120)
     return paths
 

@@ -353,6 +353,7 @@ def estimate_loss(
     align: int = 1,
     seg_len: int = 0,
     splits: tuple[str, ...] = ("train", "val"),
+    positions: bool = False,
 ) -> dict[str, Any]:
     """Evaluate eval_iters batches of each split; the batches are the same at every evaluation (a fixed seed), so
     successive estimates differ by the model alone. Losses are reported per chunk of seg_len positions (0 = the
@@ -365,7 +366,8 @@ def estimate_loss(
     - split_util, split_hard_share, split_entropy_norm, split_consistency, split_segment_util: with k > 1 experts,
       how the writes were routed (gmm.routing_stats: utilisation and top-expert share per expert, entropy over
       log k, how often consecutive segments keep their top expert, mean routing probability per segment and expert:
-      the routing heatmap)."""
+      the routing heatmap);
+    - split_pos_loss: with positions, the loss at each of the seq_len positions (where in a window context helps)."""
     out: dict[str, Any] = {}
     model.eval()
     T = seg_len or model.config.block_size
@@ -374,6 +376,7 @@ def estimate_loss(
         data, mask = open_split(data_dir, split), open_mask(data_dir, split)
         sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1, align=align, source=str(data.filename))
         seg_sum, seg_count = torch.zeros(n_seg), torch.zeros(n_seg)
+        pos_sum, pos_count = torch.zeros(seq_len), torch.zeros(seq_len)
         sums = {"tok_right": 0.0, "tok": 0.0, "ans_right": 0.0, "ans": 0.0}
         aux: dict[str, float] = {}
         probs, gates = [], []  # (S, B, k) per batch: every write's routing, for the routing statistics
@@ -387,6 +390,9 @@ def estimate_loss(
             seg = torch.arange(seq_len, device=Y.device) // T  # (L,) segment index of each position
             seg_sum += torch.zeros(n_seg, device=Y.device).index_add_(0, seg, (ce * valid).sum(0)).cpu()
             seg_count += torch.zeros(n_seg, device=Y.device).index_add_(0, seg, valid.sum(0).float()).cpu()
+            if positions:
+                pos_sum += (ce * valid).sum(0).cpu()
+                pos_count += valid.sum(0).float().cpu()
             hit = (logits.argmax(-1) == Y) & valid  # (B, L) answer tokens predicted right
             has_answer = valid.any(dim=1)
             sums["tok_right"] += hit.sum().item()
@@ -400,6 +406,8 @@ def estimate_loss(
                 gates.append(torch.stack([r.gates for r in result.routing]))
         out[split] = (seg_sum.sum() / seg_count.sum().clamp_min(1)).item()
         out[f"{split}_seg_loss"] = [round(v, 5) for v in (seg_sum / seg_count.clamp_min(1)).tolist()]
+        if positions:
+            out[f"{split}_pos_loss"] = [round(v, 4) for v in (pos_sum / pos_count.clamp_min(1)).tolist()]
         if mask is not None:
             out[f"{split}_acc_token"] = sums["tok_right"] / max(1.0, sums["tok"])
             out[f"{split}_acc_answer"] = sums["ans_right"] / max(1.0, sums["ans"])
