@@ -609,7 +609,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 if all("pos_loss" in r["eval"][n] for r in runs):
                     cell["pos_loss"] = np.mean([r["eval"][n]["pos_loss"] for r in runs], axis=0).round(4).tolist()
                 cell["iters"] = runs[0]["iters"]
-                if all("tokens_seen" in r for r in runs):  # the whole run's wall time, evaluations and start-up included
+                if all("tokens_seen" in r for r in runs):  # over the run's wall time, evaluations and start-up included
                     cell["tokens_per_s"] = float(np.median([r["tokens_seen"] / r["train_seconds"] for r in runs]))
             else:
                 cell["chance"] = runs[0]["chance"]
@@ -698,9 +698,15 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
         lines += ["", "full attention is no better than no memory at this budget: there is no gap to close"]
     seeds = sorted({seed for cell in cells.values() for seed in cell["seeds"]})
     iters = sorted({cell["iters"] for cell in cells.values() if "iters" in cell})
-    return [*lines, "", f"seeds {seeds} (a cell with ± 0.000 has one); iterations {iters}. gap closed: the share of the difference between no memory and full "
-            "attention on segments 2-S. tokens/s: training tokens over the run's wall time (evaluations included, "
-            "the grid's runs sharing the machine), median over seeds", ""]
+    return [
+        *lines,
+        "",
+        f"seeds {seeds} (a cell with ± 0.000 has one); iterations {iters}. gap closed: the share "
+        "of the difference between no memory and full "
+        "attention on segments 2-S. tokens/s: training tokens over the run's wall time (evaluations included, "
+        "the grid's runs sharing the machine), median over seeds",
+        "",
+    ]
 
 
 def plot(summary: dict[str, Any], out_dir: str) -> list[str]:

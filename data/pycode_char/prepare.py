@@ -18,7 +18,7 @@ from data.pycode.prepare import main as prepare  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--tokenizer" or a.startswith("--tokenizer=") for a in args):
-        print("error: pycode_char is always --tokenizer char (for GPT-2 BPE use data/pycode/prepare.py)", file=sys.stderr)
+        print("error: pycode_char is always --tokenizer char (GPT-2 BPE: data/pycode/prepare.py)", file=sys.stderr)
         return 2
     if not any(a == "--out_dir" or a.startswith("--out_dir=") for a in args):
         args += ["--out_dir", str(HERE)]
