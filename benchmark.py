@@ -608,7 +608,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 cell["later_loss"] = mean_std(list(per_seg[:, 1:].mean(axis=1)))  # segments 2..S: where memory can help
                 if all("pos_loss" in r["eval"][n] for r in runs):
                     cell["pos_loss"] = np.mean([r["eval"][n]["pos_loss"] for r in runs], axis=0).round(4).tolist()
-                cell["iters"] = runs[0]["iters"]
+                cell["iters"] = runs[0].get("iters")
                 if all("tokens_seen" in r for r in runs):  # over the run's wall time, evaluations and start-up included
                     cell["tokens_per_s"] = float(np.median([r["tokens_seen"] / r["train_seconds"] for r in runs]))
             else:
@@ -697,7 +697,7 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
     if off is not None and full is not None and off["later_loss"][0] <= full["later_loss"][0]:
         lines += ["", "full attention is no better than no memory at this budget: there is no gap to close"]
     seeds = sorted({seed for cell in cells.values() for seed in cell["seeds"]})
-    iters = sorted({cell["iters"] for cell in cells.values() if "iters" in cell})
+    iters = sorted({cell["iters"] for cell in cells.values() if cell.get("iters")})
     return [
         *lines,
         "",

@@ -4,6 +4,7 @@ is reused, not rerun, when asked again: the recall grid in which four experts le
 
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -63,6 +64,13 @@ def test_train_args() -> None:
     argv = train_args("shakespeare_char", "full", 1, cfg, "runs/y")
     assert argv[0] == "config/train_gmm_shakespeare.py"
     assert "--block_size=256" in argv and "--n_segments=1" in argv and "--gmm_experts=0" in argv
+    # pycode_char trains its own config: 8 segments of 64, so full attention sees 512 tokens at once
+    argv = train_args("pycode_char", "full", 1, cfg, "runs/z")
+    assert argv[0] == "config/train_gmm_pycode.py"
+    assert "--block_size=512" in argv and "--n_segments=1" in argv and "--gmm_experts=0" in argv
+    other = GridConfig(text_config="config/train_gmm_shakespeare.py")  # one config for every text task
+    argv = train_args("pycode_char", "k4-top2-shared", 1, other, "runs/z")
+    assert argv[0] == "config/train_gmm_shakespeare.py" and "--gmm_top_k=2" in argv and "--block_size=64" not in argv
 
 
 def test_mqar_tasks_get_their_own_data_and_lengths() -> None:
@@ -138,7 +146,7 @@ def test_multi_token_answers_get_a_per_token_table() -> None:
     assert "answer-token accuracy by segments {4: 0.400}" in benchmark.describe(recs[1], GridConfig())
 
 
-def test_summary_and_tables_by_hand() -> None:
+def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:
     cfg = GridConfig(tasks="recall,shakespeare_char", variants="off,k4,full")
     assert cfg.variants_for("recall") == ["off", "k4"] and cfg.variants_for("shakespeare_char") == ["off", "k4", "full"]
     recs = [
@@ -163,6 +171,15 @@ def test_summary_and_tables_by_hand() -> None:
         record("shakespeare_char", "off", 1, {"3": {"loss": 2.0, "seg_loss": [2.3, 2.1, 1.9]}}),
         record("shakespeare_char", "k4", 1, {"3": {"loss": 1.9, "seg_loss": [2.3, 1.9, 1.7]}}),
         record("shakespeare_char", "full", 1, {"3": {"loss": 1.7, "seg_loss": [2.3, 1.6, 1.4]}}),
+        # a text task that records the loss per position (2 segments of 2) and its training tokens: two seeds
+        *(
+            {
+                **record("pycode_char", "off", seed, {"2": {"loss": 2.0, "seg_loss": [2.0, 2.0], "pos_loss": pos}}),
+                "tokens_seen": 1000 * seed,
+                "iters": 10,
+            }  # fmt: skip
+            for seed, pos in ((1, [3.0, 1.0, 2.5, 1.5]), (2, [2.0, 2.0, 1.5, 2.5]))
+        ),
     ]
     summary = summarize(recs[::-1])  # any order: tasks, variants (off, k.., full) and seeds come out sorted
     k4 = summary["recall"]["k4"]
@@ -171,6 +188,9 @@ def test_summary_and_tables_by_hand() -> None:
     assert k4["acc"]["2"]["max"] == 1.0 and k4["acc"]["2"]["min"] == 0.8
     assert summary["shakespeare_char"]["k4"]["later_loss"][0] == pytest.approx(1.8)
     assert list(summary["shakespeare_char"]) == ["off", "k4", "full"]
+    pycode = summary["pycode_char"]["off"]
+    assert pycode["pos_loss"] == [2.5, 1.5, 2.0, 2.0] and pycode["tokens_per_s"] == 1500.0  # median of 1000, 2000 /s
+    assert "tokens_per_s" not in summary["shakespeare_char"]["off"]  # records made before it was recorded
     table = format_tables(summary)
     assert "trained on 4 segments of 16 tokens (curriculum [2,3,4]), 3000 iterations; seeds [1, 2]" in table
     assert k4["learned_at"] == [250, None]  # seed 2 never reached 0.9
@@ -179,6 +199,13 @@ def test_summary_and_tables_by_hand() -> None:
     assert "| k4 | 0.00M | 2.300 ± 0.000 | 1.900 ± 0.000 | 1.700 ± 0.000 | 1.800 | 40% |" in table
     assert "recall: answer-token accuracy" not in table  # one answer token: exact match says it all
     assert "| full |" in table and "| 1.500 | 100% |" in table and "| 2.000 | 0% |" in table
+    assert "| off | 0.00M | 2.000 ± 0.000 | 2.000 ± 0.000 | 2.000 | - | 1,500 |" in table
+    assert "seeds [1, 2] (a cell with ± 0.000 has one); iterations [10]" in table
+    # the plots: a panel per synthetic task in one figure; per text task, loss per segment (and per position)
+    paths = benchmark.plot(summary, str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == [
+        "accuracy_vs_segments.png", "pycode_char_loss.png", "shakespeare_char_loss.png"]  # fmt: skip
+    assert all(os.path.getsize(p) > 10_000 for p in paths)
 
 
 @pytest.mark.slow

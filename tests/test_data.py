@@ -303,6 +303,19 @@ def test_pycode_prepare_splits_by_file_in_a_fixed_order(tmp_path: Path, bpe_cach
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+def test_pycode_char_is_pycode_at_the_character_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """data/pycode_char (what config/train_gmm_pycode.py trains) writes the bins pycode writes with --tokenizer char,
+    and refuses another tokenizer in one line."""
+    small_tree(tmp_path / "src")
+    src = ["--source", str(tmp_path / "src")]
+    assert load_prepare("pycode").main([*src, "--out_dir", str(tmp_path / "a"), "--tokenizer", "char"]) == 0
+    assert load_prepare("pycode_char").main([*src, "--out_dir", str(tmp_path / "b")]) == 0
+    for name in ("train.bin", "val.bin", "meta.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert load_prepare("pycode_char").main([*src, "--out_dir", str(tmp_path / "c"), "--tokenizer=gpt2"]) == 2
+    assert "always --tokenizer char" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
 def test_pycode_prepare_defaults_to_the_standard_library_and_says_so(tmp_path: Path, bpe_cache: None) -> None:
     """Without --source: this interpreter's standard library, without its test suites (the file list is checked
     here; the full corpus is ~5 M tokens)."""

@@ -80,12 +80,13 @@ def test_estimate_loss_accuracy_and_segment_losses(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=T, vocab_size=10, n_layer=1, n_head=1, n_embd=8))
     cfg = TrainConfig(eval_iters=3, batch_size=2, seed=5)
-    out = estimate_loss(model, str(tmp_path), T * S, cfg, "cpu", "float32", align=T * S)
+    out = estimate_loss(model, str(tmp_path), T * S, cfg, "cpu", "float32", align=T * S, positions=True)
 
     # the same batches by hand
     sampler = BatchSampler(len(tokens), T * S, seed=cfg.seed + 1, align=T * S)
     right = total = exact = answers = 0
     losses = []
+    pos_sum, pos_count = torch.zeros(T * S), torch.zeros(T * S)
     for _ in range(cfg.eval_iters):
         X, Y = get_batch(tokens, sampler.draw(cfg.batch_size), T * S, "cpu", mask)
         logits, _ = model(X, Y)
@@ -95,9 +96,16 @@ def test_estimate_loss_accuracy_and_segment_losses(tmp_path: Path) -> None:
         exact += sum(bool(hit[b][valid[b]].all()) for b in range(len(Y)))
         answers += len(Y)
         losses.append(torch.nn.functional.cross_entropy(logits[valid], Y[valid], reduction="sum").item())
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), Y, ignore_index=-1, reduction="none")
+        pos_sum, pos_count = pos_sum + ce.sum(0), pos_count + valid.sum(0)
     assert out["val_acc_token"] == pytest.approx(right / total)
     assert out["val_acc_answer"] == pytest.approx(exact / answers)
     assert out["val"] == pytest.approx(sum(losses) / total, rel=1e-5)
+    # the loss at each position: answer positions only (the others have no target), each equal to a direct count
+    by_hand = (pos_sum / pos_count.clamp_min(1)).tolist()
+    assert out["val_pos_loss"] == pytest.approx(by_hand, abs=1e-4) and len(by_hand) == T * S
+    assert [i for i, n in enumerate(pos_count.tolist()) if n] == [T * S - 3, T * S - 2]  # targets are shifted by one
+    assert "val_pos_loss" not in estimate_loss(model, str(tmp_path), T * S, cfg, "cpu", "float32", align=T * S)
     assert out["val_seg_loss"][0] == 0.0  # no answers in segment 1
     assert out["val_seg_loss"][1] == pytest.approx(out["val"], rel=1e-4)
 
