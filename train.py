@@ -1,5 +1,6 @@
 """
-Train a GPT. Runs on one CPU, GPU or Apple MPS device, or on many GPUs with DistributedDataParallel (DDP).
+Train a GPT. Runs on one CPU, GPU or Apple MPS device, or on many GPUs with DistributedDataParallel (DDP) or, for
+models whose weights, gradients and optimizer state do not fit one GPU, FSDP2 (--parallel=fsdp, see parallel.py).
 
 To run on a single device, e.g.:
 $ python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
@@ -13,6 +14,9 @@ $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123
 - Run on the worker node:
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123.456 --master_port=1234 train.py
 (If your cluster does not have Infiniband interconnect prepend NCCL_IB_DISABLE=1)
+
+To shard the model over 8 GPUs instead of copying it to each (fine-tuning GPT-2 XL, say):
+$ torchrun --standalone --nproc_per_node=8 train.py config/finetune_shakespeare.py --init_from=gpt2-xl --parallel=fsdp
 
 The functions here (get_lr, BatchSampler, get_batch, estimate_loss, checkpoints) import without starting a run.
 """
@@ -34,12 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.distributed import destroy_process_group, init_process_group
-from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.distributed import destroy_process_group
 from tqdm import tqdm
 
 import gmm
 import hub
+import parallel
 from common import (
     DTYPES,
     autocast,
@@ -105,8 +109,9 @@ class TrainConfig:
     warmup_iters: int = 2000  # how many steps to warm up for
     lr_decay_iters: int = 600000  # should be ~= max_iters per Chinchilla
     min_lr: float = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
-    # DDP settings
+    # torchrun settings (one process ignores them)
     backend: str = "auto"  # 'auto' = nccl on CUDA, gloo on CPU; or 'nccl', 'gloo'
+    parallel: str = "ddp"  # 'ddp': a whole copy of the model per rank; 'fsdp': sharded over the ranks (parallel.py)
     # system
     device: str = "auto"  # 'auto' = cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = "auto"  # 'auto' = bfloat16/float16 on CUDA, float32 elsewhere; or 'float32', 'bfloat16', 'float16'
@@ -149,6 +154,8 @@ class TrainConfig:
             raise ValueError(f"wandb_log = True asks for wandb, but tracker = '{self.tracker}': set one of them")
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"backend = '{self.backend}' must be one of auto, nccl, gloo")
+        if self.parallel not in parallel.PARALLEL:
+            raise ValueError(f"parallel = '{self.parallel}' must be one of {', '.join(parallel.PARALLEL)}")
         named = self.init_from in ("scratch", "resume", *GPT2_SIZES)
         if not named and not os.path.isdir(self.init_from) and not hub.is_repo_id(self.init_from):
             raise ValueError(
@@ -239,19 +246,20 @@ def clip_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sca
     """Unscale the gradients (a no-op unless fp16 scaling is on), clip their total norm at grad_clip (0 = no
     clipping) and return the norm they had before clipping, a 0-d tensor on the device."""
     scaler.unscale_(optimizer)
-    return torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    return parallel.full_tensor(norm)  # under fsdp the norm of the sharded gradients is itself a DTensor
 
 
 def check_step(
-    loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.GradScaler, ddp: bool, signum: int
+    loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.GradScaler, distributed: bool, signum: int
 ) -> tuple[str, int]:
     """What every rank agrees on before the optimizer step: what of it is not finite ('loss', 'gradient norm', or
     '' when all is well) and the stop signal any rank has received (0 for none). Under fp16 gradient scaling an
     inf gradient is the scaler's to handle (it skips the step and lowers the scale), so only the loss counts
-    there. One host sync per step, and under DDP one small all-reduce."""
+    there. One host sync per step, and under torchrun one small all-reduce."""
     flags = [~torch.isfinite(loss), ~torch.isfinite(grad_norm) & (not scaler.is_enabled())]
     checks = torch.stack([*(f.float() for f in flags), torch.tensor(float(signum), device=loss.device)])
-    if ddp:
+    if distributed:
         torch.distributed.all_reduce(checks, op=torch.distributed.ReduceOp.MAX)  # every rank acts as one
     loss_bad, grad_bad, sig = checks.tolist()
     return ("loss" if loss_bad else "gradient norm" if grad_bad else ""), int(sig)
@@ -585,30 +593,23 @@ def train(
     if cfg.init_from == "resume":
         cfg, ckpt = resume_config(cfg, explicit or set())
     # various inits, derived attributes, I/O setup
-    ddp = int(os.environ.get("RANK", -1)) != -1  # is this a ddp run?
-    device = default_device() if cfg.device == "auto" else cfg.device
-    if ddp:
-        ddp_rank = int(os.environ["RANK"])
-        ddp_local_rank = int(os.environ["LOCAL_RANK"])
-        ddp_world_size = int(os.environ["WORLD_SIZE"])
-        if device.startswith("cuda"):
-            device = f"cuda:{ddp_local_rank}"
-            torch.cuda.set_device(device)
-        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.startswith("cuda") else "gloo")
-        init_process_group(backend=backend)
-        if cfg.gradient_accumulation_steps % ddp_world_size != 0:
-            raise ValueError(
-                f"gradient_accumulation_steps = {cfg.gradient_accumulation_steps} must be divisible by the "
-                f"number of processes ({ddp_world_size})"
-            )
-    else:
-        ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
+    ranks, device = parallel.start(default_device() if cfg.device == "auto" else cfg.device, cfg.backend)
+    ddp = ranks.distributed  # under torchrun, with DDP or FSDP
+    ddp_rank, ddp_world_size = ranks.rank, ranks.world_size
+    if cfg.gradient_accumulation_steps % ddp_world_size != 0:
+        raise ValueError(
+            f"gradient_accumulation_steps = {cfg.gradient_accumulation_steps} must be divisible by the "
+            f"number of processes ({ddp_world_size})"
+        )
     check_device(device)
-    master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
+    master_process = ranks.master  # this process will do logging, checkpointing etc.
     dtype = default_dtype(device) if cfg.dtype == "auto" else cfg.dtype
     device_type = device.split(":")[0]
     if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("dtype = 'bfloat16' is not supported by this GPU: use float16 or float32")
+    fsdp = ddp and cfg.parallel == "fsdp"
+    if fsdp and dtype == "float16":
+        raise ValueError("parallel = 'fsdp' trains in bfloat16 or float32 (float16's gradient scaling is DDP's only)")
     accum_global = cfg.gradient_accumulation_steps
     accum_local = accum_global // ddp_world_size  # each rank runs its share of the micro-steps
     seq_len = model_cfg.block_size * cfg.n_segments  # one evaluation sequence: n_segments segments
@@ -661,6 +662,8 @@ def train(
         torch.distributed.barrier()
     model.gradient_checkpointing = cfg.gradient_checkpointing
     model.to(device)
+    if fsdp:  # sharded in place, before the optimizer is built on the shards
+        parallel.shard(model, dtype)
     raw_model = model
 
     # initialize a GradScaler. If enabled=False scaler is a no-op
@@ -678,7 +681,7 @@ def train(
     train_sampler = stages[cfg.n_segments][0]
     iter_num, best_val_loss, tokens_seen, skipped, resumed_after_eval = 0, 1e9, 0, 0, True
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        parallel.load_optimizer_state_dict(model, optimizer, ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         train_sampler.load_state_dict(ckpt["sampler"])
         iter_num, best_val_loss, tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
@@ -696,13 +699,8 @@ def train(
     if cfg.compile:
         print0("compiling the model... (takes a ~minute)")
         model = torch.compile(model)  # type: ignore[assignment]
-    if ddp:
-        # with memory, a sequence of one segment leaves the write path unused, which DDP must be told of
-        model = DDP(  # type: ignore[assignment]
-            model,
-            device_ids=[ddp_local_rank] if device_type == "cuda" else None,
-            find_unused_parameters=model_cfg.gmm_experts > 0,
-        )
+    if ddp and not fsdp:
+        model = parallel.wrap_ddp(model, ranks, device_type, memory=model_cfg.gmm_experts > 0)  # type: ignore[assignment]
 
     tracker: Tracker = NoTracker()
     if master_process:
@@ -718,8 +716,8 @@ def train(
     def checkpoint_dict(evaluated: bool = True) -> dict[str, Any]:
         return {
             "evaluated": evaluated,  # written after this iteration's evaluation (a resume does not repeat it)
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "model": parallel.model_state_dict(raw_model),  # under fsdp gathered whole: the same file as ddp's
+            "optimizer": parallel.optimizer_state_dict(raw_model, optimizer),
             "scaler": scaler.state_dict(),
             "model_args": asdict(model_cfg),
             "iter_num": iter_num,
@@ -749,24 +747,28 @@ def train(
         # evaluate the loss on train/val sets and write checkpoints (a resumed run already did at its first step)
         evaluate_now = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
         repeat = cfg.eval_only or iter_num > start_iter or cfg.init_from != "resume" or not resumed_after_eval
-        if evaluate_now and master_process and repeat:
+        # under fsdp every rank evaluates (the weights are spread over all of them) and gathers the checkpoint
+        if evaluate_now and (master_process or fsdp) and repeat:
             eval_dir = stage_dirs[cfg.n_segments]
             losses = estimate_loss(raw_model, eval_dir, seq_len, cfg, device, dtype, seq_len if episodic else 1)
-            extra = {k: v for k, v in losses.items() if k not in ("train", "val")}
-            scalars = {k: v for k, v in extra.items() if isinstance(v, float) and not k.startswith("train_")}
-            line = "".join(f", {k} {v:.4f}" for k, v in scalars.items())
-            if "val_util" in losses:  # k > 1 experts: each expert's share of the routing
-                line += ", val_util " + "/".join(f"{u:.2f}" for u in losses["val_util"])
-            progress.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{line}")
-            record = {"event": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
-                      **extra, "lr": lr, "tokens": tokens_seen}  # fmt: skip
-            append_metrics(cfg.out_dir, record)
-            log_record(tracker, record)
+            if master_process:
+                extra = {k: v for k, v in losses.items() if k not in ("train", "val")}
+                scalars = {k: v for k, v in extra.items() if isinstance(v, float) and not k.startswith("train_")}
+                line = "".join(f", {k} {v:.4f}" for k, v in scalars.items())
+                if "val_util" in losses:  # k > 1 experts: each expert's share of the routing
+                    line += ", val_util " + "/".join(f"{u:.2f}" for u in losses["val_util"])
+                progress.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{line}")
+                record = {"event": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                          **extra, "lr": lr, "tokens": tokens_seen}  # fmt: skip
+                append_metrics(cfg.out_dir, record)
+                log_record(tracker, record)
             if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0:
-                    progress.write(f"saving checkpoint to {cfg.out_dir}")
-                    save_checkpoint(checkpoint_dict(), ckpt_path)
+                    state = checkpoint_dict()
+                    if master_process:
+                        progress.write(f"saving checkpoint to {cfg.out_dir}")
+                        save_checkpoint(state, ckpt_path)
         if iter_num >= cfg.max_iters or cfg.eval_only:
             break
 
@@ -780,9 +782,7 @@ def train(
         step_loss = torch.zeros((), device=device)
         for micro_step in range(accum_local):
             X, Y = get_batch(train_data, offsets[micro_step], train_len, device, train_mask, model_cfg.vocab_size)
-            if ddp:
-                # in DDP training we only need to sync gradients at the last micro step.
-                model.require_backward_grad_sync = micro_step == accum_local - 1  # type: ignore[assignment]
+            parallel.set_gradient_sync(model, micro_step == accum_local - 1)  # reduce after the last micro-step
             with autocast(device, dtype):
                 _, loss = model(X, Y, bptt_segments=cfg.bptt_segments)
                 assert loss is not None
@@ -843,8 +843,9 @@ def train(
         # a stop signal (on any rank): the step is done, so write a checkpoint and leave
         if stop_signal:
             progress.close()
+            state = checkpoint_dict(evaluated=False) if master_process or fsdp else {}
             if master_process:
-                save_checkpoint(checkpoint_dict(evaluated=False), ckpt_path)
+                save_checkpoint(state, ckpt_path)
                 name = signal.Signals(stop_signal).name
                 print(f"stopped by {name} after iteration {iter_num}: checkpoint written to {ckpt_path}; continue "
                       "with --init_from=resume")  # fmt: skip

@@ -1,0 +1,148 @@
+"""
+How a training run spreads over the processes torchrun starts: DDP or FSDP2.
+
+- ddp (the default): every rank holds the whole model, its gradients and AdamW's two moments (about 16 bytes a
+  parameter in float32) and averages the gradients once per step, after its last micro-step.
+- fsdp: each transformer Block, then the root GPT, is sharded with FSDP2 (torch.distributed.fsdp.fully_shard): a
+  rank keeps 1/world_size of every parameter, gradient and moment, and gathers a unit's weights only while it runs.
+  The root's unit holds the embeddings (tied to the head), the final norm and the memory add-on (gmm.py). Every
+  rank evaluates (the model's weights live on all of them); rank 0 writes.
+
+Checkpoints are the same file whatever the parallelism: the full model state dict and torch's usual optimizer
+state dict (parameters numbered in the optimizer's order), gathered to rank 0 on the CPU through
+torch.distributed.checkpoint.state_dict under fsdp. So a run saved under fsdp resumes under ddp or on one device,
+and the reverse, exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.distributed import init_process_group
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from common import DTYPES
+from model import GPT
+
+PARALLEL = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the run: one process (the defaults), or one of torchrun's world_size ranks."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    distributed: bool = False
+
+    @property
+    def master(self) -> bool:
+        """Rank 0 logs, evaluates under ddp, and writes checkpoints."""
+        return self.rank == 0
+
+
+def start(device: str, backend: str) -> tuple[Ranks, str]:
+    """Join torchrun's process group when it started this process (RANK is set); the ranks and this rank's
+    device (cuda:<local rank> on GPUs). backend 'auto' is nccl on CUDA, gloo elsewhere."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return Ranks(), device
+    ranks = Ranks(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]), True)
+    if device.startswith("cuda"):
+        device = f"cuda:{ranks.local_rank}"
+        torch.cuda.set_device(device)
+    init_process_group(backend=backend if backend != "auto" else ("nccl" if device.startswith("cuda") else "gloo"))
+    return ranks, device
+
+
+def shard(model: GPT, dtype: str) -> GPT:
+    """FSDP2 in place: rank 0's weights, each Block, then the root, sharded over the process group. Under bfloat16 the gathered
+    weights compute in bfloat16 and gradients are reduced in float32 (the sharded weights stay float32).
+    forward_segments (what evaluation calls) runs under the same hooks as forward."""
+    with torch.no_grad():  # rank 0's weights everywhere first, as DDP does (each rank seeded its own init)
+        for t in model.state_dict().values():
+            torch.distributed.broadcast(t, src=0)
+    compute = DTYPES[dtype]
+    policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+    kwargs: dict[str, Any] = {"mp_policy": policy} if compute != torch.float32 else {}
+    for block in model.transformer.h:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    register_fsdp_forward_method(model, "forward_segments")
+    return model
+
+
+def sharded(model: torch.nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+def wrap_ddp(model: torch.nn.Module, ranks: Ranks, device_type: str, memory: bool) -> torch.nn.Module:
+    """DDP around the model. With memory, a sequence of one segment leaves the write path unused, which DDP must
+    be told of."""
+    device_ids = [ranks.local_rank] if device_type == "cuda" else None
+    return DDP(model, device_ids=device_ids, find_unused_parameters=memory)
+
+
+def set_gradient_sync(model: torch.nn.Module, sync: bool) -> None:
+    """Reduce gradients across ranks after this micro-step's backward (the last of a step) or not (the others)."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
+    elif isinstance(model, DDP):
+        model.require_backward_grad_sync = sync
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: a DTensor (fsdp: a sharded parameter, gradient or gradient norm) gathered whole."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU
+
+
+def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with whole tensors. Under fsdp every rank must call it; rank 0 gets the tensors."""
+    return get_model_state_dict(model, options=FULL) if sharded(model) else model.state_dict()
+
+
+def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() as one process would have it, whatever the parallelism. Under fsdp every rank must
+    call it; rank 0 gets the state, gathered whole and renumbered from parameter names to torch's usual indices."""
+    if not sharded(model):
+        return optimizer.state_dict()
+    by_name = get_optimizer_state_dict(model, optimizer, options=FULL)
+    if not by_name:  # ranks other than 0
+        return {}
+    index = names_to_indices(by_name["param_groups"])
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in by_name["param_groups"]]
+    return {"state": {index[n]: s for n, s in by_name["state"].items()}, "param_groups": groups}
+
+
+def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a state written by optimizer_state_dict (or by optimizer.state_dict() in one process) into the
+    optimizer of this run, sharded or not. Under fsdp every rank loads it whole and keeps its shards."""
+    if not sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    # the names, in the optimizer's order: the same groups the checkpoint numbered, from this run's parameters
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    name = {i: n for i, n in enumerate(n for group in order for n in group)}
+    groups = [{**g, "params": [name[i] for i in g["params"]]} for g in state["param_groups"]]
+    by_name = {"state": {name[i]: s for i, s in state["state"].items()}, "param_groups": groups}
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def names_to_indices(param_groups: list[dict[str, Any]]) -> dict[str, int]:
+    """Parameter name -> the index torch's optimizer.state_dict() gives it: numbered in order through the groups."""
+    return {n: i for i, n in enumerate(n for g in param_groups for n in g["params"])}
