@@ -67,9 +67,9 @@ def start(device: str, backend: str) -> tuple[Ranks, str]:
 
 
 def shard(model: GPT, dtype: str) -> GPT:
-    """FSDP2 in place: rank 0's weights, each Block, then the root, sharded over the process group. Under bfloat16 the gathered
-    weights compute in bfloat16 and gradients are reduced in float32 (the sharded weights stay float32).
-    forward_segments (what evaluation calls) runs under the same hooks as forward."""
+    """FSDP2 in place: rank 0's weights, then each Block and the root sharded over the process group. Under
+    bfloat16 the gathered weights compute in bfloat16 and gradients are reduced in float32 (the sharded weights
+    stay float32). forward_segments (what evaluation calls) runs under the same hooks as forward."""
     with torch.no_grad():  # rank 0's weights everywhere first, as DDP does (each rank seeded its own init)
         for t in model.state_dict().values():
             torch.distributed.broadcast(t, src=0)
