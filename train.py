@@ -608,6 +608,8 @@ def train(
     if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("dtype = 'bfloat16' is not supported by this GPU: use float16 or float32")
     fsdp = ddp and cfg.parallel == "fsdp"
+    if cfg.parallel == "fsdp" and not ddp:
+        print0("parallel = 'fsdp' shards the model over torchrun's processes: one process trains it whole")
     if fsdp and dtype == "float16":
         raise ValueError("parallel = 'fsdp' trains in bfloat16 or float32 (float16's gradient scaling is DDP's only)")
     accum_global = cfg.gradient_accumulation_steps

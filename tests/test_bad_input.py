@@ -134,6 +134,7 @@ CASES = [
     case("train", f"{CHAR} {RUN}2 --device=cuda:99", "device = 'cuda:99'", id="device-missing-cuda"),
     case("train", f"{CHAR} {RUN}2 --device=tpu", "device = 'tpu'", "cpu, cuda", id="device-unknown"),
     case("train", f"{CHAR} {RUN}2 --tracker=mlflow", "tracker = 'mlflow'", "none, wandb, trackio", id="tracker"),
+    case("train", f"{CHAR} {RUN}2 --parallel=zero3", "parallel = 'zero3'", "ddp, fsdp", id="parallel"),
     # --- train.py: data -----------------------------------------------------------------------------------------------
     case(
         "train",
