@@ -7,10 +7,13 @@ $ python bench.py --mode=sample --device=cpu         # greedy generation: KV cac
 $ python bench.py --mode=memory --experts=0,1,4      # the training step with k = 0, 1, 4 experts, side by side
 $ python bench.py --mode=memory --experts=0,1,4 --reads=mixture,concat   # and what reading every bank costs
 $ python bench.py --mode=context --segments=1,2,4,8,16,32,64   # memory vs full attention as the context grows
+$ python bench.py --mode=parallel --nprocs=2         # per-rank memory of ddp vs fsdp, each under torchrun
+$ torchrun --standalone --nproc_per_node=8 bench.py --parallel=fsdp   # the training step, sharded over 8 GPUs
 $ python bench.py --n_layer=4 --block_size=256 --compile=False --profile=True --json=bench_out/result.json
 
 The model's shape is GPTConfig's (GPT-2 124M by default) and is set by the same --key=value flags as in train.py.
-Memory mode starts from the GMM quick start's shape instead (config/train_gmm_shakespeare.py, see QUICK_START_MODEL).
+Memory mode starts from the GMM quick start's shape instead (config/train_gmm_shakespeare.py, see QUICK_START_MODEL);
+parallel mode from GPT-2 124M with short sequences (PARALLEL_BENCH), where the weights and AdamW's state dominate.
 compile defaults to None = auto: on for training on CUDA, off otherwise, because on CPU and MPS the compile time
 dwarfs a short benchmark (and on CPU needs a C++ compiler), and in sample mode every new sequence length recompiles.
 """
@@ -32,6 +35,7 @@ import psutil
 import torch
 
 import gmm
+import parallel
 from common import (
     DTYPES,
     autocast,
@@ -45,6 +49,12 @@ from common import (
 from configurator import ConfigError, configure, parse_value, read_config_file
 from data.common import check_writable_dir
 from model import GPT, GPTConfig
+from parallel import PARALLEL, Ranks
+
+# parallel mode's defaults: GPT-2 124M, one sequence of 128 tokens a step, so weights, gradients and AdamW's moments
+# (16 bytes a parameter in float32) dominate each rank's memory, as they do when a large model is fine-tuned
+PARALLEL_BENCH: dict[str, Any] = dict(batch_size=1, warmup_iters=1, iters=3)
+PARALLEL_MODEL: dict[str, Any] = dict(block_size=128)
 
 # memory mode's defaults: the GMM quick start's shape (config/train_gmm_shakespeare.py; shakespeare_char's 65 chars)
 QUICK_START_BENCH: dict[str, Any] = dict(batch_size=8, n_segments=4)
@@ -81,11 +91,20 @@ class BenchConfig:
     segments: str = "1,2,4,8,16,32,64"  # the segment counts (context = count x block_size tokens), comma-separated
     variants: str = "k1,k4,full"  # k<N>: memory of N banks (other gmm_* flags apply); full: attention over it all
     full_max_tokens: int = 2048  # full attention is measured up to this context (its cost grows with the square)
+    # parallel mode (and train mode under torchrun)
+    parallel: str = "ddp"  # under torchrun, train mode's parallelism: ddp or fsdp (parallel.py)
+    parallels: str = "ddp,fsdp"  # parallel mode: the parallelisms to compare, each in its own torchrun
+    nprocs: int = 2  # parallel mode: processes (ranks) per torchrun
     json: str = ""  # if set, also write the results to this path as JSON
 
     def __post_init__(self) -> None:
-        if self.mode not in ("train", "sample", "memory", "context"):
-            raise ValueError(f"mode = '{self.mode}' must be one of train, sample, memory, context")
+        if self.mode not in ("train", "sample", "memory", "context", "parallel"):
+            raise ValueError(f"mode = '{self.mode}' must be one of train, sample, memory, context, parallel")
+        if self.nprocs < 1:
+            raise ValueError(f"nprocs = {self.nprocs} must be a positive integer")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel = '{self.parallel}' must be one of {', '.join(PARALLEL)}")
+        parse_parallels(self.parallels)
         for name in ("batch_size", "n_segments", "iters", "prompt_len", "new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
@@ -121,6 +140,16 @@ def parse_reads(reads: str) -> list[str]:
     if not modes or len(set(modes)) != len(modes) or any(m not in ("mixture", "concat") for m in modes):
         raise ValueError(f"reads = '{reads}' must be distinct read modes, mixture and/or concat, separated by commas")
     return modes
+
+
+def parse_parallels(parallels: str) -> list[str]:
+    """'ddp,fsdp' -> ['ddp', 'fsdp']; ValueError names what is allowed."""
+    kinds = [s.strip() for s in parallels.split(",")]
+    if not kinds or len(set(kinds)) != len(kinds) or any(k not in PARALLEL for k in kinds):
+        raise ValueError(
+            f"parallels = '{parallels}' must be distinct parallelisms, ddp and/or fsdp, separated by commas"
+        )
+    return kinds
 
 
 def parse_counts(segments: str) -> list[int]:
@@ -220,6 +249,11 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     """Time warmup_iters + iters training steps (forward, backward, clip, AdamW) on batches of batch_size
     sequences of n_segments x block_size tokens; report the median step time, tokens/s, MFU and peak memory."""
     device, dtype, compile = resolve(cfg)
+    ranks, device = parallel.start(device, "auto") if under_torchrun() else (Ranks(), device)
+    say = print if ranks.master else lambda *args, **kwargs: None
+    fsdp = ranks.distributed and cfg.parallel == "fsdp"
+    if fsdp and dtype == "float16":
+        raise ValueError("parallel = 'fsdp' trains in bfloat16 or float32 (float16's gradient scaling is DDP's only)")
     device_type = device.split(":")[0]
     torch.manual_seed(cfg.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -228,12 +262,17 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     T = model_cfg.block_size
     seq_len = cfg.n_segments * T  # with memory on, the model runs it as n_segments segments of T
     model = GPT(model_cfg).to(device)
+    if fsdp:
+        parallel.shard(model, dtype)
     raw_model = model
     optimizer = model.configure_optimizers(1e-1, 6e-4, (0.9, 0.95), device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     if compile:
-        print("compiling the model... (takes a ~minute)")
+        say("compiling the model... (takes a ~minute)")
         model = torch.compile(model)  # type: ignore[assignment]
+    if ranks.distributed and not fsdp:
+        model = parallel.wrap_ddp(model, ranks, device_type, memory=model_cfg.gmm_experts > 0)  # type: ignore[assignment]
+    grad_bytes = 0  # this rank's gradients, as the last step held them
 
     if cfg.real_data:
         from train import BatchSampler, get_batch, open_split
@@ -251,6 +290,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         next_batch = lambda: (x, y)
 
     def step() -> float:
+        nonlocal grad_bytes
         X, Y = next_batch()
         with autocast(device, dtype):
             _, loss = model(X, Y)
@@ -260,14 +300,16 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         scaler.step(optimizer)
         scaler.update()
+        grad_bytes = local_bytes(p.grad for p in raw_model.parameters() if p.grad is not None)
         optimizer.zero_grad(set_to_none=True)
         return loss.item()  # a sync point, as a training loop's logging would have
 
     segments = f" ({cfg.n_segments} segments of {T})" if cfg.n_segments > 1 else ""
     memory_on = f", memory k={model_cfg.gmm_experts}" if raw_model.memory is not None else ""
-    print(f"train: {raw_model.get_num_params() / 1e6:.2f}M params{memory_on}, ", end="")
-    print(f"batch {cfg.batch_size} x {seq_len} tokens{segments}, ", end="")
-    print(f"{device} {dtype}, compile {'on' if compile else 'off'}{', real data' if cfg.real_data else ''}")
+    spread = f", {cfg.parallel} over {ranks.world_size} processes" if ranks.distributed else ""
+    say(f"train: {raw_model.get_num_params() / 1e6:.2f}M params{memory_on}, ", end="")
+    say(f"batch {cfg.batch_size} x {seq_len} tokens{segments}{spread}, ", end="")
+    say(f"{device} {dtype}, compile {'on' if compile else 'off'}{', real data' if cfg.real_data else ''}")
     for _ in range(cfg.warmup_iters):
         step()
         memory.sample()
@@ -282,8 +324,8 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         synchronize(device)
         times.append(time.perf_counter() - t0)
         memory.sample()
-        print(f"iter {i}: {times[-1] * 1000:.2f} ms, loss {loss:.4f}")
-    result = finish_profile(prof, cfg.out_dir, "train")
+        say(f"iter {i}: {times[-1] * 1000:.2f} ms, loss {loss:.4f}")
+    result = finish_profile(prof, cfg.out_dir, "train") if ranks.master else {}
     dt = statistics.median(times)
     tokens = cfg.batch_size * seq_len
     flops = peak_flops(device, dtype)
@@ -305,8 +347,31 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         memory_bytes=memory.peak(),
         memory_start_bytes=memory.start,
         memory_kind=memory.kind,
+        # what this rank holds: its weights (its shards under fsdp), their gradients and AdamW's two moments
+        weight_bytes=local_bytes(raw_model.parameters()),
+        grad_bytes=grad_bytes,
+        optimizer_bytes=local_bytes(v for st in optimizer.state.values() for v in st.values() if v.dim() > 0),
     )
+    if ranks.distributed:  # every rank's figures, gathered to each; then the process group is done
+        result.update(parallel=cfg.parallel, world_size=ranks.world_size, rank=ranks.rank)
+        mine = {k: result[k] for k in ("rank", "memory_bytes", "memory_start_bytes", "ms_per_iter", *HELD)}
+        everyone: list[Any] = [None] * ranks.world_size
+        torch.distributed.all_gather_object(everyone, mine)
+        result["ranks"] = everyone
+        torch.distributed.destroy_process_group()
     return result
+
+
+HELD = ("weight_bytes", "grad_bytes", "optimizer_bytes")
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("RANK", -1)) != -1
+
+
+def local_bytes(tensors: Any) -> int:
+    """Bytes of the tensors as this process holds them: a DTensor's local shard (fsdp), else the whole tensor."""
+    return sum(parallel.local(t).numel() * t.element_size() for t in tensors)
 
 
 @torch.no_grad()
@@ -546,25 +611,102 @@ def plot_context(result: dict[str, Any], path: str) -> str:
     return path
 
 
-def train_in_new_process(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
-    """bench_train in a new python running this file, every setting passed as --key=value; its JSON result."""
+def train_in_new_process(cfg: BenchConfig, model_cfg: GPTConfig, nproc: int = 0) -> dict[str, Any]:
+    """bench_train in a new python running this file, every setting passed as --key=value; its JSON result. With
+    nproc, torchrun starts nproc of them (rank 0's result holds every rank's figures)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "result.json")
         settings = {**asdict(replace(cfg, json=path)), **asdict(model_cfg)}
         args = [f"--{key}={value!r}" for key, value in settings.items()]  # repr: read back by configure's literal_eval
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), *args])
+        launcher = [sys.executable]
+        if nproc:
+            launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        done = subprocess.run([*launcher, os.path.abspath(__file__), *args])
         if done.returncode != 0:
-            raise RuntimeError(
-                f"bench.py --mode=train --gmm_experts={model_cfg.gmm_experts} exited with {done.returncode}"
+            what = (
+                f"--parallel={cfg.parallel} on {nproc} processes" if nproc else f"--gmm_experts={model_cfg.gmm_experts}"
             )
+            raise RuntimeError(f"bench.py --mode=train {what} exited with {done.returncode}")
         with open(path) as f:
             return json.load(f)
+
+
+def bench_parallel(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
+    """What each rank holds under each parallelism in parallels: bench_train's step under torchrun with nprocs
+    processes, one torchrun per parallelism, so each rank's peak is its own. Per rank: the bytes of its weights,
+    gradients and AdamW moments (its shards under fsdp; counted from the tensors, so exact), its peak memory (on a
+    CPU the process's RSS, the interpreter and torch included) and the median step time. With fsdp a rank should
+    hold about 1/nprocs of what it holds under ddp; activations are not sharded."""
+    device, dtype, compile = resolve(replace(cfg, mode="train"))
+    rows, first = [], None
+    for kind in parse_parallels(cfg.parallels):
+        print(f"--- {kind}: {cfg.nprocs} processes ---")
+        r = train_in_new_process(replace(cfg, mode="train", json="", parallel=kind), model_cfg, nproc=cfg.nprocs)
+        first = first or r
+        for rank in r["ranks"]:
+            held = sum(rank[k] for k in HELD)
+            rise = rank["memory_bytes"] - rank["memory_start_bytes"]
+            rows.append({"parallel": kind, **rank, "held_bytes": held, "memory_rise_bytes": rise})
+    assert first is not None
+    base = {row["rank"]: row for row in rows if row["parallel"] == rows[0]["parallel"]}
+    for row in rows:
+        for key in ("held_bytes", "memory_bytes", "memory_rise_bytes", "ms_per_iter"):
+            ref = base[row["rank"]][key]
+            row[f"{key}_ratio"] = row[key] / ref if ref > 0 else None
+    return dict(
+        mode="parallel",
+        device=first["device"],
+        dtype=dtype,
+        compile=compile,
+        params=first["params"],
+        nproc=cfg.nprocs,
+        batch_size=cfg.batch_size,
+        block_size=model_cfg.block_size,
+        n_layer=model_cfg.n_layer,
+        n_embd=model_cfg.n_embd,
+        warmup_iters=cfg.warmup_iters,
+        iters=cfg.iters,
+        memory_kind=first["memory_kind"] + ", each rank's own",
+        rows=rows,
+    )
+
+
+def parallel_table(result: dict[str, Any]) -> str:
+    """Parallel mode's rows as a markdown table, one row per parallelism and rank, ratios to the first one's."""
+    mib = 2**20
+    lines = [
+        "| parallel | rank | weights | gradients | AdamW moments | held in all | peak memory | peak above start "
+        "| ms/iter |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['parallel']} | {row['rank']} | {row['weight_bytes'] / mib:,.1f} MiB "
+            f"| {row['grad_bytes'] / mib:,.1f} MiB | {row['optimizer_bytes'] / mib:,.1f} MiB "
+            f"| {row['held_bytes'] / mib:,.1f} MiB ({times(row['held_bytes_ratio'])}) "
+            f"| {row['memory_bytes'] / mib:,.0f} MiB ({times(row['memory_bytes_ratio'])}) "
+            f"| {row['memory_rise_bytes'] / mib:,.0f} MiB ({times(row['memory_rise_bytes_ratio'])}) "
+            f"| {row['ms_per_iter']:,.0f} ({times(row['ms_per_iter_ratio'])}) |"
+        )
+    r = result
+    lines += [
+        "",
+        f"{r['params'] / 1e6:.1f}M parameters ({r['n_layer']} layers, d = {r['n_embd']}), {r['nproc']} processes, "
+        f"batch {r['batch_size']} x {r['block_size']} tokens per rank, {r['device']} {r['dtype']}; ratios (x) are "
+        f"against {r['rows'][0]['parallel']}'s rank of the same number. held: the rank's weights, gradients and "
+        f"AdamW moments, counted from its tensors. Peak memory: {r['memory_kind']}; above start: the peak less what "
+        f"was held before the model was built. ms/iter: the median of {r['iters']} steps after {r['warmup_iters']} "
+        "warm-up steps.",
+    ]
+    return "\n".join(lines)
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The results a person reads, as a two-column table (memory mode: a markdown table, one row per k)."""
     if result["mode"] == "memory":
         return memory_table(result)
+    if result["mode"] == "parallel":
+        return parallel_table(result)
     if result["mode"] == "context":
         return context_table(result)
     gib = result["memory_bytes"] / 2**30
@@ -635,7 +777,10 @@ def mode_of(argv: list[str]) -> str:
 
 
 def defaults(mode: str) -> tuple[BenchConfig, GPTConfig]:
-    """GPT-2 124M for train and sample; memory mode measures the GMM quick start's shape."""
+    """GPT-2 124M for train and sample (and parallel, with short sequences); memory mode measures the GMM quick
+    start's shape."""
+    if mode == "parallel":
+        return BenchConfig(**PARALLEL_BENCH), GPTConfig(**PARALLEL_MODEL)
     if mode not in ("memory", "context"):
         return BenchConfig(), GPTConfig()
     return BenchConfig(**QUICK_START_BENCH), GPTConfig(**QUICK_START_MODEL)
@@ -656,12 +801,15 @@ def main(argv: list[str]) -> dict[str, Any]:
         cfg, model_cfg = configure(argv, *defaults(mode_of(argv)))
     except ConfigError as e:
         fail(str(e))
-    bench = {"train": bench_train, "sample": bench_sample, "memory": bench_memory, "context": bench_context}[cfg.mode]
+    bench = {"train": bench_train, "sample": bench_sample, "memory": bench_memory, "context": bench_context,
+             "parallel": bench_parallel}[cfg.mode]  # fmt: skip
     try:
         check_outputs(cfg)
         result = bench(cfg, model_cfg)
     except ValueError as e:  # bad device, dtype, data, output path or model setting: one line
         fail(str(e))
+    if result.get("rank", 0) != 0:  # under torchrun, rank 0 reports for every rank
+        return result
     print(format_table(result))
     if "trace" in result:
         print(f"profiler trace written to {result['trace']}")

@@ -107,6 +107,11 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """What this rank holds of a tensor: a DTensor's local shard, else the tensor."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU
 
 

@@ -95,7 +95,13 @@ def test_sample_mode_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--mode=infer"], "mode = 'infer'"), (["--iters=0"], "iters = 0"), (["--n_head=3"], "n_embd = 32")],
+    [
+        (["--mode=infer"], "mode = 'infer'"),
+        (["--iters=0"], "iters = 0"),
+        (["--n_head=3"], "n_embd = 32"),
+        (["--mode=parallel", "--parallels=ddp,zero"], "ddp and/or fsdp"),
+        (["--parallel=tp"], "parallel = 'tp'"),
+    ],
 )
 def test_bad_setting_one_line_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
@@ -136,6 +142,27 @@ def test_memory_mode_row_per_k(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(base[f"{key}_ratio"] == 1.0 for key in ("params", "ms_per_iter", "tokens_per_s", "memory_bytes"))
     assert r["rows"][3]["params_ratio"] == pytest.approx(params[3] / params[0])
     assert "running" not in r["memory_kind"] and "one process" in r["memory_kind"]
+
+
+@pytest.mark.slow  # two torchruns of 2 processes: ~30 s on 2 cores
+def test_parallel_mode_fsdp_holds_half_of_ddp_per_rank(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each rank's weights, gradients and AdamW moments, counted from its tensors: under fsdp on 2 ranks each holds
+    about half of what it holds under ddp (a tensor's rows split in 2, the odd row on rank 0); under ddp all of it."""
+    args = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--vocab_size=64"]
+    r = bench.main(["--mode=parallel", *args, "--device=cpu", "--iters=2", "--warmup_iters=1"])
+    rows = {(row["parallel"], row["rank"]): row for row in r["rows"]}
+    assert list(rows) == [("ddp", 0), ("ddp", 1), ("fsdp", 0), ("fsdp", 1)]
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64))
+    whole = 4 * sum(p.numel() for p in model.parameters())  # float32 bytes, the tied embedding once
+    for rank in (0, 1):
+        ddp, fsdp = rows[("ddp", rank)], rows[("fsdp", rank)]
+        assert ddp["weight_bytes"] == ddp["grad_bytes"] == whole and ddp["optimizer_bytes"] == 2 * whole
+        assert fsdp["weight_bytes"] == fsdp["grad_bytes"] and fsdp["optimizer_bytes"] == 2 * fsdp["weight_bytes"]
+        assert fsdp["held_bytes_ratio"] == pytest.approx(0.5, abs=0.02) and ddp["held_bytes_ratio"] == 1.0
+        assert fsdp["memory_bytes"] > 10 * 2**20 and fsdp["ms_per_iter"] > 0
+    assert rows[("fsdp", 0)]["weight_bytes"] + rows[("fsdp", 1)]["weight_bytes"] == whole  # the shards are all of it
+    out = capsys.readouterr().out
+    assert "| fsdp | 1 |" in out and "held: the rank's weights, gradients and AdamW moments" in out
 
 
 def test_memory_mode_defaults_are_the_quick_start() -> None:

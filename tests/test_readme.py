@@ -40,7 +40,7 @@ def readme_commands() -> list[str]:
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
             line = line.split(" #")[0].strip()
-            if line.startswith(("uv run ", "torchrun ")):
+            if line.startswith(("uv run ", "torchrun ")) and line not in commands:  # a repeat is not run again
                 commands.append(line)
     return commands
 
