@@ -115,9 +115,9 @@ def local(t: torch.Tensor) -> torch.Tensor:
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU
 
 
-def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def model_state_dict(model: torch.nn.Module) -> dict[str, Any]:
     """The model's state dict with whole tensors. Under fsdp every rank must call it; rank 0 gets the tensors."""
-    return get_model_state_dict(model, options=FULL) if sharded(model) else model.state_dict()
+    return dict(get_model_state_dict(model, options=FULL)) if sharded(model) else model.state_dict()
 
 
 def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimize
     call it; rank 0 gets the state, gathered whole and renumbered from parameter names to torch's usual indices."""
     if not sharded(model):
         return optimizer.state_dict()
-    by_name = get_optimizer_state_dict(model, optimizer, options=FULL)
+    by_name: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=FULL))
     if not by_name:  # ranks other than 0
         return {}
     index = names_to_indices(by_name["param_groups"])
@@ -144,7 +144,7 @@ def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Opt
     order = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
     name = {i: n for i, n in enumerate(n for group in order for n in group)}
     groups = [{**g, "params": [name[i] for i in g["params"]]} for g in state["param_groups"]]
-    by_name = {"state": {name[i]: s for i, s in state["state"].items()}, "param_groups": groups}
+    by_name: dict[str, Any] = {"state": {name[i]: s for i, s in state["state"].items()}, "param_groups": groups}
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
 
