@@ -5,7 +5,9 @@
 - a run saved under fsdp resumes in one process, and a run saved in one process resumes under fsdp, each equal to
   the straight run (losses and weights), and the checkpoints have the same keys and optimizer layout;
 - gradient accumulation under fsdp (2 micro-steps a rank, gradients reduced after the last) equals the same global
-  batch in one step of one process.
+  batch in one step of one process;
+- with dtype=bfloat16, FSDP's mixed-precision policy computes in bf16 (losses near float32's) and keeps float32
+  weights.
 Torch runs on one thread per process, so the two ranks fit the 2-core CI machine.
 """
 
@@ -107,3 +109,22 @@ def test_fsdp_gradient_accumulation_equals_one_big_step(shakespeare_char_data: P
     fsdp(shakespeare_char_data, tmp_path / "accum", *run, "--batch_size=2", "--gradient_accumulation_steps=4")
     one(shakespeare_char_data, tmp_path / "big", *run, "--batch_size=8", "--gradient_accumulation_steps=1")
     assert_same_run(tmp_path / "big", tmp_path / "accum")
+
+
+@pytest.mark.slow
+def test_fsdp_bfloat16_computes_in_bf16_and_keeps_float32_weights(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    """dtype=bfloat16 under fsdp: FSDP's mixed-precision policy gathers bf16 weights for compute (losses near
+    float32's, not equal to them) while the sharded weights, and so the checkpoint, stay float32."""
+    run = [
+        "--max_iters=3",
+        "--eval_interval=3",
+        "--lr_decay_iters=3",
+        "--gmm_experts=4",
+        "--gradient_accumulation_steps=2",
+    ]
+    one(shakespeare_char_data, tmp_path / "fp32", *run)
+    fsdp(shakespeare_char_data, tmp_path / "bf16", *run, "--dtype=bfloat16")
+    fp32, bf16 = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert bf16 == pytest.approx(fp32, abs=0.02) and bf16 != fp32
+    weights = load_checkpoint(str(tmp_path / "bf16" / "ckpt.pt"))["model"]
+    assert {w.dtype for w in weights.values()} == {torch.float32}
