@@ -205,8 +205,8 @@ class PeakMemory:
         if self.device.startswith("cuda"):
             return torch.cuda.memory_allocated(self.device)
         if self.device.startswith("mps"):
-            return torch.mps.driver_allocated_memory()
-        return psutil.Process().memory_info().rss
+            return int(torch.mps.driver_allocated_memory())
+        return int(psutil.Process().memory_info().rss)
 
     def sample(self) -> None:
         """Called after each iteration: RSS has no peak counter of its own (ru_maxrss would count the whole run)."""
@@ -283,11 +283,15 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         data = open_split(data_dir, "train")
         sampler = BatchSampler(len(data), seq_len, seed=cfg.seed, source=str(data.filename))
         vocab_size = model_cfg.vocab_size
-        next_batch = lambda: get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, vocab_size=vocab_size)
+
+        def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+            return get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, vocab_size=vocab_size)
     else:  # one fixed batch of random tokens: no data loading in the measurement
         x = torch.randint(model_cfg.vocab_size, (cfg.batch_size, seq_len), device=device)
         y = torch.randint(model_cfg.vocab_size, (cfg.batch_size, seq_len), device=device)
-        next_batch = lambda: (x, y)
+
+        def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+            return x, y
 
     def step() -> float:
         nonlocal grad_bytes
@@ -302,7 +306,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         scaler.update()
         grad_bytes = local_bytes(p.grad for p in raw_model.parameters() if p.grad is not None)
         optimizer.zero_grad(set_to_none=True)
-        return loss.item()  # a sync point, as a training loop's logging would have
+        return float(loss.item())  # a sync point, as a training loop's logging would have
 
     segments = f" ({cfg.n_segments} segments of {T})" if cfg.n_segments > 1 else ""
     memory_on = f", memory k={model_cfg.gmm_experts}" if raw_model.memory is not None else ""
@@ -628,7 +632,8 @@ def train_in_new_process(cfg: BenchConfig, model_cfg: GPTConfig, nproc: int = 0)
             )
             raise RuntimeError(f"bench.py --mode=train {what} exited with {done.returncode}")
         with open(path) as f:
-            return json.load(f)
+            result: dict[str, Any] = json.load(f)
+            return result
 
 
 def bench_parallel(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:

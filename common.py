@@ -73,7 +73,7 @@ def _has_mps() -> bool:
     return torch.backends.mps.is_available()
 
 
-def autocast(device: str, dtype: str) -> contextlib.AbstractContextManager:
+def autocast(device: str, dtype: str) -> contextlib.AbstractContextManager[Any]:
     """Mixed precision for the forward pass; a no-op in float32."""
     if dtype == "float32":
         return contextlib.nullcontext()

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -105,7 +105,7 @@ class GPTConfig:
         gmm.parse_init(self.gmm_init, max(1, self.gmm_experts))
 
     @classmethod
-    def from_dict(cls, d: dict) -> GPTConfig:
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
         """Build from a dict that may hold keys of other configs (a checkpoint's, a run's): unknown keys are dropped."""
         names = {f.name for f in fields(cls)}
         if d.get("gmm_experts") and "gmm_write_input" not in d:
@@ -179,7 +179,8 @@ class CausalSelfAttention(nn.Module):
             att = self.attn_dropout(F.softmax(att, dim=-1))
             y = att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
-        return self.resid_dropout(self.c_proj(y))
+        out: torch.Tensor = self.resid_dropout(self.c_proj(y))
+        return out
 
 
 def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
@@ -196,7 +197,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        out: torch.Tensor = self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return out
 
 
 class Block(nn.Module):
@@ -353,12 +355,13 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         if start + idx.size(1) > self.config.block_size:
             raise ValueError(f"cannot embed position {start + idx.size(1) - 1}: block_size is {self.config.block_size}")
         pos = torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device)  # (T,)
-        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x: torch.Tensor = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        return x
 
     def extend_cache(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run embeddings x (B, T, D) through the stack after the cache's positions; the final hidden states
         (after ln_f) come back, (B, T, D), and the cache now holds T more positions."""
-        h = self.transformer.ln_f(self.run_blocks(x, cache))
+        h: torch.Tensor = self.transformer.ln_f(self.run_blocks(x, cache))
         cache.pos += x.size(1)
         return h
 
@@ -381,7 +384,9 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict, override_args: dict | None = None, source: str = "the checkpoint") -> GPT:
+    def from_checkpoint(
+        cls, ckpt: dict[str, Any], override_args: dict[str, Any] | None = None, source: str = "the checkpoint"
+    ) -> GPT:
         """The model a checkpoint of this repo holds (its `model_args` and `model` weights); `override_args` may
         change settings that leave the weights' shapes alone, such as dropout. Weights that do not fit the model
         are a one-line ValueError naming `source`."""
@@ -395,7 +400,9 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         return model
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str, override_args: dict | None = None) -> GPT:  # type: ignore[override]
+    def from_pretrained(  # type: ignore[override]
+        cls, name_or_dir: str, override_args: dict[str, Any] | None = None
+    ) -> GPT:
         """OpenAI's GPT-2 weights (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`), or a local folder or Hugging
         Face Hub repo id (owner/name) holding a transformers GPT-2 or an export of this project (hub.py).
         `override_args` may set dropout, and for a GPT-2 the memory settings of the add-on to put on top of it."""
@@ -446,7 +453,7 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         return model
 
     @classmethod
-    def from_export(cls, folder: Path, override_args: dict | None = None) -> GPT:
+    def from_export(cls, folder: Path, override_args: dict[str, Any] | None = None) -> GPT:
         """A model export.py wrote in the project's format (see PyTorchModelHubMixin above). Only dropout may be
         overridden; memory settings that disagree with the export's are a one-line ValueError."""
         from safetensors.torch import load_model

@@ -13,7 +13,7 @@ import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def make_dir(path: str | Path, name: str = "out_dir") -> None:
         raise ValueError(f"{name} = '{path}' cannot be created: {e.strerror or e}") from None
 
 
-def write_dataset(out_dir: Path, train_ids: np.ndarray, val_ids: np.ndarray, meta: dict) -> None:
+def write_dataset(out_dir: Path, train_ids: np.ndarray, val_ids: np.ndarray, meta: dict[str, Any]) -> None:
     """Flat uint16 bins, then meta.json last: its presence means the folder is complete."""
     make_dir(out_dir)
     train_ids.astype(np.uint16).tofile(out_dir / "train.bin")
@@ -181,7 +181,7 @@ def distinct_keys(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
 EpisodeGenerator = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 
 
-def write_episodes(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict) -> None:
+def write_episodes(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict[str, Any]) -> None:
     """For each split ("train", "val"): <split>.bin (uint16 ids) and <split>_mask.bin (uint8, 1 = answer), both
     flat, episode after episode; then meta.json last. An old meta.json goes first, so a folder interrupted halfway
     never looks complete, and each file appears whole (temp file, then rename)."""

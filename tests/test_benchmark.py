@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -118,7 +119,9 @@ def test_bad_settings_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert r.returncode == 2 and r.stderr.startswith("error: variant 'k0' must be off, full, or k1..k8")
 
 
-def record(task: str, variant: str, seed: int, evals: dict, curve: list | None = None) -> dict:
+def record(
+    task: str, variant: str, seed: int, evals: dict[str, Any], curve: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     argv = ["--n_segments=4", "--block_size=16", "--segment_curriculum=[2,3,4]", "--max_iters=3000"]
     return {"task": task, "variant": variant, "seed": seed, "params": 1000, "train_seconds": 1.0, "chance": 0.0625,
             "eval": evals, "settings": {"argv": argv}, "curve": curve or []}  # fmt: skip

@@ -46,7 +46,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, shakespeare_char_data: Path) 
 
 def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model(x, x)[0]  # with targets: the logits of every position
+        out: torch.Tensor = model(x, x)[0]  # with targets: the logits of every position
+        return out
 
 
 def test_plain_export_is_a_transformers_gpt2(runs: dict[str, Path]) -> None:

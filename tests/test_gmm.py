@@ -17,6 +17,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -33,12 +34,12 @@ T, V = 8, 50  # block_size (tokens per segment) and vocabulary of the tiny model
 
 def tiny(**kw: object) -> GPT:
     torch.manual_seed(0)
-    args: dict = dict(block_size=T, vocab_size=V, n_layer=2, n_head=2, n_embd=32, gmm_slots=3)
+    args: dict[str, Any] = dict(block_size=T, vocab_size=V, n_layer=2, n_head=2, n_embd=32, gmm_slots=3)
     args.update(kw)
     return GPT(GPTConfig(**args)).eval()
 
 
-MODES: list[dict] = [
+MODES: list[dict[str, Any]] = [
     dict(gmm_experts=k, gmm_routing=r, gmm_pooling=p)
     for k in (0, 1, 4)
     for r in ("write", "read")
@@ -46,7 +47,7 @@ MODES: list[dict] = [
     if k > 1 or (r == "write" and p == "mean")  # routing and pooling only exist with k > 1
 ]
 # the mixture's structural settings: sparse routing, the shared expert, the concat read, the normalised read
-MIXTURES: list[dict] = [
+MIXTURES: list[dict[str, Any]] = [
     dict(gmm_experts=4, gmm_top_k=1),
     dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True),
     dict(gmm_experts=4, gmm_read="concat"),
@@ -59,12 +60,12 @@ MIXTURES: list[dict] = [
 MODES += MIXTURES
 
 
-def mode_id(mode: dict) -> str:
+def mode_id(mode: dict[str, Any]) -> str:
     return "-".join(f"{k.removeprefix('gmm_')}={v}" for k, v in mode.items())
 
 
 @pytest.mark.parametrize("mode", MODES, ids=mode_id)
-def test_causal_across_segments(mode: dict) -> None:
+def test_causal_across_segments(mode: dict[str, Any]) -> None:
     model = tiny(**mode)
     idx = torch.randint(V, (2, 3 * T + 3))  # three full segments and a short one
     logits, _ = model(idx, idx)
@@ -81,7 +82,7 @@ def test_causal_across_segments(mode: dict) -> None:
     [dict(gmm_experts=k, gmm_write_input=w) for k in (0, 1, 4) for w in ("read", "learned")] + MIXTURES,
     ids=mode_id,
 )
-def test_memory_carries_segment_1_to_segment_3(mode: dict) -> None:
+def test_memory_carries_segment_1_to_segment_3(mode: dict[str, Any]) -> None:
     # with write_input='read' the write tokens start as the read; learned initial states (RMS 1) then dominate the
     # first write at init and segment 1's imprint is ~1e-4, so that mode starts from zero states: segment 1's text
     # makes the first write, and what it wrote must reach segment 3
@@ -131,7 +132,7 @@ GRADIENT_CASES = [
 
 
 @pytest.mark.parametrize("mode", GRADIENT_CASES, ids=mode_id)
-def test_lm_loss_alone_trains_every_memory_parameter(mode: dict) -> None:
+def test_lm_loss_alone_trains_every_memory_parameter(mode: dict[str, Any]) -> None:
     """Every memory parameter, the router's included, gets a gradient from the language-model loss alone over a
     batch, whatever the routing: with top-1 a renormalised weight would be exactly 1 and leave the router none."""
     experts, candidate, routing = mode["gmm_experts"], mode.get("gmm_candidate"), mode.get("gmm_routing")
@@ -228,7 +229,7 @@ def test_sparse_write_scale_keeps_full_strength_and_a_router_gradient() -> None:
 
 @pytest.mark.parametrize("mode", [dict(gmm_top_k=1), dict(gmm_top_k=2, gmm_shared_expert=True),
                                   dict(gmm_top_k=1, gmm_read="concat")], ids=mode_id)  # fmt: skip
-def test_top_k_leaves_unchosen_experts_bit_for_bit(mode: dict) -> None:
+def test_top_k_leaves_unchosen_experts_bit_for_bit(mode: dict[str, Any]) -> None:
     model = tiny(gmm_experts=4, **mode)
     assert model.memory is not None
     idx = torch.randint(V, (3, 4 * T))
@@ -328,7 +329,7 @@ def test_initial_states() -> None:
     ],
     ids=mode_id,
 )
-def test_incremental_decoding_equals_full_forward(mode: dict) -> None:
+def test_incremental_decoding_equals_full_forward(mode: dict[str, Any]) -> None:
     model = tiny(**mode)
     idx = torch.randint(V, (2, 3 * T + 5))
     full, _ = model(idx, idx)

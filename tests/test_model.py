@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.utils.checkpoint
 from torch.nn import functional as F
 
 import model as model_module
@@ -67,7 +68,8 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def hf_model(path: Path) -> torch.nn.Module:
     from transformers import GPT2LMHeadModel
 
-    return GPT2LMHeadModel.from_pretrained(path).eval()
+    model: torch.nn.Module = GPT2LMHeadModel.from_pretrained(path).eval()
+    return model
 
 
 @pytest.mark.slow  # importing transformers and saving the checkpoint take ~10 s on 2 cores
@@ -156,7 +158,7 @@ def test_gradient_checkpointing_same_loss_and_grads(monkeypatch: pytest.MonkeyPa
     idx = torch.randint(50, (2, 16), generator=torch.Generator().manual_seed(0))
     results = []
     calls = []
-    real_checkpoint = model_module.checkpoint
+    real_checkpoint = torch.utils.checkpoint.checkpoint  # what model.py calls
 
     def counting_checkpoint(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
@@ -268,7 +270,7 @@ def test_estimate_mfu_hand_computed() -> None:
         ({"dropout": 1.0}, "dropout"),
     ],
 )
-def test_config_validation_names_the_field(overrides: dict, field: str) -> None:
+def test_config_validation_names_the_field(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field) as e:
         GPTConfig(**{**TINY, **overrides})
     assert "\n" not in str(e.value)

@@ -67,7 +67,7 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_sample(args: list[str]) -> subprocess.CompletedProcess:
+def run_sample(args: list[str]) -> subprocess.CompletedProcess[str]:
     """sample.py as a user runs it, from the repo root."""
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(TIKTOKEN_CACHE)}
     cmd = [sys.executable, "sample.py", *args]

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def load_prepare(task: str) -> ModuleType:
     return module
 
 
-def prepare(task: str, out_dir: Path, *extra: str) -> dict:
+def prepare(task: str, out_dir: Path, *extra: str) -> dict[str, Any]:
     assert load_prepare(task).main(["--out_dir", str(out_dir), *TINY, *TINY_TASK.get(task, []), *extra]) == 0
     return load_meta(str(out_dir))
 
@@ -68,7 +69,7 @@ def is_value(t: int) -> bool:
 # --- oracles: read an episode as a person would, and say where its answers are and what they must be ---------------
 
 
-def oracle_recall(ep: list[int], T: int, meta: dict) -> dict[int, int]:
+def oracle_recall(ep: list[int], T: int, meta: dict[str, Any]) -> dict[int, int]:
     """The value paired with the queried key in segment 1, at the last position."""
     L = len(ep)
     pairs: dict[int, int] = {}
@@ -85,7 +86,7 @@ def oracle_recall(ep: list[int], T: int, meta: dict) -> dict[int, int]:
     return {L - 1: pairs[ep[L - 2]]}
 
 
-def oracle_copy(ep: list[int], T: int, meta: dict) -> dict[int, int]:
+def oracle_copy(ep: list[int], T: int, meta: dict[str, Any]) -> dict[int, int]:
     """The string at the start of segment 1, again after <copy>."""
     L, C = len(ep), meta["copy_len"]
     string = ep[:C]
@@ -95,7 +96,7 @@ def oracle_copy(ep: list[int], T: int, meta: dict) -> dict[int, int]:
     return {L - C + j: string[j] for j in range(C)}
 
 
-def oracle_needle(ep: list[int], T: int, meta: dict) -> dict[int, int]:
+def oracle_needle(ep: list[int], T: int, meta: dict[str, Any]) -> dict[int, int]:
     """The value after the one key in the haystack, which lies in an earlier segment (the query's own without gap)."""
     L = len(ep)
     keys = [i for i in range(L - 3) if is_key(ep[i])]
@@ -108,7 +109,7 @@ def oracle_needle(ep: list[int], T: int, meta: dict) -> dict[int, int]:
     return {L - 1: ep[i + 1]}
 
 
-def oracle_mqar(ep: list[int], T: int, meta: dict) -> dict[int, int]:
+def oracle_mqar(ep: list[int], T: int, meta: dict[str, Any]) -> dict[int, int]:
     """Each key of the queries at the end, answered with the value it was paired with at the start."""
     L, P = len(ep), meta["n_pairs"]
     pairs: dict[int, int] = {}

@@ -78,7 +78,9 @@ def run_train(data_dir: Path, out_dir: Path, *args: str) -> None:
     train.main(char_args(data_dir, out_dir, *args))
 
 
-def run_script(args: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_script(
+    args: list[str], env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
     """python train.py args, as a user would run it from the repo root."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
@@ -95,7 +97,8 @@ def train_losses(out_dir: Path) -> dict[int, float]:
 
 
 def weights(out_dir: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(str(out_dir / "ckpt.pt"))["model"]
+    state: dict[str, torch.Tensor] = load_checkpoint(str(out_dir / "ckpt.pt"))["model"]
+    return state
 
 
 # --- learning rate ----------------------------------------------------------------------------------------------------
@@ -605,7 +608,7 @@ def test_a_stop_signal_ends_the_step_writes_a_checkpoint_and_resumes_exactly(
         assert torch.equal(weights(out)[key], value), key
 
 
-def start_training(cmd: list[str], out: Path) -> subprocess.Popen:
+def start_training(cmd: list[str], out: Path) -> subprocess.Popen[str]:
     """Start a long run and return once it has logged a training step (or ended)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

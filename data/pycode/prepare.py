@@ -21,6 +21,7 @@ import platform
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 ids += [*tokens, enc.eot_token]
             return np.array(ids, dtype=np.uint16)
 
-        vocab: dict = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab}
+        vocab: dict[str, Any] = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab}
     else:
         itos = sorted({c for split in docs.values() for doc in split for c in doc} | {FILE_SEPARATOR})
         if len(itos) > 65536:
