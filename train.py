@@ -587,279 +587,430 @@ def main(argv: list[str]) -> None:
 def train(
     cfg: TrainConfig, model_cfg: GPTConfig, explicit: set[str] | None = None, argv: list[str] | None = None
 ) -> None:
-    # resuming: the checkpoint first, and the run's settings from it; a run that cannot resume prepares no data
+    """A training run, top to bottom: its checkpoint (resuming), its process and device, its data, its model and
+    optimizer, then steps, evaluations and checkpoints until max_iters."""
     check_writable_dir(cfg.out_dir)
     ckpt = None
-    if cfg.init_from == "resume":
-        cfg, ckpt = resume_config(cfg, explicit or set())
-    # various inits, derived attributes, I/O setup
+    if cfg.init_from == "resume":  # the checkpoint first, and the run's settings from it: one that cannot resume
+        cfg, ckpt = resume_config(cfg, explicit or set())  # prepares no data
+    place = setup_process(cfg, model_cfg)
+    data_dir, meta = prepare_data(cfg, place, ckpt)
+    model, ckpt = init_model(cfg, model_cfg, meta, explicit, ckpt)
+    check_vocabulary(model, meta, data_dir)
+    stage_dirs, stages = open_stages(cfg, model.config, meta, data_dir, place)
+    run = build_run(cfg, model, place, stages, stage_dirs[cfg.n_segments], meta, argv)
+    if ckpt is not None:
+        restore(run, ckpt)
+    ckpt = None  # free up memory
+    start_run(run)
+    run_loop(run)
+
+
+# -----------------------------------------------------------------------------
+# the steps of train()
+
+
+@dataclass
+class Place:
+    """Where this process trains: its rank among torchrun's processes (or the only one), device and precision."""
+
+    ranks: parallel.Ranks
+    device: str
+    dtype: str
+    fsdp: bool  # the model sharded with FSDP2 (torchrun and parallel = 'fsdp'); else DDP under torchrun
+
+    @property
+    def device_type(self) -> str:
+        return self.device.split(":")[0]
+
+    @property
+    def master(self) -> bool:  # this process will do logging, checkpointing etc.
+        return self.ranks.master
+
+
+def setup_process(cfg: TrainConfig, model_cfg: GPTConfig) -> Place:
+    """Join torchrun's process group if it started this process, choose the device and dtype, check the run can
+    go ahead (without a checkpoint to clobber), and seed this rank."""
     ranks, device = parallel.start(default_device() if cfg.device == "auto" else cfg.device, cfg.backend)
-    ddp = ranks.distributed  # under torchrun, with DDP or FSDP
-    ddp_rank, ddp_world_size = ranks.rank, ranks.world_size
-    if cfg.gradient_accumulation_steps % ddp_world_size != 0:
+    if cfg.gradient_accumulation_steps % ranks.world_size != 0:
         raise ValueError(
             f"gradient_accumulation_steps = {cfg.gradient_accumulation_steps} must be divisible by the "
-            f"number of processes ({ddp_world_size})"
+            f"number of processes ({ranks.world_size})"
         )
     check_device(device)
-    master_process = ranks.master  # this process will do logging, checkpointing etc.
     dtype = default_dtype(device) if cfg.dtype == "auto" else cfg.dtype
-    device_type = device.split(":")[0]
-    if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+    if dtype == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
         raise ValueError("dtype = 'bfloat16' is not supported by this GPU: use float16 or float32")
-    fsdp = ddp and cfg.parallel == "fsdp"
-    if cfg.parallel == "fsdp" and not ddp:
+    fsdp = ranks.distributed and cfg.parallel == "fsdp"
+    if cfg.parallel == "fsdp" and not ranks.distributed:
         print0("parallel = 'fsdp' shards the model over torchrun's processes: one process trains it whole")
     if fsdp and dtype == "float16":
         raise ValueError("parallel = 'fsdp' trains in bfloat16 or float32 (float16's gradient scaling is DDP's only)")
-    accum_global = cfg.gradient_accumulation_steps
-    accum_local = accum_global // ddp_world_size  # each rank runs its share of the micro-steps
-    seq_len = model_cfg.block_size * cfg.n_segments  # one evaluation sequence: n_segments segments
-    tokens_per_iter = accum_global * cfg.batch_size * seq_len
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.init_from != "resume" and not cfg.eval_only and os.path.exists(ckpt_path):
         raise ValueError(
             f"{ckpt_path} exists: pass --init_from=resume to continue that run, or choose another --out_dir"
         )
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * model_cfg.block_size * cfg.n_segments
     print0(f"tokens per iteration will be: {tokens_per_iter:,} on {device} in {dtype}")
-
     # out_dir is made by the run's first write (append_metrics), so a run refused below leaves nothing behind
-    if master_process and cfg.init_from != "resume" and not cfg.eval_only:
+    if ranks.master and cfg.init_from != "resume" and not cfg.eval_only:
         trim_metrics(cfg.out_dir, 0, evaluated=False)  # a new run: no log lines of one that never checkpointed
-    torch.manual_seed(cfg.seed + ddp_rank)
+    torch.manual_seed(cfg.seed + ranks.rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
     torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+    return Place(ranks, device, dtype, fsdp)
 
-    # data: prepared on the master process if missing, then memory-mapped by every rank
-    data_dir = os.path.join(cfg.data_dir, cfg.dataset)
-    if master_process:
-        ensure_data(data_dir, cfg.dataset)
-    if ddp:
+
+def barrier(place: Place) -> None:
+    """Under torchrun, wait for every rank (e.g. for rank 0 to finish preparing data)."""
+    if place.ranks.distributed:
         torch.distributed.barrier()
 
-    meta = load_meta(data_dir)  # the tokenizer travels in the checkpoint, so sample.py needs no data folder
+
+def prepare_data(cfg: TrainConfig, place: Place, ckpt: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The dataset's folder, prepared by rank 0 if missing, and its meta.json; a resumed run's tokenizer must
+    match it. (The tokenizer travels in the checkpoint, so sample.py needs no data folder.)"""
+    data_dir = os.path.join(cfg.data_dir, cfg.dataset)
+    if place.master:
+        ensure_data(data_dir, cfg.dataset)
+    barrier(place)
+    meta = load_meta(data_dir)
     if ckpt is not None:
         check_tokenizer(meta, ckpt, data_dir)
-    model, ckpt = init_model(cfg, model_cfg, meta, explicit, ckpt)
-    model_cfg = model.config
-    if int(meta["vocab_size"]) > model_cfg.vocab_size:
+    return data_dir, meta
+
+
+def check_vocabulary(model: GPT, meta: dict[str, Any], data_dir: str) -> None:
+    """The data's token ids must all have an embedding; then the model's size is printed."""
+    if int(meta["vocab_size"]) > model.config.vocab_size:
         raise ValueError(
             f"{data_dir}/meta.json has a vocabulary of {meta['vocab_size']} tokens, more than the model's "
-            f"{model_cfg.vocab_size}: the data was tokenized for another model"
+            f"{model.config.vocab_size}: the data was tokenized for another model"
         )
     n_memory = sum(p.numel() for p in model.memory.parameters()) if model.memory is not None else 0
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M (memory {n_memory / 1e6:.2f}M)")
-    seq_len = model_cfg.block_size * cfg.n_segments
-    # every segment count the run uses, with where its data lives: an episode dataset (a synthetic task) holds one
-    # length per folder, and a sequence is exactly one episode; text is cut to any length from one folder
+
+
+@dataclass
+class Stage:
+    """The training data of one segment count: its tokens, answer mask (synthetic tasks) and batch sampler."""
+
+    sampler: BatchSampler
+    tokens: np.ndarray
+    mask: np.ndarray | None
+
+
+def open_stages(
+    cfg: TrainConfig, model_cfg: GPTConfig, meta: dict[str, Any], data_dir: str, place: Place
+) -> tuple[dict[int, str], dict[int, Stage]]:
+    """Every segment count the run uses (n_segments and the curriculum's), with the folder its data lives in and
+    its training stage. An episode dataset (a synthetic task) holds one length per folder, prepared by rank 0 if
+    missing, and a sequence is exactly one episode; text is cut to any length from one folder. Token ids are
+    checked against the vocabulary. One generator draws every batch, whatever the stage, so its state alone makes
+    a resume exact."""
     episodic = "episode_len" in meta
-    stage_dirs = {
-        n: episode_dir(data_dir, meta, n, model_cfg.block_size) for n in {cfg.n_segments, *cfg.segment_curriculum}
-    }
-    if master_process and episodic:
-        for n, folder in stage_dirs.items():
-            prepare_args = [*meta["prepare_args"], "--n_segments", str(n), "--block_size", str(model_cfg.block_size)]
-            ensure_data(folder, cfg.dataset, prepare_args)
-    if ddp:
-        torch.distributed.barrier()
-    model.gradient_checkpointing = cfg.gradient_checkpointing
-    model.to(device)
-    if fsdp:  # sharded in place, before the optimizer is built on the shards
-        parallel.shard(model, dtype)
-    raw_model = model
-
-    # initialize a GradScaler. If enabled=False scaler is a no-op
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    # one generator draws every batch, whatever the stage, so its state alone makes a resume exact
+    T = model_cfg.block_size
+    dirs = {n: episode_dir(data_dir, meta, n, T) for n in {cfg.n_segments, *cfg.segment_curriculum}}
+    if place.master and episodic:
+        for n, folder in dirs.items():
+            ensure_data(folder, cfg.dataset, [*meta["prepare_args"], "--n_segments", str(n), "--block_size", str(T)])
+    barrier(place)
     generator = torch.Generator().manual_seed(cfg.seed)
-    stages: dict[int, tuple[BatchSampler, np.ndarray, np.ndarray | None]] = {}
-    for n, folder in stage_dirs.items():
+    stages = {}
+    for n, folder in dirs.items():
         check_tokens(open_split(folder, "val"), model_cfg.vocab_size)
-        tokens, n_len = check_tokens(open_split(folder, "train"), model_cfg.vocab_size), model_cfg.block_size * n
-        align = n_len if episodic else 1
-        sampler = BatchSampler(len(tokens), n_len, cfg.seed, align, generator, source=str(tokens.filename))
-        stages[n] = (sampler, tokens, open_mask(folder, "train"))
-    train_sampler = stages[cfg.n_segments][0]
-    iter_num, best_val_loss, tokens_seen, skipped, resumed_after_eval = 0, 1e9, 0, 0, True
-    if ckpt is not None:
-        parallel.load_optimizer_state_dict(model, optimizer, ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        train_sampler.load_state_dict(ckpt["sampler"])
-        iter_num, best_val_loss, tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
-        skipped = ckpt.get("skipped_steps", 0)  # checkpoints from before the divergence guard have none
-        argv = ckpt.get("argv", argv)  # the run's own command line, not the resume's
-        resumed_after_eval = ckpt.get("evaluated", True)  # a stop signal's checkpoint comes before the evaluation
-        if master_process:
-            trim_metrics(cfg.out_dir, iter_num, resumed_after_eval)
-        if master_process:
-            set_rng_state(ckpt["rng"])
-        else:  # other ranks carry on from a state of their own, derived from the seed and the step
-            torch.manual_seed(cfg.seed + ddp_rank + 1000 * iter_num)
-    ckpt = None  # free up memory
+        tokens = check_tokens(open_split(folder, "train"), model_cfg.vocab_size)
+        align = T * n if episodic else 1
+        sampler = BatchSampler(len(tokens), T * n, cfg.seed, align, generator, source=str(tokens.filename))
+        stages[n] = Stage(sampler, tokens, open_mask(folder, "train"))
+    return dirs, stages
 
-    if cfg.compile:
-        print0("compiling the model... (takes a ~minute)")
-        model = torch.compile(model)  # type: ignore[assignment]
-    if ddp and not fsdp:
-        model = parallel.wrap_ddp(model, ranks, device_type, memory=model_cfg.gmm_experts > 0)  # type: ignore[assignment]
 
-    tracker: Tracker = NoTracker()
-    if master_process:
-        kind = "wandb" if cfg.wandb_log else cfg.tracker
-        project, name = cfg.tracker_project or cfg.wandb_project, cfg.tracker_run_name or cfg.wandb_run_name
-        config = {**asdict(cfg), **asdict(model_cfg)}
-        resume = cfg.init_from == "resume"
-        tracker = open_tracker(kind, project, name, config, cfg.out_dir, resume=resume, group=cfg.tracker_group)
-    flops_peak = peak_flops(device, dtype) if master_process else 1.0
+@dataclass
+class Run:
+    """What a training run carries from step to step; its checkpoint is made of it (Run.checkpoint)."""
 
-    commit = git_commit() if master_process else ""
+    cfg: TrainConfig
+    place: Place
+    raw_model: GPT  # sharded in place under fsdp
+    model: torch.nn.Module  # what the steps call: raw_model, compiled and/or wrapped in DDP (start_run)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # a no-op unless training in float16
+    stages: dict[int, Stage]
+    eval_dir: str  # the data of n_segments segments, what evaluation reads
+    meta: dict[str, Any]  # the tokenizer's, saved with every checkpoint
+    argv: list[str] | None  # the command line that started the run, for a model card (export.py)
+    tracker: Tracker = field(default_factory=NoTracker)
+    commit: str = ""
+    iter_num: int = 0
+    best_val_loss: float = 1e9
+    tokens_seen: int = 0
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient (nonfinite = 'skip')
+    resumed_after_eval: bool = True  # False: the checkpoint was a stop signal's, written before the evaluation
 
-    def checkpoint_dict(evaluated: bool = True) -> dict[str, Any]:
+    @property
+    def ckpt_path(self) -> str:
+        return os.path.join(self.cfg.out_dir, "ckpt.pt")
+
+    @property
+    def seq_len(self) -> int:  # one evaluation sequence: n_segments segments
+        return self.raw_model.config.block_size * self.cfg.n_segments
+
+    def checkpoint(self, evaluated: bool = True) -> dict[str, Any]:
+        """Everything a resume needs. Under fsdp every rank must call it (the state is gathered whole)."""
         return {
             "evaluated": evaluated,  # written after this iteration's evaluation (a resume does not repeat it)
-            "model": parallel.model_state_dict(raw_model),  # under fsdp gathered whole: the same file as ddp's
-            "optimizer": parallel.optimizer_state_dict(raw_model, optimizer),
-            "scaler": scaler.state_dict(),
-            "model_args": asdict(model_cfg),
-            "iter_num": iter_num,
-            "best_val_loss": best_val_loss,
-            "tokens_seen": tokens_seen,
-            "skipped_steps": skipped,
-            "config": asdict(cfg),
-            "tokenizer_meta": meta,
+            "model": parallel.model_state_dict(self.raw_model),  # under fsdp gathered whole: the same file as ddp's
+            "optimizer": parallel.optimizer_state_dict(self.raw_model, self.optimizer),
+            "scaler": self.scaler.state_dict(),
+            "model_args": asdict(self.raw_model.config),
+            "iter_num": self.iter_num,
+            "best_val_loss": self.best_val_loss,
+            "tokens_seen": self.tokens_seen,
+            "skipped_steps": self.skipped,
+            "config": asdict(self.cfg),
+            "tokenizer_meta": self.meta,
             "rng": rng_state(),
-            "sampler": train_sampler.state_dict(),
-            "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0], "commit": commit},
-            "argv": argv,  # the command line that started the run, for a model card (export.py)
+            "sampler": self.stages[self.cfg.n_segments].sampler.state_dict(),
+            "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0], "commit": self.commit},
+            "argv": self.argv,
         }
 
-    # training loop
-    start_iter = iter_num
+
+def build_run(
+    cfg: TrainConfig,
+    model: GPT,
+    place: Place,
+    stages: dict[int, Stage],
+    eval_dir: str,
+    meta: dict[str, Any],
+    argv: list[str] | None,
+) -> Run:
+    """The model on its device (sharded under fsdp, before the optimizer is built on the shards), its AdamW and
+    gradient scaler."""
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    model.to(place.device)
+    if place.fsdp:
+        parallel.shard(model, place.dtype)
+    scaler = torch.amp.GradScaler(place.device_type, enabled=(place.dtype == "float16"))
+    betas = (cfg.beta1, cfg.beta2)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, place.device_type)
+    return Run(cfg, place, model, model, optimizer, scaler, stages, eval_dir, meta, argv)
+
+
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    """Continue from a checkpoint: optimizer, scaler, sampler, counters and RNG as they were. metrics.jsonl loses
+    what was logged after the checkpoint; ranks other than 0 reseed from the seed and the step."""
+    parallel.load_optimizer_state_dict(run.raw_model, run.optimizer, ckpt["optimizer"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.stages[run.cfg.n_segments].sampler.load_state_dict(ckpt["sampler"])
+    run.iter_num, run.best_val_loss, run.tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
+    run.skipped = ckpt.get("skipped_steps", 0)  # checkpoints from before the divergence guard have none
+    run.argv = ckpt.get("argv", run.argv)  # the run's own command line, not the resume's
+    run.resumed_after_eval = ckpt.get("evaluated", True)
+    if run.place.master:
+        trim_metrics(run.cfg.out_dir, run.iter_num, run.resumed_after_eval)
+        set_rng_state(ckpt["rng"])
+    else:  # other ranks carry on from a state of their own, derived from the seed and the step
+        torch.manual_seed(run.cfg.seed + run.place.ranks.rank + 1000 * run.iter_num)
+
+
+def start_run(run: Run) -> None:
+    """Compile and wrap the model for the loop (DDP under torchrun without fsdp); on rank 0, open the tracker."""
+    cfg, place = run.cfg, run.place
+    if cfg.compile:
+        print0("compiling the model... (takes a ~minute)")
+        run.model = torch.compile(run.model)  # type: ignore[assignment]
+    if place.ranks.distributed and not place.fsdp:
+        memory = run.raw_model.config.gmm_experts > 0
+        run.model = parallel.wrap_ddp(run.model, place.ranks, place.device_type, memory)
+    if place.master:
+        kind = "wandb" if cfg.wandb_log else cfg.tracker
+        project, name = cfg.tracker_project or cfg.wandb_project, cfg.tracker_run_name or cfg.wandb_run_name
+        config = {**asdict(cfg), **asdict(run.raw_model.config)}
+        resume = cfg.init_from == "resume"
+        run.tracker = open_tracker(kind, project, name, config, cfg.out_dir, resume=resume, group=cfg.tracker_group)
+        run.commit = git_commit()
+
+
+class Meter:
+    """Step time and MFU between log lines, and the progress bar (on a terminal; in a log, plain lines)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run, self.start_iter = run, run.iter_num
+        self.bar = run.place.master and interactive()
+        self.progress = tqdm(total=run.cfg.max_iters, initial=run.iter_num, disable=not self.bar, desc="train",
+                             dynamic_ncols=True)  # fmt: skip
+        self.flops_peak = peak_flops(run.place.device, run.place.dtype) if run.place.master else 1.0
+        self.t0 = time.time()
+        self.mfu = -1.0
+
+    def lap(self, tokens_per_iter: int) -> float:
+        """Seconds per iteration since the last lap; updates the running MFU once the loop has settled."""
+        t1 = time.time()
+        dt = (t1 - self.t0) / self.run.cfg.log_interval
+        self.t0 = t1
+        if self.run.iter_num - self.start_iter >= 5 * self.run.cfg.log_interval:  # let the loop settle a bit
+            mfu = self.run.raw_model.estimate_mfu(tokens_per_iter // self.run.place.ranks.world_size, dt,
+                                                  self.flops_peak)  # fmt: skip
+            self.mfu = mfu if self.mfu == -1.0 else 0.9 * self.mfu + 0.1 * mfu
+        return dt
+
+
+def run_loop(run: Run) -> None:
+    """Steps until max_iters (or one evaluation with eval_only), evaluating every eval_interval steps; a stop
+    signal ends it after its step with a checkpoint, a non-finite step (nonfinite = 'stop') before its update."""
+    cfg = run.cfg
     stop = StopSignals()
-    bar = master_process and interactive()  # in a log: a plain line every log_interval instead of the bar
-    progress = tqdm(total=cfg.max_iters, initial=iter_num, disable=not bar, desc="train", dynamic_ncols=True)
-    t0 = time.time()
-    running_mfu = -1.0
+    meter = Meter(run)
     while True:
-        lr = get_lr(iter_num, cfg)
-        for param_group in optimizer.param_groups:
+        lr = get_lr(run.iter_num, cfg)
+        for param_group in run.optimizer.param_groups:
             param_group["lr"] = lr
-
-        # evaluate the loss on train/val sets and write checkpoints (a resumed run already did at its first step)
-        evaluate_now = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
-        repeat = cfg.eval_only or iter_num > start_iter or cfg.init_from != "resume" or not resumed_after_eval
-        # under fsdp every rank evaluates (the weights are spread over all of them) and gathers the checkpoint
-        if evaluate_now and (master_process or fsdp) and repeat:
-            eval_dir = stage_dirs[cfg.n_segments]
-            losses = estimate_loss(raw_model, eval_dir, seq_len, cfg, device, dtype, seq_len if episodic else 1)
-            if master_process:
-                extra = {k: v for k, v in losses.items() if k not in ("train", "val")}
-                scalars = {k: v for k, v in extra.items() if isinstance(v, float) and not k.startswith("train_")}
-                line = "".join(f", {k} {v:.4f}" for k, v in scalars.items())
-                if "val_util" in losses:  # k > 1 experts: each expert's share of the routing
-                    line += ", val_util " + "/".join(f"{u:.2f}" for u in losses["val_util"])
-                progress.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{line}")
-                record = {"event": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
-                          **extra, "lr": lr, "tokens": tokens_seen}  # fmt: skip
-                append_metrics(cfg.out_dir, record)
-                log_record(tracker, record)
-            if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
-                best_val_loss = min(best_val_loss, losses["val"])
-                if iter_num > 0:
-                    state = checkpoint_dict()
-                    if master_process:
-                        progress.write(f"saving checkpoint to {cfg.out_dir}")
-                        save_checkpoint(state, ckpt_path)
-        if iter_num >= cfg.max_iters or cfg.eval_only:
+        # a resumed run already evaluated at its first step, unless a stop signal's checkpoint came before that
+        repeat = cfg.eval_only or run.iter_num > meter.start_iter or cfg.init_from != "resume"
+        if (run.iter_num % cfg.eval_interval == 0 or run.iter_num == cfg.max_iters) and (
+            repeat or not run.resumed_after_eval
+        ):
+            evaluate(run, lr, meter.progress)
+        if run.iter_num >= cfg.max_iters or cfg.eval_only:
             break
-
-        # forward backward update, with optional gradient accumulation to simulate larger batch size;
-        # all ranks draw the step's global batch from the shared sampler and each keeps its own micro-steps
-        n_now = segments_at(iter_num, cfg)
-        train_len = model_cfg.block_size * n_now
-        stage_sampler, train_data, train_mask = stages[n_now]
-        tokens_per_iter = accum_global * cfg.batch_size * train_len
-        offsets = rank_offsets(stage_sampler, accum_global, cfg.batch_size, ddp_rank, ddp_world_size)
-        step_loss = torch.zeros((), device=device)
-        for micro_step in range(accum_local):
-            X, Y = get_batch(train_data, offsets[micro_step], train_len, device, train_mask, model_cfg.vocab_size)
-            parallel.set_gradient_sync(model, micro_step == accum_local - 1)  # reduce after the last micro-step
-            with autocast(device, dtype):
-                _, loss = model(X, Y, bptt_segments=cfg.bptt_segments)
-                assert loss is not None
-                loss = loss / accum_local  # scale the loss to account for gradient accumulation
-            step_loss += loss.detach()
-            # backward pass, with gradient scaling if training in fp16
-            scaler.scale(loss).backward()
-        # clip the gradient, and look at the step before taking it: a non-finite loss or gradient norm stops the run
-        # before it can reach the weights or a checkpoint, or (nonfinite=skip) the step is skipped and counted
-        grad_norm = clip_gradients(model, optimizer, scaler, cfg.grad_clip)
-        bad, stop_signal = check_step(step_loss, grad_norm, scaler, ddp, stop.signum)
+        step_loss, grad_norm, tokens_per_iter = forward_backward(run)
+        bad, stop_signal = check_step(step_loss, grad_norm, run.scaler, run.place.ranks.distributed, stop.signum)
         if bad and cfg.nonfinite == "stop":
-            progress.close()
-            if master_process:
+            meter.progress.close()
+            if run.place.master:
                 kept = f"the last checkpoint in {cfg.out_dir} is kept (--nonfinite=skip skips such steps)"
-                print(f"error: iteration {iter_num}: the {bad} is not finite; stopped before the step, {kept}",
+                print(f"error: iteration {run.iter_num}: the {bad} is not finite; stopped before the step, {kept}",
                       file=sys.stderr)  # fmt: skip
-            stop.restore()
-            if ddp:
-                destroy_process_group()
-            sys.exit(EXIT_NONFINITE)
-        if bad:
-            skipped += 1
-        else:  # step the optimizer and scaler if training in fp16
-            scaler.step(optimizer)
-        scaler.update()
-        # flush the gradients as soon as we can, no need for this memory anymore
-        optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
-        tokens_seen += tokens_per_iter
-        progress.update(1)
-
-        # timing and logging: the loss is the mean over all micro-steps of all ranks
-        if iter_num % cfg.log_interval == 0:
-            if ddp:
-                torch.distributed.all_reduce(step_loss, op=torch.distributed.ReduceOp.AVG)
-            lossf = step_loss.item()  # a CPU-GPU sync point
-            normf = grad_norm.item()  # this rank's, before clipping
-            t1 = time.time()
-            dt = (t1 - t0) / cfg.log_interval
-            t0 = t1
-            if iter_num - start_iter >= 5 * cfg.log_interval:  # let the training loop settle a bit
-                mfu = raw_model.estimate_mfu(tokens_per_iter // ddp_world_size, dt, flops_peak)
-                running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-            if master_process:
-                mfu_str = f"{running_mfu * 100:.1f}%" if running_mfu >= 0 else "-"
-                progress.set_postfix(loss=f"{lossf:.4f}", ms=f"{dt * 1000:.0f}", mfu=mfu_str)
-                if not bar:
-                    skips = f", {skipped} skipped" if skipped else ""
-                    print(f"iter {iter_num}: loss {lossf:.4f}, grad norm {normf:.3g}, lr {lr:.3g}, "
-                          f"time {dt * 1000:.2f}ms, mfu {mfu_str}{skips}")  # fmt: skip
-                record = {"event": "train", "iter": iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000,
-                          "tokens_per_s": tokens_per_iter / dt, "mfu": running_mfu, "grad_norm": normf,
-                          "skipped": skipped}  # fmt: skip
-                append_metrics(cfg.out_dir, record)
-                log_record(tracker, record)
-
-        # a stop signal (on any rank): the step is done, so write a checkpoint and leave
-        if stop_signal:
-            progress.close()
-            state = checkpoint_dict(evaluated=False) if master_process or fsdp else {}
-            if master_process:
-                save_checkpoint(state, ckpt_path)
+            end_run(run, meter, stop, EXIT_NONFINITE)
+        update(run, skip=bool(bad), tokens=tokens_per_iter)
+        meter.progress.update(1)
+        if run.iter_num % cfg.log_interval == 0:
+            log_step(run, meter, step_loss, grad_norm, lr, tokens_per_iter)
+        if stop_signal:  # on any rank: the step is done, so write a checkpoint and leave
+            meter.progress.close()
+            save(run, evaluated=False)
+            if run.place.master:
                 name = signal.Signals(stop_signal).name
-                print(f"stopped by {name} after iteration {iter_num}: checkpoint written to {ckpt_path}; continue "
-                      "with --init_from=resume")  # fmt: skip
-            stop.restore()
-            if ddp:
-                destroy_process_group()
-            sys.exit(128 + stop_signal)
+                print(f"stopped by {name} after iteration {run.iter_num}: checkpoint written to {run.ckpt_path}; "
+                      "continue with --init_from=resume")  # fmt: skip
+            end_run(run, meter, stop, 128 + stop_signal)
+    end_run(run, meter, stop)
+
+
+def evaluate(run: Run, lr: float, progress: tqdm) -> None:
+    """Estimate the train and val losses; log them on rank 0; save a checkpoint when val improves (or always,
+    with always_save_checkpoint). Under fsdp every rank evaluates (the weights are spread over all of them)."""
+    cfg, place = run.cfg, run.place
+    if not (place.master or place.fsdp):
+        return
+    episodic = "episode_len" in run.meta
+    seq_len = run.seq_len
+    losses = estimate_loss(run.raw_model, run.eval_dir, seq_len, cfg, place.device, place.dtype,
+                           seq_len if episodic else 1)  # fmt: skip
+    if place.master:
+        extra = {k: v for k, v in losses.items() if k not in ("train", "val")}
+        scalars = {k: v for k, v in extra.items() if isinstance(v, float) and not k.startswith("train_")}
+        line = "".join(f", {k} {v:.4f}" for k, v in scalars.items())
+        if "val_util" in losses:  # k > 1 experts: each expert's share of the routing
+            line += ", val_util " + "/".join(f"{u:.2f}" for u in losses["val_util"])
+        progress.write(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{line}")
+        record = {"event": "eval", "iter": run.iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                  **extra, "lr": lr, "tokens": run.tokens_seen}  # fmt: skip
+        append_metrics(cfg.out_dir, record)
+        log_record(run.tracker, record)
+    if losses["val"] < run.best_val_loss or cfg.always_save_checkpoint:
+        run.best_val_loss = min(run.best_val_loss, losses["val"])
+        if run.iter_num > 0:
+            if place.master:
+                progress.write(f"saving checkpoint to {cfg.out_dir}")
+            save(run)
+
+
+def save(run: Run, evaluated: bool = True) -> None:
+    """Write the run's checkpoint (rank 0), gathered from every rank under fsdp."""
+    if run.place.master or run.place.fsdp:
+        state = run.checkpoint(evaluated)
+        if run.place.master:
+            save_checkpoint(state, run.ckpt_path)
+
+
+def forward_backward(run: Run) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One step's gradients: every rank draws the step's global batch from the shared sampler and runs its own
+    micro-steps (gradient accumulation), reducing gradients after the last; then the gradients are unscaled and
+    clipped. Returns the step's mean loss on this rank, the gradient norm before clipping, and the step's tokens."""
+    cfg, place, model = run.cfg, run.place, run.model
+    n_now = segments_at(run.iter_num, cfg)
+    train_len = run.raw_model.config.block_size * n_now
+    stage = run.stages[n_now]
+    accum = cfg.gradient_accumulation_steps // place.ranks.world_size  # each rank runs its share of the micro-steps
+    offsets = rank_offsets(stage.sampler, cfg.gradient_accumulation_steps, cfg.batch_size, place.ranks.rank,
+                           place.ranks.world_size)  # fmt: skip
+    step_loss = torch.zeros((), device=place.device)
+    for micro_step in range(accum):
+        X, Y = get_batch(stage.tokens, offsets[micro_step], train_len, place.device, stage.mask,
+                         run.raw_model.config.vocab_size)  # fmt: skip
+        parallel.set_gradient_sync(model, micro_step == accum - 1)  # reduce after the last micro-step
+        with autocast(place.device, place.dtype):
+            _, loss = model(X, Y, bptt_segments=cfg.bptt_segments)
+            assert loss is not None
+            loss = loss / accum  # scale the loss to account for gradient accumulation
+        step_loss += loss.detach()
+        run.scaler.scale(loss).backward()  # with gradient scaling if training in fp16
+    grad_norm = clip_gradients(model, run.optimizer, run.scaler, cfg.grad_clip)
+    return step_loss, grad_norm, cfg.gradient_accumulation_steps * cfg.batch_size * train_len
+
+
+def update(run: Run, skip: bool, tokens: int) -> None:
+    """Take the step (or skip it, counted), flush the gradients and count the iteration and its tokens."""
+    if skip:
+        run.skipped += 1
+    else:  # step the optimizer and scaler if training in fp16
+        run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)  # flush the gradients as soon as we can
+    run.iter_num += 1
+    run.tokens_seen += tokens
+
+
+def log_step(
+    run: Run, meter: Meter, step_loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, tokens_per_iter: int
+) -> None:
+    """A train line in metrics.jsonl (and the tracker, the bar or the log): the loss is the mean over all
+    micro-steps of all ranks, the gradient norm this rank's before clipping."""
+    if run.place.ranks.distributed:
+        torch.distributed.all_reduce(step_loss, op=torch.distributed.ReduceOp.AVG)
+    lossf = step_loss.item()  # a CPU-GPU sync point
+    normf = grad_norm.item()
+    dt = meter.lap(tokens_per_iter)
+    if not run.place.master:
+        return
+    mfu_str = f"{meter.mfu * 100:.1f}%" if meter.mfu >= 0 else "-"
+    meter.progress.set_postfix(loss=f"{lossf:.4f}", ms=f"{dt * 1000:.0f}", mfu=mfu_str)
+    if not meter.bar:
+        skips = f", {run.skipped} skipped" if run.skipped else ""
+        print(f"iter {run.iter_num}: loss {lossf:.4f}, grad norm {normf:.3g}, lr {lr:.3g}, "
+              f"time {dt * 1000:.2f}ms, mfu {mfu_str}{skips}")  # fmt: skip
+    record = {"event": "train", "iter": run.iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000,
+              "tokens_per_s": tokens_per_iter / dt, "mfu": meter.mfu, "grad_norm": normf,
+              "skipped": run.skipped}  # fmt: skip
+    append_metrics(run.cfg.out_dir, record)
+    log_record(run.tracker, record)
+
+
+def end_run(run: Run, meter: Meter, stop: StopSignals, exit_code: int | None = None) -> None:
+    """Close the bar, the signal handlers, the tracker (at the normal end) and the process group; exit with
+    exit_code if one is given."""
+    meter.progress.close()
     stop.restore()
-    progress.close()
-    tracker.finish()
-    if ddp:
+    if exit_code is None:
+        run.tracker.finish()
+    if run.place.ranks.distributed:
         destroy_process_group()
+    if exit_code is not None:
+        sys.exit(exit_code)
 
 
 if __name__ == "__main__":
