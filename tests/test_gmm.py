@@ -24,8 +24,9 @@ import torch
 
 import gmm
 from configurator import ConfigError, configure
+from decode import SegmentDecoder
 from gmm import ExpertUpdater, Memory, expert_scale, load_balance_loss, routing_entropy, top_k_mask
-from model import GPT, GPTConfig, SegmentDecoder
+from model import GPT, GPTConfig
 from train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

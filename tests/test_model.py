@@ -19,7 +19,8 @@ import torch.utils.checkpoint
 from torch.nn import functional as F
 
 import model as model_module
-from model import GPT, CausalSelfAttention, GPTConfig, KVCache, sample_next
+from decode import KVCache, sample_next
+from model import GPT, CausalSelfAttention, GPTConfig
 
 TINY = dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 

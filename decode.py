@@ -1,0 +1,143 @@
+"""
+Generating from a GPT, one token at a time: the KV cache, sampling (sample_next), the token stream that
+GPT.generate and GPT.stream return (stream), and SegmentDecoder, the incremental decoding with memory that equals
+GPT.forward on the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn import functional as F
+
+if TYPE_CHECKING:  # model.py imports this module; the GPT type is only named here
+    from model import GPT, GPTConfig
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding, preallocated for `max_len` positions.
+
+    The caller owns it and passes it to `GPT.forward`, which writes the new positions and advances `pos`.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, max_len, hs)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # positions filled so far
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+@torch.no_grad()
+def stream(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield sampled tokens (B, 1) one at a time, for streamed output.
+    Without memory the context is the last block_size tokens, as in nanoGPT; with use_cache, each new token
+    costs one position through a KV cache until the window starts to slide, after which every step
+    re-encodes the window. With memory the context is unbounded: the sequence runs as segments
+    (SegmentDecoder), in constant memory. use_cache=False recomputes everything each step (the reference)."""
+    block_size = model.config.block_size
+    decoder = SegmentDecoder(model, idx.size(0)) if use_cache and model.memory is not None else None
+    cache = None
+    if use_cache and model.memory is None:
+        p = next(model.parameters())
+        cache = KVCache(model.config, idx.size(0), block_size, p.device, p.dtype)
+    logits = None
+    for step in range(max_new_tokens):
+        if decoder is not None:
+            logits = decoder.feed(idx if step == 0 else idx[:, -1:])[:, [-1]]
+        elif cache is None:
+            logits, _ = model(idx if model.memory is not None else idx[:, -block_size:])
+        elif 0 < cache.pos < block_size and idx.size(1) == cache.pos + 1:
+            logits, _ = model(idx[:, -1:], kv_cache=cache)  # only the newest token goes through the model
+        else:  # first step, or the window slid: (re)fill the cache with the whole window
+            cache.reset()
+            logits, _ = model(idx[:, -block_size:], kv_cache=cache)
+        token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+        idx = torch.cat((idx, token), dim=1)
+        yield token
+
+
+class SegmentDecoder:
+    """Incremental decoding that equals GPT.forward on the same tokens, memory or not.
+
+    Within a segment each token costs one position through the KV cache. When a segment is full and another
+    token comes, the segment's write tokens run through the cache, the memory takes the write, and the next
+    segment starts from a fresh cache holding only its read slots. Without memory the segments are independent,
+    as in forward."""
+
+    def __init__(self, model: GPT, batch_size: int) -> None:
+        cfg = model.config
+        self.model = model
+        self.slots = model.memory.n_read if model.memory is not None else 0
+        p = next(model.parameters())
+        self.cache = KVCache(cfg, batch_size, 2 * self.slots + cfg.block_size, p.device, p.dtype)
+        self.memory = model.memory.initial(batch_size) if model.memory is not None else None
+        self.t = 0  # text tokens in the current segment
+        self.start_segment()
+
+    def start_segment(self) -> None:
+        self.cache.reset()
+        self.t = 0
+        if self.model.memory is not None and self.memory is not None:
+            self.model.extend_cache(self.model.memory.read(self.memory), self.cache)
+
+    def end_segment(self) -> None:
+        memory_module = self.model.memory
+        if memory_module is not None and self.memory is not None:
+            read = memory_module.read(self.memory)  # the segment's read slots: the memory is unchanged since its start
+            W = self.model.extend_cache(memory_module.write_tokens(read), self.cache)
+            self.memory, _ = memory_module.write(self.memory, W)
+        self.start_segment()
+
+    def feed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, n) that continue the sequence -> their logits (B, n, vocab)."""
+        T = self.model.config.block_size
+        out, i = [], 0
+        while i < idx.size(1):
+            if self.t == T:
+                self.end_segment()
+            take = min(idx.size(1) - i, T - self.t)
+            x = self.model.embed(idx[:, i : i + take], self.t)
+            out.append(self.model.lm_head(self.model.extend_cache(x, self.cache)))
+            self.t += take
+            i += take
+        return torch.cat(out, dim=1)
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick the next token (B, 1) from logits (B, vocab): greedy at temperature 0, else sample from the softmax
+    after top-k and then top-p (nucleus, https://arxiv.org/abs/1904.09751) filtering."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass (the top token always stays)
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(1, sorted_idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
