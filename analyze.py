@@ -534,19 +534,8 @@ def analyze(cfg: AnalyzeConfig, progress: bool = True) -> dict[str, Any]:
     elif k == 1:  # one bank: no routing, but its write gates still say how much each segment overwrites
         result["gate"] = trace.gates.mean(dim=(0, 1)).tolist()
         result["segment_gate"] = trace.gates.mean(dim=1).tolist()
-    plots: list[str] = []
     folder = os.path.join(cfg.out_dir, "analysis")
-    if cfg.plots:
-        os.makedirs(folder, exist_ok=True)
-        records = read_metrics(cfg.out_dir)
-        if stats is not None:
-            plots.append(plot_routing(stats["segment_util"], top, os.path.join(folder, "routing.png")))
-            plots.append(plot_utilisation(stats, os.path.join(folder, "utilisation.png")))
-            plots.append(plot_diversity(trace.diversity, os.path.join(folder, "diversity.png")))
-            history = plot_routing_history(records, k, os.path.join(folder, "routing_history.png"))
-            plots += [history] if history else []
-        losses = plot_losses(records, os.path.join(folder, "losses.png"))
-        plots += [losses] if losses else []
+    plots = write_plots(cfg.out_dir, folder, stats, trace, k) if cfg.plots else []
     result["plots"] = plots
     with open(os.path.join(cfg.out_dir, "analysis.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -554,6 +543,23 @@ def analyze(cfg: AnalyzeConfig, progress: bool = True) -> dict[str, Any]:
     written = f" and {len(plots)} plots in {folder}" if plots else ""
     print(f"wrote {os.path.join(cfg.out_dir, 'analysis.json')}{written}")
     return result
+
+
+def write_plots(out_dir: str, folder: str, stats: dict[str, Any] | None, trace: Trace, k: int) -> list[str]:
+    """The routing heatmap, utilisation, diversity and routing history (k > 1) and the loss curves, in folder;
+    returns their paths."""
+    os.makedirs(folder, exist_ok=True)
+    records = read_metrics(out_dir)
+    plots = []
+    if stats is not None:
+        top = trace.probs.argmax(dim=-1)  # (S, N)
+        plots.append(plot_routing(stats["segment_util"], top, os.path.join(folder, "routing.png")))
+        plots.append(plot_utilisation(stats, os.path.join(folder, "utilisation.png")))
+        plots.append(plot_diversity(trace.diversity, os.path.join(folder, "diversity.png")))
+        history = plot_routing_history(records, k, os.path.join(folder, "routing_history.png"))
+        plots += [history] if history else []
+    losses = plot_losses(records, os.path.join(folder, "losses.png"))
+    return plots + ([losses] if losses else [])
 
 
 def format_report(r: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -261,37 +262,14 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     memory = PeakMemory(device)
     T = model_cfg.block_size
     seq_len = cfg.n_segments * T  # with memory on, the model runs it as n_segments segments of T
-    model = GPT(model_cfg).to(device)
+    raw_model = GPT(model_cfg).to(device)
     if fsdp:
-        parallel.shard(model, dtype)
-    raw_model = model
-    optimizer = model.configure_optimizers(1e-1, 6e-4, (0.9, 0.95), device_type)
+        parallel.shard(raw_model, dtype)
+    optimizer = raw_model.configure_optimizers(1e-1, 6e-4, (0.9, 0.95), device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    if compile:
-        say("compiling the model... (takes a ~minute)")
-        model = torch.compile(model)  # type: ignore[assignment]
-    if ranks.distributed and not fsdp:
-        model = parallel.wrap_ddp(model, ranks, device_type, memory=model_cfg.gmm_experts > 0)  # type: ignore[assignment]
+    model = wrap(raw_model, compile, ranks, device_type, fsdp, say)
     grad_bytes = 0  # this rank's gradients, as the last step held them
-
-    if cfg.real_data:
-        from train import BatchSampler, get_batch, open_split
-
-        data_dir = os.path.join(cfg.data_dir, cfg.dataset)
-        if not os.path.isfile(os.path.join(data_dir, "train.bin")):
-            raise ValueError(f"real_data: {data_dir}/train.bin not found; run data/{cfg.dataset}/prepare.py first")
-        data = open_split(data_dir, "train")
-        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed, source=str(data.filename))
-        vocab_size = model_cfg.vocab_size
-
-        def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-            return get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, vocab_size=vocab_size)
-    else:  # one fixed batch of random tokens: no data loading in the measurement
-        x = torch.randint(model_cfg.vocab_size, (cfg.batch_size, seq_len), device=device)
-        y = torch.randint(model_cfg.vocab_size, (cfg.batch_size, seq_len), device=device)
-
-        def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-            return x, y
+    next_batch = batches(cfg, model_cfg.vocab_size, seq_len, device)
 
     def step() -> float:
         nonlocal grad_bytes
@@ -311,17 +289,94 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     segments = f" ({cfg.n_segments} segments of {T})" if cfg.n_segments > 1 else ""
     memory_on = f", memory k={model_cfg.gmm_experts}" if raw_model.memory is not None else ""
     spread = f", {cfg.parallel} over {ranks.world_size} processes" if ranks.distributed else ""
-    say(f"train: {raw_model.get_num_params() / 1e6:.2f}M params{memory_on}, ", end="")
-    say(f"batch {cfg.batch_size} x {seq_len} tokens{segments}{spread}, ", end="")
-    say(f"{device} {dtype}, compile {'on' if compile else 'off'}{', real data' if cfg.real_data else ''}")
+    say(f"train: {raw_model.get_num_params() / 1e6:.2f}M params{memory_on}, batch {cfg.batch_size} x {seq_len} "
+        f"tokens{segments}{spread}, {device} {dtype}, compile {'on' if compile else 'off'}"
+        f"{', real data' if cfg.real_data else ''}")  # fmt: skip
     for _ in range(cfg.warmup_iters):
         step()
         memory.sample()
     prof = profiler(device) if cfg.profile else None
-    times = []
     if prof is not None:
         prof.start()
-    for i in range(cfg.iters):
+    times = time_steps(step, cfg.iters, device, memory, say)
+    result = finish_profile(prof, cfg.out_dir, "train") if ranks.master else {}
+    result.update(
+        train_figures(cfg, raw_model, times, device, dtype, compile),
+        memory_bytes=memory.peak(),
+        memory_start_bytes=memory.start,
+        memory_kind=memory.kind,
+        grad_bytes=grad_bytes,
+        optimizer_bytes=local_bytes(v for st in optimizer.state.values() for v in st.values() if v.dim()),
+    )
+    if ranks.distributed:
+        gather_ranks(result, cfg, ranks)
+    return result
+
+
+def train_figures(
+    cfg: BenchConfig, raw_model: GPT, times: list[float], device: str, dtype: str, compile: bool
+) -> dict[str, Any]:
+    """What train mode reports of its timed steps and the model (memory and what the optimizer holds are added by
+    bench_train): the median step, tokens/s, MFU, and this rank's weights (its shards under fsdp)."""
+    dt = statistics.median(times)
+    tokens = cfg.batch_size * cfg.n_segments * raw_model.config.block_size
+    flops = peak_flops(device, dtype)
+    memory = raw_model.memory
+    return dict(
+        mode="train",
+        device=device,
+        dtype=dtype,
+        compile=compile,
+        params=raw_model.get_num_params(),
+        memory_params=sum(p.numel() for p in memory.parameters()) if memory is not None else 0,
+        batch_size=cfg.batch_size,
+        block_size=raw_model.config.block_size,
+        n_segments=cfg.n_segments,
+        ms_per_iter=dt * 1000,
+        ms_per_iter_all=[t * 1000 for t in times],
+        tokens_per_s=tokens / dt,
+        mfu=raw_model.estimate_mfu(tokens, dt, flops),
+        peak_flops=flops,
+        weight_bytes=local_bytes(raw_model.parameters()),  # what this rank holds (its shards under fsdp)
+    )
+
+
+def wrap(
+    model: GPT, compile: bool, ranks: Ranks, device_type: str, fsdp: bool, say: Callable[..., None]
+) -> torch.nn.Module:
+    """The model the steps call: compiled if asked, in DDP under torchrun without fsdp."""
+    memory = model.config.gmm_experts > 0
+    if compile:
+        say("compiling the model... (takes a ~minute)")
+        model = torch.compile(model)  # type: ignore[assignment]
+    if ranks.distributed and not fsdp:
+        return parallel.wrap_ddp(model, ranks, device_type, memory)
+    return model
+
+
+def batches(cfg: BenchConfig, vocab_size: int, seq_len: int, device: str) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """What each step trains on: batches of data_dir/dataset/train.bin with real_data, else one fixed batch of
+    random tokens (no data loading in the measurement)."""
+    if cfg.real_data:
+        from train import BatchSampler, get_batch, open_split
+
+        data_dir = os.path.join(cfg.data_dir, cfg.dataset)
+        if not os.path.isfile(os.path.join(data_dir, "train.bin")):
+            raise ValueError(f"real_data: {data_dir}/train.bin not found; run data/{cfg.dataset}/prepare.py first")
+        data = open_split(data_dir, "train")
+        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed, source=str(data.filename))
+        return lambda: get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, vocab_size=vocab_size)
+    x = torch.randint(vocab_size, (cfg.batch_size, seq_len), device=device)
+    y = torch.randint(vocab_size, (cfg.batch_size, seq_len), device=device)
+    return lambda: (x, y)
+
+
+def time_steps(
+    step: Callable[[], float], iters: int, device: str, memory: PeakMemory, say: Callable[..., None]
+) -> list[float]:
+    """Seconds each of iters steps took, the device synchronised around each; memory sampled after each."""
+    times = []
+    for i in range(iters):
         synchronize(device)
         t0 = time.perf_counter()
         loss = step()
@@ -329,44 +384,21 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
         memory.sample()
         say(f"iter {i}: {times[-1] * 1000:.2f} ms, loss {loss:.4f}")
-    result = finish_profile(prof, cfg.out_dir, "train") if ranks.master else {}
-    dt = statistics.median(times)
-    tokens = cfg.batch_size * seq_len
-    flops = peak_flops(device, dtype)
-    result.update(
-        mode="train",
-        device=device,
-        dtype=dtype,
-        compile=compile,
-        params=raw_model.get_num_params(),
-        memory_params=sum(p.numel() for p in raw_model.memory.parameters()) if raw_model.memory is not None else 0,
-        batch_size=cfg.batch_size,
-        block_size=T,
-        n_segments=cfg.n_segments,
-        ms_per_iter=dt * 1000,
-        ms_per_iter_all=[t * 1000 for t in times],
-        tokens_per_s=tokens / dt,
-        mfu=raw_model.estimate_mfu(tokens, dt, flops),
-        peak_flops=flops,
-        memory_bytes=memory.peak(),
-        memory_start_bytes=memory.start,
-        memory_kind=memory.kind,
-        # what this rank holds: its weights (its shards under fsdp), their gradients and AdamW's two moments
-        weight_bytes=local_bytes(raw_model.parameters()),
-        grad_bytes=grad_bytes,
-        optimizer_bytes=local_bytes(v for st in optimizer.state.values() for v in st.values() if v.dim() > 0),
-    )
-    if ranks.distributed:  # every rank's figures, gathered to each; then the process group is done
-        result.update(parallel=cfg.parallel, world_size=ranks.world_size, rank=ranks.rank)
-        mine = {k: result[k] for k in ("rank", "memory_bytes", "memory_start_bytes", "ms_per_iter", *HELD)}
-        everyone: list[Any] = [None] * ranks.world_size
-        torch.distributed.all_gather_object(everyone, mine)
-        result["ranks"] = everyone
-        torch.distributed.destroy_process_group()
-    return result
+    return times
 
 
 HELD = ("weight_bytes", "grad_bytes", "optimizer_bytes")
+
+
+def gather_ranks(result: dict[str, Any], cfg: BenchConfig, ranks: Ranks) -> None:
+    """Under torchrun: every rank's figures into each rank's result (result['ranks']); then the process group
+    is done."""
+    result.update(parallel=cfg.parallel, world_size=ranks.world_size, rank=ranks.rank)
+    mine = {k: result[k] for k in ("rank", "memory_bytes", "memory_start_bytes", "ms_per_iter", *HELD)}
+    everyone: list[Any] = [None] * ranks.world_size
+    torch.distributed.all_gather_object(everyone, mine)
+    result["ranks"] = everyone
+    torch.distributed.destroy_process_group()
 
 
 def under_torchrun() -> bool:

@@ -417,6 +417,8 @@ def tracking_args(cfg: GridConfig, task: str, variant: str, seed: int) -> tuple[
 
 
 def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
+    """Prepare the data, run every cell that has no record of the same settings (jobs at a time), then write the
+    table, summary and plots; returns every record. Failed runs are one ValueError at the end."""
     device = default_device() if cfg.device == "auto" else cfg.device
     check_device(device)  # here, not in each run: a device this machine lacks prepares no data
     dtype = default_dtype(device) if cfg.dtype == "auto" else cfg.dtype
@@ -428,7 +430,22 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
     jobs = cfg.jobs or (os.cpu_count() or 1 if on_cpu else 1)
     threads = 1 if on_cpu and jobs > 1 else max(1, (os.cpu_count() or 1) // jobs)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    data_dirs = prepare_data(cfg)
+    records, todo = plan_runs(cfg, prepare_data(cfg), threads)
+    print(
+        f"{len(records)} runs already done, {len(todo)} to go, {jobs} at a time on {device} ({threads} thread(s) each)"
+    )
+    failed = run_pool(cfg, todo, jobs, records)
+    write_outputs(cfg.out_dir)
+    if failed:
+        raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]['task']}/{failed[0]['variant']}: "
+                         f"{failed[0]['error']} (see its train.log)")  # fmt: skip
+    return records
+
+
+def plan_runs(
+    cfg: GridConfig, data_dirs: dict[str, dict[int, str]], threads: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The grid's cells: (the records already made with the same settings, the specs of the runs to make)."""
     records, todo = [], []
     for task in cfg.task_list:
         # what every run of the task is evaluated on: segment length, batches, and data folder per segment count
@@ -450,8 +467,7 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
                 settings = {"argv": argv, **evaluation}
                 if task in TEXT:  # the config file's contents too: editing it changes what a text run trains
                     settings["text_config"] = {k: repr(v) for k, v in conf.items()}
-                path = record_path(cfg, task, variant, seed)
-                old = read_record(path)
+                old = read_record(record_path(cfg, task, variant, seed))
                 if old is not None and old.get("settings") == settings and "error" not in old:
                     records.append(old)
                     continue
@@ -459,14 +475,20 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
                 todo.append(
                     dict(task=task, variant=variant, seed=seed, settings=settings, argv=argv, run_dir=run_dir,
                          eval_dirs=eval_dirs, segment_len=T, eval_iters=eval_iters, batch_size=batch_size,
-                         device=device, dtype=dtype, threads=threads, tracking=tracking, tracking_env=tracking_env)
+                         device=cfg.device, dtype=cfg.dtype, threads=threads, tracking=tracking,
+                         tracking_env=tracking_env)
                 )  # fmt: skip
-    print(
-        f"{len(records)} runs already done, {len(todo)} to go, {jobs} at a time on {device} ({threads} thread(s) each)"
-    )
+    return records, todo
+
+
+def run_pool(
+    cfg: GridConfig, todo: list[dict[str, Any]], jobs: int, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Run the specs jobs at a time, each record written as its run finishes and appended to records; returns the
+    failed ones. Stopped by SIGTERM or SIGINT (to this process alone, or to its group), it stops the workers and
+    their train.py runs; killed outright, the kernel does (die_with_parent). Runs that finished are recorded; the
+    others rerun next time."""
     failed = []
-    # stopped by SIGTERM or SIGINT (to this process alone, or to its group), it stops the workers and their train.py
-    # runs; killed outright, the kernel does (die_with_parent). Runs that finished are recorded; the others rerun
     # both handlers are set here, since a process can start with SIGINT ignored (as under some test runners)
     main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
     signals = (signal.SIGTERM, signal.SIGINT) if main_thread else ()
@@ -495,11 +517,7 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     pool.shutdown()
-    write_outputs(cfg.out_dir)
-    if failed:
-        raise ValueError(f"{len(failed)} run(s) failed, e.g. {failed[0]['task']}/{failed[0]['variant']}: "
-                         f"{failed[0]['error']} (see its train.log)")  # fmt: skip
-    return records
+    return failed
 
 
 def stop_workers() -> None:
@@ -711,74 +729,83 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
 
 def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
     """accuracy_vs_segments.png (one panel per synthetic task) and <task>_loss.png per text task; returns the paths."""
+    synthetic = {t: c for t, c in summary.items() if is_synthetic(t) and c}
+    paths = [plot_synthetic(synthetic, out_dir)] if synthetic else []
+    return paths + [plot_text(task, cells, out_dir) for task, cells in summary.items() if task in TEXT and cells]
+
+
+def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
+    """Accuracy against segment count, one panel per synthetic task: mean +- std over seeds, every seed faint."""
     import matplotlib
     from matplotlib.figure import Figure  # drawn without pyplot: no backend or global state is touched
 
-    paths = []
-    synthetic = {t: c for t, c in summary.items() if is_synthetic(t) and c}
-    if synthetic:
-        fig = Figure(figsize=(5.5 * len(synthetic), 4))
-        axes = fig.subplots(1, len(synthetic), squeeze=False)
-        # one colour per variant in every panel, and one legend for them all
-        variants = sorted({v for cells in synthetic.values() for v in cells}, key=variant_order)
-        cmap = matplotlib.colormaps["tab20" if len(variants) > 10 else "tab10"]  # an int picks the cmap's i-th colour
-        colors = {v: cmap(i % cmap.N) for i, v in enumerate(variants)}
-        for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
-            key = "acc_token" if multi_token(cells) else "acc"  # copy: per answer token, exact match is near 0
-            for variant, cell in cells.items():
-                counts = [int(n) for n in cell[key]]
-                mean = np.array([a["mean"] for a in cell[key].values()])
-                std = np.array([a["std"] for a in cell[key].values()])
-                (line,) = ax.plot(counts, mean, marker="o", label=variant, color=colors[variant])
-                low, high = np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)  # accuracy lives in [0, 1]
-                ax.fill_between(counts, low, high, color=line.get_color(), alpha=0.15)
-                for n, a in zip(counts, cell[key].values(), strict=True):  # every seed, faint
-                    ax.scatter([n] * len(a["values"]), a["values"], color=line.get_color(), alpha=0.3, s=10)
-            chance = next(iter(cells.values()))["chance"]
-            ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
-            setup = next(iter(cells.values()))["setup"]
-            trained = [*json.loads(setup["segment_curriculum"]), int(setup["n_segments"])]
-            ax.axvspan(min(trained) - 0.2, max(trained) + 0.2, color="gray", alpha=0.1, label="trained lengths")
-            ylabel = "answer-token accuracy" if key == "acc_token" else "answer accuracy"
-            ax.set(title=task, xlabel="segments per episode", ylabel=ylabel, ylim=(-0.03, 1.03))
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(counts, [str(n) for n in counts])
-            ax.grid(alpha=0.3)
-        handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
-        axes[0][-1].legend(list(handles.values()), list(handles), fontsize=8, loc="center left",
-                           bbox_to_anchor=(1.02, 0.5))  # fmt: skip
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "accuracy_vs_segments.png"))
-        fig.savefig(paths[-1], dpi=120)
-    text = {t: c for t, c in summary.items() if t in TEXT and c}
-    for task, cells in text.items():
-        positions = all("pos_loss" in c for c in cells.values())
-        fig = Figure(figsize=(12 if positions else 6, 4))
-        axes = fig.subplots(1, 2 if positions else 1, squeeze=False)[0]
+    fig = Figure(figsize=(5.5 * len(synthetic), 4))
+    axes = fig.subplots(1, len(synthetic), squeeze=False)
+    # one colour per variant in every panel, and one legend for them all
+    variants = sorted({v for cells in synthetic.values() for v in cells}, key=variant_order)
+    cmap = matplotlib.colormaps["tab20" if len(variants) > 10 else "tab10"]  # an int picks the cmap's i-th colour
+    colors = {v: cmap(i % cmap.N) for i, v in enumerate(variants)}
+    for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
+        key = "acc_token" if multi_token(cells) else "acc"  # copy: per answer token, exact match is near 0
         for variant, cell in cells.items():
-            mean = np.array([m for m, _ in cell["seg_loss"]])
-            std = np.array([s for _, s in cell["seg_loss"]])
-            segs = np.arange(1, len(mean) + 1)
-            axes[0].errorbar(segs, mean, yerr=std, marker="o", capsize=3, label=variant)
-        axes[0].set(title=f"{task}: val loss per segment", xlabel="segment", ylabel="val loss")
-        axes[0].set_xticks(segs)
-        if positions:  # mean over seeds, smoothed over 8 positions; segment boundaries dotted
-            L = len(next(iter(cells.values()))["pos_loss"])
-            width = min(8, L)
-            for variant, cell in cells.items():
-                smooth = np.convolve(cell["pos_loss"], np.ones(width) / width, mode="valid")
-                axes[1].plot(np.arange(len(smooth)) + width / 2, smooth, label=variant, linewidth=1)
-            for b in range(1, len(segs)):
-                axes[1].axvline(b * L / len(segs), color="gray", linestyle=":", linewidth=0.8)
-            axes[1].set(title=f"{task}: val loss per position (mean over seeds)", xlabel="position in the window",
-                        ylabel="val loss")  # fmt: skip
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, f"{task}_loss.png"))
-        fig.savefig(paths[-1], dpi=120)
-    return paths
+            counts = [int(n) for n in cell[key]]
+            mean = np.array([a["mean"] for a in cell[key].values()])
+            std = np.array([a["std"] for a in cell[key].values()])
+            (line,) = ax.plot(counts, mean, marker="o", label=variant, color=colors[variant])
+            low, high = np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)  # accuracy lives in [0, 1]
+            ax.fill_between(counts, low, high, color=line.get_color(), alpha=0.15)
+            for n, a in zip(counts, cell[key].values(), strict=True):  # every seed, faint
+                ax.scatter([n] * len(a["values"]), a["values"], color=line.get_color(), alpha=0.3, s=10)
+        chance = next(iter(cells.values()))["chance"]
+        ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
+        setup = next(iter(cells.values()))["setup"]
+        trained = [*json.loads(setup["segment_curriculum"]), int(setup["n_segments"])]
+        ax.axvspan(min(trained) - 0.2, max(trained) + 0.2, color="gray", alpha=0.1, label="trained lengths")
+        ylabel = "answer-token accuracy" if key == "acc_token" else "answer accuracy"
+        ax.set(title=task, xlabel="segments per episode", ylabel=ylabel, ylim=(-0.03, 1.03))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(counts, [str(n) for n in counts])
+        ax.grid(alpha=0.3)
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    axes[0][-1].legend(list(handles.values()), list(handles), fontsize=8, loc="center left",
+                       bbox_to_anchor=(1.02, 0.5))  # fmt: skip
+    fig.tight_layout()
+    path = os.path.join(out_dir, "accuracy_vs_segments.png")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_text(task: str, cells: dict[str, Any], out_dir: str) -> str:
+    """A text task's val loss per segment (mean +- std over seeds) and, where recorded, per position."""
+    from matplotlib.figure import Figure
+
+    positions = all("pos_loss" in c for c in cells.values())
+    fig = Figure(figsize=(12 if positions else 6, 4))
+    axes = fig.subplots(1, 2 if positions else 1, squeeze=False)[0]
+    for variant, cell in cells.items():
+        mean = np.array([m for m, _ in cell["seg_loss"]])
+        std = np.array([s for _, s in cell["seg_loss"]])
+        segs = np.arange(1, len(mean) + 1)
+        axes[0].errorbar(segs, mean, yerr=std, marker="o", capsize=3, label=variant)
+    axes[0].set(title=f"{task}: val loss per segment", xlabel="segment", ylabel="val loss")
+    axes[0].set_xticks(segs)
+    if positions:  # mean over seeds, smoothed over 8 positions; segment boundaries dotted
+        L = len(next(iter(cells.values()))["pos_loss"])
+        width = min(8, L)
+        for variant, cell in cells.items():
+            smooth = np.convolve(cell["pos_loss"], np.ones(width) / width, mode="valid")
+            axes[1].plot(np.arange(len(smooth)) + width / 2, smooth, label=variant, linewidth=1)
+        for b in range(1, len(segs)):
+            axes[1].axvline(b * L / len(segs), color="gray", linestyle=":", linewidth=0.8)
+        axes[1].set(title=f"{task}: val loss per position (mean over seeds)", xlabel="position in the window",
+                    ylabel="val loss")  # fmt: skip
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"{task}_loss.png")
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def write_outputs(out_dir: str) -> None:

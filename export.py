@@ -194,6 +194,8 @@ def results_table(records: list[dict[str, Any]]) -> list[str]:
 
 
 def model_card(model: GPT, ckpt: dict[str, Any], records: list[dict[str, Any]], kind: str, repo: str) -> str:
+    """The export's README.md: YAML metadata, then what the model is, how to load it, how it was trained and its
+    last evaluation. One function because most of it is the card's text, a template read top to bottom."""
     cfg, meta = model.config, ckpt.get("tokenizer_meta") or {"tokenizer": "gpt2", "vocab_size": 50257}
     run = ckpt.get("config", {})
     n_params = model.get_num_params()

@@ -62,6 +62,32 @@ def read_corpus(source: Path) -> tuple[dict[str, list[str]], int]:
     return splits, skipped
 
 
+def encode_splits(docs: dict[str, list[str]], tokenizer: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The train and val documents as uint16 ids, and the vocabulary's part of meta.json: GPT-2 BPE with
+    <|endoftext|> after each file, or one id per character with the file separator after each."""
+    if tokenizer == "gpt2":
+        enc = gpt2_encoding()  # RuntimeError when tiktoken's files can be neither found nor downloaded
+
+        def encode(split: list[str]) -> np.ndarray:
+            ids: list[int] = []
+            for tokens in enc.encode_ordinary_batch(split):  # a literal "<|endoftext|>" in a file stays text
+                ids += [*tokens, enc.eot_token]
+            return np.array(ids, dtype=np.uint16)
+
+        vocab: dict[str, Any] = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab}
+    else:
+        itos = sorted({c for split in docs.values() for doc in split for c in doc} | {FILE_SEPARATOR})
+        if len(itos) > 65536:
+            raise RuntimeError(f"{len(itos)} distinct characters do not fit uint16 ids")
+        tok = get_tokenizer({"tokenizer": "char", "itos": itos})
+
+        def encode(split: list[str]) -> np.ndarray:
+            return np.array(tok.encode("".join(doc + FILE_SEPARATOR for doc in split)), dtype=np.uint16)
+
+        vocab = {"tokenizer": "char", "vocab_size": len(itos), "itos": itos}
+    return encode(docs["train"]), encode(docs["val"]), vocab
+
+
 def main(argv: list[str] | None = None) -> int:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     parser = ArgumentParser(description="Prepare Python source code (the standard library by default).")
@@ -85,32 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --source {source} has {n} usable .py file(s): too few to split by file", file=sys.stderr)
         return 1
 
-    if args.tokenizer == "gpt2":
-        try:
-            enc = gpt2_encoding()
-        except RuntimeError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-
-        def encode(split: list[str]) -> np.ndarray:
-            ids: list[int] = []
-            for tokens in enc.encode_ordinary_batch(split):  # a literal "<|endoftext|>" in a file stays text
-                ids += [*tokens, enc.eot_token]
-            return np.array(ids, dtype=np.uint16)
-
-        vocab: dict[str, Any] = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab}
-    else:
-        itos = sorted({c for split in docs.values() for doc in split for c in doc} | {FILE_SEPARATOR})
-        if len(itos) > 65536:
-            print(f"error: {len(itos)} distinct characters do not fit uint16 ids", file=sys.stderr)
-            return 1
-        tok = get_tokenizer({"tokenizer": "char", "itos": itos})
-
-        def encode(split: list[str]) -> np.ndarray:
-            return np.array(tok.encode("".join(doc + FILE_SEPARATOR for doc in split)), dtype=np.uint16)
-
-        vocab = {"tokenizer": "char", "vocab_size": len(itos), "itos": itos}
-    train_ids, val_ids = encode(docs["train"]), encode(docs["val"])
+    try:
+        train_ids, val_ids, vocab = encode_splits(docs, args.tokenizer)
+    except RuntimeError as e:  # no BPE files, or too many distinct characters
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     provenance = {"folder": str(source)}
     if args.source is None or source == stdlib.resolve():
         provenance.update(python=platform.python_version(), implementation=platform.python_implementation())
