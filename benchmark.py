@@ -623,7 +623,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 per_seg = np.array([r["eval"][n]["seg_loss"] for r in runs])  # (seeds, S)
                 cell["seg_loss"] = [mean_std(list(col)) for col in per_seg.T]
                 cell["loss"] = mean_std([r["eval"][n]["loss"] for r in runs])
-                cell["later_loss"] = mean_std(list(per_seg[:, 1:].mean(axis=1)))  # segments 2..S: where memory can help
+                later = per_seg[:, 1:].mean(axis=1)  # segments 2..S: where memory can help
+                cell["later_loss"] = mean_std(list(later))
+                cell["later_by_seed"] = {str(r["seed"]): float(v) for r, v in zip(runs, later, strict=True)}
                 if all("pos_loss" in r["eval"][n] for r in runs):
                     cell["pos_loss"] = np.mean([r["eval"][n]["pos_loss"] for r in runs], axis=0).round(4).tolist()
                 cell["iters"] = runs[0].get("iters")
@@ -700,18 +702,23 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
     S = len(next(iter(cells.values()))["seg_loss"])
     off, full = cells.get("off"), cells.get("full")
     lines = [f"### {task}: val loss per segment (mean ± std over seeds)", "",
-             "| variant | params | " + " | ".join(f"seg {i + 1}" for i in range(S)) + " | segs 2-S | gap closed "
-             "| tokens/s |", "|---|---|" + "---|" * (S + 3)]  # fmt: skip
+             "| variant | params | " + " | ".join(f"seg {i + 1}" for i in range(S)) + " | segs 2-S | below off "
+             "| gap closed | tokens/s |", "|---|---|" + "---|" * (S + 4)]  # fmt: skip
     for variant, cell in cells.items():
         segs = [f"{m:.3f} ± {s:.3f}" for m, s in cell["seg_loss"]]
-        later = cell["later_loss"][0]
+        later, later_std = cell["later_loss"]
         gap = "-"
         if off is not None and full is not None and off["later_loss"][0] - full["later_loss"][0] > 0:
             closed = (off["later_loss"][0] - later) / (off["later_loss"][0] - full["later_loss"][0])
             gap = f"{100 * closed:.0f}%"
+        below = "-"
+        if off is not None and variant != "off" and "later_by_seed" in cell and "later_by_seed" in off:
+            paired = [seed for seed in cell["later_by_seed"] if seed in off["later_by_seed"]]
+            wins = sum(cell["later_by_seed"][seed] < off["later_by_seed"][seed] for seed in paired)
+            below = f"{wins}/{len(paired)}"
         speed = f"{cell['tokens_per_s']:,.0f}" if "tokens_per_s" in cell else "-"
-        lines.append(f"| {variant} | {cell['params'] / 1e6:.2f}M | " + " | ".join(segs) + f" | {later:.3f} | {gap} | "
-                     f"{speed} |")  # fmt: skip
+        lines.append(f"| {variant} | {cell['params'] / 1e6:.2f}M | " + " | ".join(segs) + f" | {later:.3f} ± "
+                     f"{later_std:.3f} | {below} | {gap} | {speed} |")  # fmt: skip
     if off is not None and full is not None and off["later_loss"][0] <= full["later_loss"][0]:
         lines += ["", "full attention is no better than no memory at this budget: there is no gap to close"]
     seeds = sorted({seed for cell in cells.values() for seed in cell["seeds"]})
@@ -719,10 +726,11 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
     return [
         *lines,
         "",
-        f"seeds {seeds} (a cell with ± 0.000 has one); iterations {iters}. gap closed: the share "
-        "of the difference between no memory and full "
-        "attention on segments 2-S. tokens/s: training tokens over the run's wall time (evaluations included, "
-        "the grid's runs sharing the machine), median over seeds",
+        f"seeds {seeds} (a cell with ± 0.000 has one); iterations {iters}. below off: the seeds whose loss on "
+        "segments 2-S is below no memory's with the same seed (the same batches in the same order). gap closed: "
+        "the share of the difference between no memory and full attention on segments 2-S. tokens/s: training "
+        "tokens over the run's wall time (evaluations included, the grid's runs sharing the machine), median over "
+        "seeds",
         "",
     ]
 
