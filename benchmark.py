@@ -627,7 +627,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 cell["later_loss"] = mean_std(list(later))
                 cell["later_by_seed"] = {str(r["seed"]): float(v) for r, v in zip(runs, later, strict=True)}
                 if all("pos_loss" in r["eval"][n] for r in runs):
-                    cell["pos_loss"] = np.mean([r["eval"][n]["pos_loss"] for r in runs], axis=0).round(4).tolist()
+                    pos = np.array([r["eval"][n]["pos_loss"] for r in runs])  # (seeds, L)
+                    cell["pos_loss"] = pos.mean(axis=0).round(4).tolist()
+                    cell["start_loss"] = mean_std(list(segment_starts(pos, per_seg.shape[1])))
                 cell["iters"] = runs[0].get("iters")
                 if all("tokens_seen" in r for r in runs):  # over the run's wall time, evaluations and start-up included
                     cell["tokens_per_s"] = float(np.median([r["tokens_seen"] / r["train_seconds"] for r in runs]))
@@ -640,6 +642,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                     cell["acc_token"] = {n: accuracy_stats(runs, n, "acc_token") for n in runs[0]["eval"]}
             out[task][variant] = cell
     return out
+
+
+def segment_starts(pos_loss: np.ndarray, S: int) -> np.ndarray:
+    """Per row of (runs, L) losses per position: the mean over segments 2..S of each one's first eighth of
+    positions, which see the fewest tokens of their own segment: where carried context should help most."""
+    T = pos_loss.shape[1] // S
+    starts = [pos_loss[:, s * T : s * T + max(1, T // 8)] for s in range(1, S)]
+    return np.concatenate(starts, axis=1).mean(axis=1)
 
 
 def format_tables(summary: dict[str, Any]) -> str:
@@ -703,7 +713,7 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
     off, full = cells.get("off"), cells.get("full")
     lines = [f"### {task}: val loss per segment (mean ± std over seeds)", "",
              "| variant | params | " + " | ".join(f"seg {i + 1}" for i in range(S)) + " | segs 2-S | below off "
-             "| gap closed | tokens/s |", "|---|---|" + "---|" * (S + 4)]  # fmt: skip
+             "| gap closed | starts 2-S | tokens/s |", "|---|---|" + "---|" * (S + 5)]  # fmt: skip
     for variant, cell in cells.items():
         segs = [f"{m:.3f} ± {s:.3f}" for m, s in cell["seg_loss"]]
         later, later_std = cell["later_loss"]
@@ -717,8 +727,9 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
             wins = sum(cell["later_by_seed"][seed] < off["later_by_seed"][seed] for seed in paired)
             below = f"{wins}/{len(paired)}"
         speed = f"{cell['tokens_per_s']:,.0f}" if "tokens_per_s" in cell else "-"
+        starts = "{:.3f} ± {:.3f}".format(*cell["start_loss"]) if "start_loss" in cell else "-"
         lines.append(f"| {variant} | {cell['params'] / 1e6:.2f}M | " + " | ".join(segs) + f" | {later:.3f} ± "
-                     f"{later_std:.3f} | {below} | {gap} | {speed} |")  # fmt: skip
+                     f"{later_std:.3f} | {below} | {gap} | {starts} | {speed} |")  # fmt: skip
     if off is not None and full is not None and off["later_loss"][0] <= full["later_loss"][0]:
         lines += ["", "full attention is no better than no memory at this budget: there is no gap to close"]
     seeds = sorted({seed for cell in cells.values() for seed in cell["seeds"]})
@@ -728,7 +739,8 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
         "",
         f"seeds {seeds} (a cell with ± 0.000 has one); iterations {iters}. below off: the seeds whose loss on "
         "segments 2-S is below no memory's with the same seed (the same batches in the same order). gap closed: "
-        "the share of the difference between no memory and full attention on segments 2-S. tokens/s: training "
+        "the share of the difference between no memory and full attention on segments 2-S. starts 2-S: the loss "
+        "on the first eighth of each of segments 2-S, which sees least of its own segment. tokens/s: training "
         "tokens over the run's wall time (evaluations included, the grid's runs sharing the machine), median over "
         "seeds",
         "",
