@@ -649,7 +649,8 @@ def segment_starts(pos_loss: np.ndarray, S: int) -> np.ndarray:
     positions, which see the fewest tokens of their own segment: where carried context should help most."""
     T = pos_loss.shape[1] // S
     starts = [pos_loss[:, s * T : s * T + max(1, T // 8)] for s in range(1, S)]
-    return np.concatenate(starts, axis=1).mean(axis=1)
+    means: np.ndarray = np.concatenate(starts, axis=1).mean(axis=1)
+    return means
 
 
 def format_tables(summary: dict[str, Any]) -> str:

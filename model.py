@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -507,16 +506,6 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         tokens = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
         return torch.cat([idx, *tokens], dim=1)
 
-    def stream(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """Yield sampled tokens (B, 1) one at a time (decode.stream: with a KV cache, and with memory through
-        segments in constant memory)."""
-        return decode.stream(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+    # yield sampled tokens (B, 1) one at a time, for streamed output: with a KV cache, and with memory through
+    # segments in constant memory (decode.py)
+    stream = decode.stream

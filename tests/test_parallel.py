@@ -8,7 +8,8 @@
   batch in one step of one process;
 - with dtype=bfloat16, FSDP's mixed-precision policy computes in bf16 (losses near float32's) and keeps float32
   weights.
-Torch runs on one thread per process, so the two ranks fit the 2-core CI machine.
+Torch runs on one thread per process (conftest.py, and OMP_NUM_THREADS=1 for the ranks), so the two ranks fit the
+2-core CI machine.
 """
 
 import json
@@ -16,7 +17,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -29,14 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
 # 2 layers: two Block units and the root's; 2 segments of 8, so memory is read and written
 SMALL = [*TINY_TRAIN, "--n_layer=2", "--block_size=8", "--n_segments=2", "--eval_iters=2", "--warmup_iters=2"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def args(data: Path, out: Path, *extra: str) -> list[str]:
