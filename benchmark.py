@@ -629,7 +629,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 if all("pos_loss" in r["eval"][n] for r in runs):
                     pos = np.array([r["eval"][n]["pos_loss"] for r in runs])  # (seeds, L)
                     cell["pos_loss"] = pos.mean(axis=0).round(4).tolist()
-                    cell["start_loss"] = mean_std(list(segment_starts(pos, per_seg.shape[1])))
+                    starts = segment_starts(pos, per_seg.shape[1])
+                    cell["start_loss"] = mean_std(list(starts))
+                    cell["start_by_seed"] = {str(r["seed"]): float(v) for r, v in zip(runs, starts, strict=True)}
                 cell["iters"] = runs[0].get("iters")
                 if all("tokens_seen" in r for r in runs):  # over the run's wall time, evaluations and start-up included
                     cell["tokens_per_s"] = float(np.median([r["tokens_seen"] / r["train_seconds"] for r in runs]))
@@ -723,10 +725,8 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
             closed = (off["later_loss"][0] - later) / (off["later_loss"][0] - full["later_loss"][0])
             gap = f"{100 * closed:.0f}%"
         below = "-"
-        if off is not None and variant != "off" and "later_by_seed" in cell and "later_by_seed" in off:
-            paired = [seed for seed in cell["later_by_seed"] if seed in off["later_by_seed"]]
-            wins = sum(cell["later_by_seed"][seed] < off["later_by_seed"][seed] for seed in paired)
-            below = f"{wins}/{len(paired)}"
+        if off is not None and variant != "off":
+            below = ", ".join(paired_wins(cell, off, key) for key in ("later_by_seed", "start_by_seed"))
         speed = f"{cell['tokens_per_s']:,.0f}" if "tokens_per_s" in cell else "-"
         starts = "{:.3f} ± {:.3f}".format(*cell["start_loss"]) if "start_loss" in cell else "-"
         lines.append(f"| {variant} | {cell['params'] / 1e6:.2f}M | " + " | ".join(segs) + f" | {later:.3f} ± "
@@ -739,13 +739,23 @@ def text_table(task: str, cells: dict[str, Any]) -> list[str]:
         *lines,
         "",
         f"seeds {seeds} (a cell with ± 0.000 has one); iterations {iters}. below off: the seeds whose loss on "
-        "segments 2-S is below no memory's with the same seed (the same batches in the same order). gap closed: "
+        "segments 2-S, then on their starts, is below no memory's with the same seed (the same batches in the same "
+        "order). gap closed: "
         "the share of the difference between no memory and full attention on segments 2-S. starts 2-S: the loss "
         "on the first eighth of each of segments 2-S, which sees least of its own segment. tokens/s: training "
         "tokens over the run's wall time (evaluations included, the grid's runs sharing the machine), median over "
         "seeds",
         "",
     ]
+
+
+def paired_wins(cell: dict[str, Any], off: dict[str, Any], key: str) -> str:
+    """'wins/seeds': the seeds whose loss (key: per seed) is below no memory's with the same seed; '-' if either
+    lacks it."""
+    if key not in cell or key not in off:
+        return "-"
+    paired = [seed for seed in cell[key] if seed in off[key]]
+    return f"{sum(cell[key][seed] < off[key][seed] for seed in paired)}/{len(paired)}"
 
 
 def plot(summary: dict[str, Any], out_dir: str) -> list[str]:

@@ -199,9 +199,13 @@ def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:
     assert k4["learned_at"] == [250, None]  # seed 2 never reached 0.9
     assert "| k4 | 0.001M | 0.900 ± 0.141 (1.00) | 0.700 ± 0.283 (0.90) | 1/2, median step 250 |" in table
     assert "| off | 0.001M | 0.060 ± 0.014 (0.07) | 0.060 ± 0.014 (0.07) | 0/2 |" in table
-    assert "| k4 | 0.00M | 2.300 ± 0.000 | 1.900 ± 0.000 | 1.700 ± 0.000 | 1.800 ± 0.000 | 1/1 | 40% | - | - |" in table
+    assert (
+        "| k4 | 0.00M | 2.300 ± 0.000 | 1.900 ± 0.000 | 1.700 ± 0.000 | 1.800 ± 0.000 | 1/1, - | 40% | - | - |" in table
+    )
     assert "recall: answer-token accuracy" not in table  # one answer token: exact match says it all
-    assert "| full |" in table and "| 1.500 ± 0.000 | 1/1 | 100% |" in table and "| 2.000 ± 0.000 | - | 0% |" in table
+    assert (
+        "| full |" in table and "| 1.500 ± 0.000 | 1/1, - | 100% |" in table and "| 2.000 ± 0.000 | - | 0% |" in table
+    )
     # segment 2's first eighth of 2 positions is its first: 2.5 (seed 1), 1.5 (seed 2)
     assert pycode["start_loss"] == (pytest.approx(2.0), pytest.approx(0.7071068))
     assert "| off | 0.00M | 2.000 ± 0.000 | 2.000 ± 0.000 | 2.000 ± 0.000 | - | - | 2.000 ± 0.707 | 1,500 |" in table
