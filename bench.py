@@ -253,8 +253,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     ranks, device = parallel.start(device, "auto") if under_torchrun() else (Ranks(), device)
     say = print if ranks.master else lambda *args, **kwargs: None
     fsdp = ranks.distributed and cfg.parallel == "fsdp"
-    if fsdp and dtype == "float16":
-        raise ValueError("parallel = 'fsdp' trains in bfloat16 or float32 (float16's gradient scaling is DDP's only)")
+    parallel.check_dtype(fsdp, dtype)
     device_type = device.split(":")[0]
     torch.manual_seed(cfg.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -268,7 +267,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     optimizer = raw_model.configure_optimizers(1e-1, 6e-4, (0.9, 0.95), device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     model = wrap(raw_model, compile, ranks, device_type, fsdp, say)
-    grad_bytes = 0  # this rank's gradients, as the last step held them
+    grad_bytes = 0  # this rank's gradients, as the first step held them
     next_batch = batches(cfg, model_cfg.vocab_size, seq_len, device)
 
     def step() -> float:
@@ -282,7 +281,8 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         scaler.step(optimizer)
         scaler.update()
-        grad_bytes = local_bytes(p.grad for p in raw_model.parameters() if p.grad is not None)
+        if not grad_bytes:  # counted once, on the first (warm-up) step, not in every timed one
+            grad_bytes = local_bytes(p.grad for p in raw_model.parameters() if p.grad is not None)
         optimizer.zero_grad(set_to_none=True)
         return float(loss.item())  # a sync point, as a training loop's logging would have
 

@@ -83,6 +83,12 @@ def shard(model: GPT, dtype: str) -> GPT:
     return model
 
 
+def check_dtype(fsdp: bool, dtype: str) -> None:
+    """fsdp computes in bfloat16 or float32: float16 needs a gradient scaler, which only DDP's path has."""
+    if fsdp and dtype == "float16":
+        raise ValueError("parallel = 'fsdp' trains in bfloat16 or float32 (float16's gradient scaling is DDP's only)")
+
+
 def sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
@@ -141,8 +147,8 @@ def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Opt
         return
     # the names, in the optimizer's order: the same groups the checkpoint numbered, from this run's parameters
     names = {id(p): n for n, p in model.named_parameters()}
-    order = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
-    name = {i: n for i, n in enumerate(n for group in order for n in group)}
+    order = [{"params": [names[id(p)] for p in g["params"]]} for g in optimizer.param_groups]
+    name = {i: n for n, i in names_to_indices(order).items()}
     groups = [{**g, "params": [name[i] for i in g["params"]]} for g in state["param_groups"]]
     by_name: dict[str, Any] = {"state": {name[i]: s for i, s in state["state"].items()}, "param_groups": groups}
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))

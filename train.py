@@ -644,8 +644,7 @@ def setup_process(cfg: TrainConfig, model_cfg: GPTConfig) -> Place:
     fsdp = ranks.distributed and cfg.parallel == "fsdp"
     if cfg.parallel == "fsdp" and not ranks.distributed:
         print0("parallel = 'fsdp' shards the model over torchrun's processes: one process trains it whole")
-    if fsdp and dtype == "float16":
-        raise ValueError("parallel = 'fsdp' trains in bfloat16 or float32 (float16's gradient scaling is DDP's only)")
+    parallel.check_dtype(fsdp, dtype)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.init_from != "resume" and not cfg.eval_only and os.path.exists(ckpt_path):
         raise ValueError(
