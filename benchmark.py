@@ -80,7 +80,11 @@ FLAGS: dict[str, dict[str, Any]] = {
     "learnedwrite": {"gmm_write_input": "learned"},
     "shared": {"gmm_shared_expert": True},
     "concat": {"gmm_read": "concat"},
+    "nocarry": {"gmm_carry": False},  # registers: the same slots, nothing carried
+    "decaystates": {"decay_memory_states": True},
+    "rope": {"pos_emb": "rope"},
 }
+WHOLE_MODEL = ("rope",)  # flags that apply without memory too (off-rope, full-rope), as lr<x> does
 NUMBERED: dict[str, tuple[str, type]] = {
     "bptt": ("bptt_segments", int),
     "top": ("gmm_top_k", int),
@@ -90,8 +94,9 @@ NUMBERED: dict[str, tuple[str, type]] = {
     "is": ("gmm_init_scale", float),
     "gb": ("gmm_gate_bias", float),
     "lr": ("learning_rate", float),
+    "lb": ("gmm_load_balance", float),
 }
-ABLATIONS = ", ".join([*FLAGS, "bptt<N>", "top<N>", "slots<N>", "T<x>", "rs<x>", "is<x>", "gb<x>", "lr<x>"])
+ABLATIONS = ", ".join([*FLAGS, *(f"{name}<{'N' if kind is int else 'x'}>" for name, (_, kind) in NUMBERED.items())])
 
 
 def mqar_pairs(task: str) -> int | None:
@@ -180,7 +185,8 @@ class GridConfig:
             variant_settings(variant, text=True)  # raises on a bad name
         if self.tracker not in TRACKERS:
             raise ValueError(f"tracker = '{self.tracker}' must be one of {', '.join(TRACKERS)}")
-        if "full" in self.variant_list and not any(t in TEXT for t in self.task_list):
+        full = any(v.split("-")[0] == "full" for v in self.variant_list)
+        if full and not any(t in TEXT for t in self.task_list):
             raise ValueError("variant 'full' is the full-attention bound of a text task: add one to tasks, or drop it")
 
     def text_config_for(self, task: str) -> str:
@@ -189,7 +195,7 @@ class GridConfig:
 
     def variants_for(self, task: str) -> list[str]:
         """The grid's variants that apply to a task: 'full' only to text tasks."""
-        return [v for v in self.variant_list if task in TEXT or v != "full"]
+        return [v for v in self.variant_list if task in TEXT or v.split("-")[0] != "full"]
 
     @property
     def task_list(self) -> list[str]:
@@ -203,18 +209,20 @@ class GridConfig:
 def variant_settings(variant: str, text: bool) -> dict[str, Any]:
     """A variant's train.py settings: 'off' -> no memory; 'k4-projected-bptt2' -> 4 experts, projected candidate,
     truncated BPTT every 2 segments; 'full' (text only) -> the full-attention upper bound. ValueError otherwise."""
-    if variant == "full":
+    head, *mods = variant.split("-")
+    match = re.fullmatch(r"k([1-8])", head)
+    settings: dict[str, Any]
+    if head == "full":
         if not text:
             raise ValueError("variant 'full' is the full-attention bound of a text task, not of a synthetic one")
-        return {"gmm_experts": 0, "full_attention": True}
-    head, *mods = variant.split("-")
-    if head == "off" and not mods:
-        return {"gmm_experts": 0}
-    match = re.fullmatch(r"k([1-8])", head)
-    if match is None:
-        raise ValueError(f"variant '{variant}' must be off, full, or k1..k8 followed by -ablations ({ABLATIONS})")
-    # the write input is named even at its default, so records made before the default changed are not reused
-    settings: dict[str, Any] = {"gmm_experts": int(match.group(1)), "gmm_write_input": "read"}
+        settings = {"gmm_experts": 0, "full_attention": True}
+    elif head == "off":
+        settings = {"gmm_experts": 0}
+    elif match is not None:
+        # the write input is named even at its default, so records made before the default changed are not reused
+        settings = {"gmm_experts": int(match.group(1)), "gmm_write_input": "read"}
+    else:
+        raise ValueError(f"variant '{variant}' must be off, full, or k1..k8, followed by -ablations ({ABLATIONS})")
     for mod in mods:
         numbered = re.fullmatch(rf"([a-zA-Z]+?)({NUM})", mod) if mod not in FLAGS else None
         if mod in FLAGS:
@@ -229,6 +237,10 @@ def variant_settings(variant: str, text: bool) -> dict[str, Any]:
                 settings["min_lr"] = settings[key] / 10
         else:
             raise ValueError(f"variant '{variant}': unknown ablation '{mod}' (allowed: {ABLATIONS})")
+        if head in ("off", "full") and mod not in WHOLE_MODEL and not re.fullmatch(rf"lr{NUM}", mod):
+            raise ValueError(
+                f"variant '{variant}': '{mod}' needs memory: off and full take rope and lr<x>, or use k1..k8"
+            )
     return settings
 
 

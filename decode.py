@@ -100,6 +100,8 @@ class SegmentDecoder:
             read = memory_module.read(self.memory)  # the segment's read slots: the memory is unchanged since its start
             W = self.model.extend_cache(memory_module.write_tokens(read), self.cache)
             self.memory, _ = memory_module.write(self.memory, W)
+            if not self.model.config.gmm_carry:  # registers: every segment reads the initial memory
+                self.memory = memory_module.initial(self.memory.experts.size(0))
         self.start_segment()
 
     def feed(self, idx: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,8 @@ from torch.nn import functional as F
 
 MAX_EXPERTS = 8
 INITS = ("learned", "orthogonal", "zeros")
+# parameters of the add-on that are states, embeddings, gains or biases, not matmul weights: no weight decay on them
+NO_DECAY = ("init_states", "write_emb", "read_emb", "read_gain", "gate_bias", "cand_bias", "query")
 
 
 class Memory(NamedTuple):

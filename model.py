@@ -46,6 +46,11 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
+    # learned: GPT-2's table of block_size position embeddings (what GPT-2 weights and a transformers export hold);
+    # rope: rotary embeddings that turn queries and keys by their position (RoFormer, https://arxiv.org/abs/2104.09864),
+    # nothing per position to learn; with memory, positions count along a segment's [read slots][tokens][write tokens]
+    pos_emb: str = "learned"
+    rope_base: float = 10000.0  # rope: the pair i of a head turns by position * rope_base^(-2i / head size)
     # gated memory mixture (gmm.py), carried from segment to segment; gmm_experts = 0 leaves a plain GPT
     gmm_experts: int = 0  # 0 = no memory, 1 = one memory bank (the RMT baseline), 2..8 = a routed mixture
     gmm_slots: int = 16  # M: slots per expert, read slots and write tokens per segment
@@ -65,6 +70,9 @@ class GPTConfig:
     gmm_read_scale: float = 0.0  # > 0: RMS-normalise the read, times a learned gain starting here; 0 = raw read
     gmm_load_balance: float = 0.01  # weight of the Switch load-balance loss in the training loss
     gmm_entropy: float = 0.0  # weight of the mean routing entropy in the training loss (> 0 sharpens routing)
+    # False: every segment reads the initial memory ("registers": the same positions and parameters as the memory,
+    # nothing carried from segment to segment), the control that separates carrying from having the extra slots
+    gmm_carry: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "gmm_slots"):
@@ -83,10 +91,16 @@ class GPTConfig:
             "gmm_routing": ("write", "read"),
             "gmm_write_input": ("read", "learned"),
             "gmm_read": ("mixture", "concat"),
+            "pos_emb": ("learned", "rope"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} = '{getattr(self, name)}' must be one of {', '.join(allowed)}")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            hs = self.n_embd // self.n_head
+            raise ValueError(f"pos_emb = 'rope' turns pairs of a head's dimensions: head size {hs} is odd")
+        if not self.rope_base > 0:
+            raise ValueError(f"rope_base = {self.rope_base} must be > 0")
         if not self.gmm_temperature > 0:
             raise ValueError(f"gmm_temperature = {self.gmm_temperature} must be > 0")
         if self.gmm_experts > 1 and not 0 <= self.gmm_top_k < self.gmm_experts:
@@ -140,12 +154,19 @@ class CausalSelfAttention(nn.Module):
         # flash attention makes GPU go brrrrr; the explicit softmax path is the reference it must equal
         self.flash = hasattr(F, "scaled_dot_product_attention")
 
-    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:  # turn queries and keys by their positions; the cache holds keys already turned
+            q, k = rotate(q, *rope), rotate(k, *rope)
         start = 0
         if cache is not None:  # write the new keys/values at [pos, pos+T) and attend over [0, pos+T)
             k_cache, v_cache, start = cache
@@ -166,6 +187,32 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         out: torch.Tensor = self.resid_dropout(self.c_proj(y))
         return out
+
+
+class Rotary(nn.Module):
+    """The angles of rotary position embeddings (https://arxiv.org/abs/2104.09864) for a head size hs: at position p,
+    the pair of dimensions (i, i + hs/2) turns by p * base^(-2i/hs), so a query-key product depends on their
+    positions' difference only."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, head_size: int, base: float) -> None:
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs/2,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # made from the config, not a weight
+
+    def forward(self, start: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (T, hs/2) of positions start..start+T-1"""
+        pos = torch.arange(start, start + T, device=self.inv_freq.device, dtype=torch.float32)
+        angles = torch.outer(pos, self.inv_freq.float())  # (T, hs/2)
+        return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Queries or keys (B, nh, T, hs) turned by the angles of their positions (cos, sin: (T, hs/2)), in float32."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each: the pairs are (i, i + hs/2)
+    turned = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return turned.to(x.dtype)
 
 
 def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
@@ -194,8 +241,13 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -206,7 +258,8 @@ class Transformer(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        # rope has no table: its angles are computed (GPT.rotary)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
@@ -231,6 +284,8 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         self.gradient_checkpointing = False  # recompute each block's activations in backward to save memory
         self.transformer = Transformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        head_size = config.n_embd // config.n_head
+        self.rotary = Rotary(head_size, config.rope_base) if config.pos_emb == "rope" else None
         self.memory = None
         if config.gmm_experts > 0:
             self.memory = gmm.GatedMemoryMixture(
@@ -251,7 +306,7 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         """Parameter count. The position embeddings are subtracted by default; the token embeddings are counted
         because, tied to lm_head, they are used as weights in the final layer."""
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and self.transformer.wpe is not None:
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -298,7 +353,9 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
             memory = self.memory.initial(B)
         logits_all, routings = [], []
         for s, start in enumerate(range(0, L, T)):
-            if memory is not None and bptt_segments > 0 and s > 0 and s % bptt_segments == 0:
+            if self.memory is not None and s > 0 and not self.config.gmm_carry:
+                memory = self.memory.initial(B)  # registers: the slots are read, nothing is carried
+            elif memory is not None and bptt_segments > 0 and s > 0 and s % bptt_segments == 0:
                 memory = Memory(memory.experts.detach(), memory.route.detach())
             skip = targets is None and start + T < L  # without targets only the final segment's logits are used
             logits, memory, routing = self.segment(idx[:, start : start + T], memory, skip_logits=skip)
@@ -336,12 +393,15 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         return (None if skip_logits else self.lm_head(h[:, R : R + T])), memory, routing
 
     def embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
-        """Token plus position embeddings (B, T, D) for tokens at positions start..start+T-1 of their segment."""
+        """Token plus position embeddings (B, T, D) for tokens at positions start..start+T-1 of their segment (with
+        rope, token embeddings alone: positions turn queries and keys in attention)."""
         if start + idx.size(1) > self.config.block_size:
             raise ValueError(f"cannot embed position {start + idx.size(1) - 1}: block_size is {self.config.block_size}")
-        pos = torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device)  # (T,)
-        x: torch.Tensor = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        return x
+        x = self.transformer.wte(idx)
+        if self.transformer.wpe is not None:
+            x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device))
+        out: torch.Tensor = self.transformer.drop(x)
+        return out
 
     def extend_cache(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run embeddings x (B, T, D) through the stack after the cache's positions; the final hidden states
@@ -351,14 +411,17 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         return h
 
     def run_blocks(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """The transformer stack on (B, T, n_embd) embeddings; recomputed in backward if gradient_checkpointing."""
+        """The transformer stack on (B, T, n_embd) embeddings; recomputed in backward if gradient_checkpointing.
+        With rope the T positions are the attention sequence's, after the cache's (memory: read slots come first)."""
+        start = kv_cache.pos if kv_cache is not None else 0
+        rope = self.rotary(start, x.size(1)) if self.rotary is not None else None
         for i, block in enumerate(self.transformer.h):
             if kv_cache is not None:
-                x = block(x, (kv_cache.k[i], kv_cache.v[i], kv_cache.pos))
+                x = block(x, (kv_cache.k[i], kv_cache.v[i], kv_cache.pos), rope)
             elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, None, rope, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, None, rope)
         return x
 
     def crop_block_size(self, block_size: int) -> None:
@@ -366,7 +429,8 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         if block_size > self.config.block_size:
             raise ValueError(f"block_size = {block_size} cannot exceed the model's {self.config.block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if self.transformer.wpe is not None:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
     def from_checkpoint(
@@ -461,13 +525,26 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         return model
 
     def configure_optimizers(
-        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+        self,
+        weight_decay: float,
+        learning_rate: float,
+        betas: tuple[float, float],
+        device_type: str,
+        decay_memory_states: bool = False,
     ) -> torch.optim.AdamW:
-        """AdamW with weight decay on every >= 2-D parameter (matmul weights, embeddings) and none on biases and
-        norms; the fused CUDA kernel where this torch has it."""
+        """AdamW with weight decay on the matmul weights and token embeddings (every >= 2-D parameter) and none on
+        biases and norms; the fused CUDA kernel where this torch has it. The memory's states, embeddings and biases
+        (gmm.NO_DECAY: initial states, read/write embeddings, gains, gate biases) are >= 2-D but not weights, and
+        decay would pull them to zero, the fixed experts too: no decay on them, unless decay_memory_states (the
+        rule before, kept as an ablation)."""
         param_dict = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
-        decay_params = [p for p in param_dict.values() if p.dim() >= 2]
-        nodecay_params = [p for p in param_dict.values() if p.dim() < 2]
+
+        def decays(name: str, p: nn.Parameter) -> bool:
+            state = name.startswith("memory.") and name.rsplit(".", 1)[-1] in gmm.NO_DECAY
+            return p.dim() >= 2 and (decay_memory_states or not state)
+
+        decay_params = [p for pn, p in param_dict.items() if decays(pn, p)]
+        nodecay_params = [p for pn, p in param_dict.items() if not decays(pn, p)]
         optim_groups = [
             {"params": decay_params, "weight_decay": weight_decay},
             {"params": nodecay_params, "weight_decay": 0.0},

@@ -124,6 +124,7 @@ class TrainConfig:
     segment_curriculum: list[int] = field(default_factory=list)  # e.g. [2, 4, 6]: segments per sequence in equal
     # stages of the run (the last stage usually equals n_segments); empty = n_segments throughout
     curriculum_iters: int = 0  # iterations the curriculum's stages span; 0 = max_iters (like lr_decay_iters)
+    decay_memory_states: bool = False  # True: weight decay on the memory's states and embeddings too (an ablation)
 
     def __post_init__(self) -> None:
         positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size")
@@ -794,7 +795,9 @@ def build_run(
         parallel.shard(model, place.dtype)
     scaler = torch.amp.GradScaler(place.device_type, enabled=(place.dtype == "float16"))
     betas = (cfg.beta1, cfg.beta2)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, place.device_type)
+    optimizer = model.configure_optimizers(
+        cfg.weight_decay, cfg.learning_rate, betas, place.device_type, cfg.decay_memory_states
+    )
     return Run(cfg, place, model, model, optimizer, scaler, stages, eval_dir, meta, argv)
 
 

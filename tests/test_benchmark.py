@@ -47,7 +47,13 @@ def test_variant_settings() -> None:
     assert knobs["gmm_read_scale"] == 0.03 and knobs["gmm_init_scale"] == 0.02 and knobs["gmm_gate_bias"] == 2.0
     assert knobs["learning_rate"] == 0.001 and knobs["min_lr"] == pytest.approx(0.0001)
     assert variant_settings("full", text=True) == {"gmm_experts": 0, "full_attention": True}
-    bad_names = [("k9", "k1..k8"), ("k4-fast", "unknown ablation 'fast'"), ("off-prob", "k1..k8"), ("", "must be off"),
+    assert variant_settings("full-rope", text=True) == {"gmm_experts": 0, "full_attention": True, "pos_emb": "rope"}
+    assert variant_settings("off-rope-lr0.002", text=True)["pos_emb"] == "rope"
+    assert variant_settings("k1-nocarry", text=True)["gmm_carry"] is False
+    assert variant_settings("k4-lb0", text=True)["gmm_load_balance"] == 0.0
+    assert variant_settings("k1-decaystates", text=True)["decay_memory_states"] is True
+    bad_names = [("k9", "k1..k8"), ("k4-fast", "unknown ablation 'fast'"), ("off-prob", "needs memory"),
+                 ("", "must be off"), ("off-nocarry", "needs memory"),
                  ("k4-top", "unknown ablation 'top'"), ("k4-slots1.5", "'slots1.5' needs a whole number")]  # fmt: skip
     for bad, words in bad_names:
         with pytest.raises(ValueError, match=words):
