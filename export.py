@@ -37,6 +37,7 @@ from common import fail, git_commit, load_checkpoint
 from configurator import ConfigError, configure
 from model import GPT, GPTConfig
 
+FORMATS = ("auto", "transformers", "project")
 # what may be in an export: anything else (a pickle, a .bin, a .pt) is refused before it is written
 ALLOWED_SUFFIXES = (".json", ".safetensors", ".txt", ".md")
 
@@ -48,8 +49,13 @@ class ExportConfig:
     push_to_hub: str = ""  # owner/name: upload the folder to this Hub repo (made if missing)
     private: bool = False  # a repo made by push_to_hub is private
     overwrite: bool = False  # replace an export folder that exists
+    # auto: a transformers GPT-2 where the model is one (no memory, learned positions), else the project's format;
+    # transformers: insist on a GPT-2 that transformers loads; project: the project's format whatever the model
+    format: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format = '{self.format}' must be one of {', '.join(FORMATS)}")
         if self.push_to_hub:
             import hub
 
@@ -200,12 +206,17 @@ def model_card(model: GPT, ckpt: dict[str, Any], records: list[dict[str, Any]], 
     run = ckpt.get("config", {})
     n_params = model.get_num_params()
     memory = (
-        "no memory: a plain GPT-2 architecture"
+        ("no memory: a plain GPT-2 architecture" if cfg.pos_emb == "learned" else "no memory")
         if cfg.gmm_experts == 0
         else f"a gated memory mixture of {cfg.gmm_experts} expert bank(s) of {cfg.gmm_slots} slots, read at the start "
         f"and written at the end of every {cfg.block_size}-token segment (top-k {cfg.gmm_top_k or 'dense'}, "
         f"shared expert {cfg.gmm_shared_expert}, read {cfg.gmm_read})"
     )
+    if cfg.pos_emb == "rope":
+        memory += (
+            ", and rotary position embeddings (rope), which transformers' GPT-2 cannot hold: it loads with the "
+            "project's code"
+        )
     name = repo or "<folder>"
     if kind == "gpt2":
         header = ["library_name: transformers", "pipeline_tag: text-generation", "tags: [gpt2, nanogpt]"]
@@ -280,6 +291,24 @@ def model_card(model: GPT, ckpt: dict[str, Any], records: list[dict[str, Any]], 
 # --- the export -----------------------------------------------------------------------------------------------------
 
 
+def export_kind(config: GPTConfig, format: str) -> str:
+    """'gpt2' (a transformers GPT2LMHeadModel) or 'gmm' (the project's format) for a model and the asked format;
+    ValueError when transformers' GPT-2 cannot hold the model."""
+    why = []
+    if config.gmm_experts > 0:
+        why.append(f"its memory (gmm_experts = {config.gmm_experts})")
+    if config.pos_emb != "learned":
+        why.append(f"its positions (pos_emb = '{config.pos_emb}'; GPT-2 has learned position embeddings only)")
+    if format == "transformers" and why:
+        raise ValueError(
+            f"format = 'transformers': transformers' GPT-2 cannot hold {' and '.join(why)}; export with "
+            "--format=project (or auto), which GPT.from_pretrained and sample.py load"
+        )
+    if format == "project" or why:
+        return "gmm"
+    return "gpt2"
+
+
 def check_folder(folder: Path) -> None:
     """Only the formats an export may hold: safetensors, JSON and text."""
     for path in folder.rglob("*"):
@@ -304,7 +333,7 @@ def export(cfg: ExportConfig) -> Path:
     model = GPT.from_checkpoint(ckpt, {"dropout": 0.0}, ckpt_path)
     model.eval()
     meta = ckpt.get("tokenizer_meta") or {"tokenizer": "gpt2", "vocab_size": 50257}
-    kind = "gpt2" if model.config.gmm_experts == 0 else "gmm"
+    kind = export_kind(model.config, cfg.format)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

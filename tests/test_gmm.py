@@ -4,7 +4,8 @@
 - Memory carries information: segment 1 changes segment 3's logits with memory on, and not with memory off.
 - The language-model loss alone trains every memory parameter (router, gates, candidates, initial states, writes).
 - The auxiliary losses and the expert update match hand-computed values.
-- The incremental decoder (generation) equals the full forward across segment boundaries.
+- The incremental decoder (generation) equals the full forward across segment boundaries, with rope too.
+- Registers (gmm_carry = False) carry nothing; weight decay spares the memory's states, embeddings and biases.
 - Truncated BPTT stops gradients where it should; gradient checkpointing changes nothing.
 - Sparse routing (top-k) leaves the experts it did not choose bit for bit unchanged, and still trains the router;
   the shared expert takes every write; the concat read exposes every bank's slots.
@@ -327,6 +328,10 @@ def test_initial_states() -> None:
         dict(gmm_experts=4, gmm_routing="read"),
         dict(gmm_experts=4, gmm_write_input="learned"),
         *MIXTURES,
+        dict(gmm_experts=0, pos_emb="rope"),
+        dict(gmm_experts=1, pos_emb="rope"),
+        dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, pos_emb="rope"),
+        dict(gmm_experts=1, gmm_carry=False),
     ],
     ids=mode_id,
 )
@@ -341,13 +346,49 @@ def test_incremental_decoding_equals_full_forward(mode: dict[str, Any]) -> None:
     assert torch.allclose(full, incremental, atol=1e-5)
 
 
-def test_generation_streams_past_block_size_with_and_without_cache() -> None:
-    model = tiny(gmm_experts=4)
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_generation_streams_past_block_size_with_and_without_cache(pos_emb: str) -> None:
+    model = tiny(gmm_experts=4, pos_emb=pos_emb)
     prompt = torch.randint(V, (2, 3))
     cached = model.generate(prompt, 4 * T, temperature=0)
     recomputed = model.generate(prompt, 4 * T, temperature=0, use_cache=False)
     assert cached.shape == (2, 3 + 4 * T)
     assert torch.equal(cached, recomputed)
+
+
+def test_registers_carry_nothing() -> None:
+    """gmm_carry = False: every segment reads the initial memory, so a segment's logits are those of the same model
+    (same weights) run on that segment alone, whatever came before; with the carry, segment 1 reaches segment 3."""
+    registers, carrying = tiny(gmm_experts=1, gmm_carry=False), tiny(gmm_experts=1)
+    assert torch.equal(registers.state_dict()["memory.init_states"], carrying.state_dict()["memory.init_states"])
+    idx = torch.randint(V, (2, 3 * T))
+    with torch.no_grad():
+        logits, _ = registers(idx, idx)
+        for s in range(3):
+            alone, _ = carrying(idx[:, s * T : (s + 1) * T], idx[:, s * T : (s + 1) * T])
+            torch.testing.assert_close(logits[:, s * T : (s + 1) * T], alone, atol=1e-6, rtol=0)
+        changed = idx.clone()
+        changed[:, :T] = (changed[:, :T] + 7) % V
+        assert torch.equal(registers(changed, changed)[0][:, T:], logits[:, T:])
+        assert not torch.allclose(carrying(changed, changed)[0][:, 2 * T :], carrying(idx, idx)[0][:, 2 * T :])
+
+
+def test_memory_states_are_not_decayed() -> None:
+    """Weight decay on the memory's matmul weights only: its states, embeddings, gains and gate biases are kept
+    (decaying them pulls even the fixed experts to zero); decay_memory_states restores the rule of >= 2-D = decay."""
+    model = tiny(gmm_experts=4, gmm_read="concat", gmm_candidate="projected", gmm_read_scale=0.02)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for old_rule in (False, True):
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", decay_memory_states=old_rule)
+        decay, no_decay = opt.param_groups
+        decayed = {names[id(p)] for p in decay["params"]}
+        kept = {names[id(p)] for p in no_decay["params"]}
+        states = {"memory.init_states", "memory.write_emb", "memory.read_emb", "memory.updater.gate_bias",
+                  "memory.updater.cand_bias"}  # fmt: skip
+        weights = {"memory.updater.gate_weight", "memory.updater.cand_weight", "memory.gate.router.weight"}
+        assert weights <= decayed and "memory.read_gain" in kept and "transformer.wte.weight" in decayed
+        assert states <= (decayed if old_rule else kept)
+        assert decayed | kept == set(names.values()) and not decayed & kept
 
 
 def test_truncated_bptt_stops_gradient() -> None:

