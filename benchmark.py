@@ -13,9 +13,11 @@ checkpoint is then evaluated on the validation episodes at every segment count i
 the training length measure length generalisation. A variant is `off` (no memory), `k<N>` (N experts; k1 is one
 bank, the RMT baseline), optionally followed by ablations joined with '-': `projected` (gmm_candidate), `prob`
 (gmm_write_scale), `read` (gmm_routing), `learnedwrite` (gmm_write_input=learned: the write tokens do not start
-from the read memory), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x). On a text task, `full` is the
-upper bound: no memory and one segment of n_segments * block_size tokens, so every token sees the
-whole context (the grid runs it on text tasks only).
+from the read memory), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x), `nocarry` (registers: the same
+read slots, nothing carried), `rope` (rotary positions). On a text task, `full` is the upper bound: no memory and
+one segment of n_segments * block_size tokens, so every token sees the whole context (the grid runs it on text
+tasks only). `xl` is Transformer-XL: no memory, rope, and attention to the previous segment's cached keys and
+values. off, full and xl take only `rope` and `lr<x>`.
 
 Synthetic tasks (recall, copy, needle: data/<task>/prepare.py) train the small model set by the fields below with
 a segment curriculum; a text task trains its config (TEXT: shakespeare_char the quick start, pycode_char its
@@ -218,11 +220,13 @@ def variant_settings(variant: str, text: bool) -> dict[str, Any]:
         settings = {"gmm_experts": 0, "full_attention": True}
     elif head == "off":
         settings = {"gmm_experts": 0}
+    elif head == "xl":  # Transformer-XL: attention to the previous segment's cached keys and values, rope positions
+        settings = {"gmm_experts": 0, "pos_emb": "rope", "xl_attention": True}
     elif match is not None:
         # the write input is named even at its default, so records made before the default changed are not reused
         settings = {"gmm_experts": int(match.group(1)), "gmm_write_input": "read"}
     else:
-        raise ValueError(f"variant '{variant}' must be off, full, or k1..k8, followed by -ablations ({ABLATIONS})")
+        raise ValueError(f"variant '{variant}' must be off, full, xl, or k1..k8, followed by -ablations ({ABLATIONS})")
     for mod in mods:
         numbered = re.fullmatch(rf"([a-zA-Z]+?)({NUM})", mod) if mod not in FLAGS else None
         if mod in FLAGS:
@@ -237,10 +241,8 @@ def variant_settings(variant: str, text: bool) -> dict[str, Any]:
                 settings["min_lr"] = settings[key] / 10
         else:
             raise ValueError(f"variant '{variant}': unknown ablation '{mod}' (allowed: {ABLATIONS})")
-        if head in ("off", "full") and mod not in WHOLE_MODEL and not re.fullmatch(rf"lr{NUM}", mod):
-            raise ValueError(
-                f"variant '{variant}': '{mod}' needs memory: off and full take rope and lr<x>, or use k1..k8"
-            )
+        if head in ("off", "full", "xl") and mod not in WHOLE_MODEL and not re.fullmatch(rf"lr{NUM}", mod):
+            raise ValueError(f"variant '{variant}': '{mod}' needs memory: {head} takes rope and lr<x>; or use k1..k8")
     return settings
 
 

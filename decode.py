@@ -23,9 +23,11 @@ class KVCache:
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype):
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, max_len, hs)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        # (B, nh, max_len, hs) for each layer, each its own tensor: writing one layer's keys never touches what
+        # another layer saved for backward (xl_attention trains through the cache)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0  # positions filled so far
 
     def reset(self) -> None:
@@ -46,12 +48,12 @@ def stream(
     """Yield sampled tokens (B, 1) one at a time, for streamed output.
     Without memory the context is the last block_size tokens, as in nanoGPT; with use_cache, each new token
     costs one position through a KV cache until the window starts to slide, after which every step
-    re-encodes the window. With memory the context is unbounded: the sequence runs as segments
+    re-encodes the window. With memory (or xl_attention) the context is unbounded: the sequence runs as segments
     (SegmentDecoder), in constant memory. use_cache=False recomputes everything each step (the reference)."""
     block_size = model.config.block_size
-    decoder = SegmentDecoder(model, idx.size(0)) if use_cache and model.memory is not None else None
+    decoder = SegmentDecoder(model, idx.size(0)) if use_cache and model.carries else None
     cache = None
-    if use_cache and model.memory is None:
+    if use_cache and not model.carries:
         p = next(model.parameters())
         cache = KVCache(model.config, idx.size(0), block_size, p.device, p.dtype)
     logits = None
@@ -59,7 +61,7 @@ def stream(
         if decoder is not None:
             logits = decoder.feed(idx if step == 0 else idx[:, -1:])[:, [-1]]
         elif cache is None:
-            logits, _ = model(idx if model.memory is not None else idx[:, -block_size:])
+            logits, _ = model(idx if model.carries else idx[:, -block_size:])
         elif 0 < cache.pos < block_size and idx.size(1) == cache.pos + 1:
             logits, _ = model(idx[:, -1:], kv_cache=cache)  # only the newest token goes through the model
         else:  # first step, or the window slid: (re)fill the cache with the whole window
@@ -75,8 +77,9 @@ class SegmentDecoder:
 
     Within a segment each token costs one position through the KV cache. When a segment is full and another
     token comes, the segment's write tokens run through the cache, the memory takes the write, and the next
-    segment starts from a fresh cache holding only its read slots. Without memory the segments are independent,
-    as in forward."""
+    segment starts from a fresh cache holding only its read slots. With xl_attention the next segment's cache
+    holds the previous segment's keys and values (GPT.xl_cache). Otherwise the segments are independent, as in
+    forward."""
 
     def __init__(self, model: GPT, batch_size: int) -> None:
         cfg = model.config
@@ -84,6 +87,8 @@ class SegmentDecoder:
         self.slots = model.memory.n_read if model.memory is not None else 0
         p = next(model.parameters())
         self.cache = KVCache(cfg, batch_size, 2 * self.slots + cfg.block_size, p.device, p.dtype)
+        if cfg.xl_attention:
+            self.cache = model.xl_cache(None, batch_size, p.device, p.dtype)
         self.memory = model.memory.initial(batch_size) if model.memory is not None else None
         self.t = 0  # text tokens in the current segment
         self.start_segment()
@@ -102,6 +107,12 @@ class SegmentDecoder:
             self.memory, _ = memory_module.write(self.memory, W)
             if not self.model.config.gmm_carry:  # registers: every segment reads the initial memory
                 self.memory = memory_module.initial(self.memory.experts.size(0))
+        if self.model.config.xl_attention:  # the segment that ends is the next one's past
+            self.cache = self.model.xl_cache(
+                self.cache, self.cache.k[0].size(0), self.cache.k[0].device, self.cache.k[0].dtype
+            )
+            self.t = 0
+            return
         self.start_segment()
 
     def feed(self, idx: torch.Tensor) -> torch.Tensor:

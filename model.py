@@ -51,6 +51,9 @@ class GPTConfig:
     # nothing per position to learn; with memory, positions count along a segment's [read slots][tokens][write tokens]
     pos_emb: str = "learned"
     rope_base: float = 10000.0  # rope: the pair i of a head turns by position * rope_base^(-2i / head size)
+    # Transformer-XL (https://arxiv.org/abs/1901.02860): each segment's attention also sees the previous segment's
+    # keys and values, cached without gradient: the baseline the memory must beat. Needs rope and no memory
+    xl_attention: bool = False
     # gated memory mixture (gmm.py), carried from segment to segment; gmm_experts = 0 leaves a plain GPT
     gmm_experts: int = 0  # 0 = no memory, 1 = one memory bank (the RMT baseline), 2..8 = a routed mixture
     gmm_slots: int = 16  # M: slots per expert, read slots and write tokens per segment
@@ -99,6 +102,11 @@ class GPTConfig:
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
             hs = self.n_embd // self.n_head
             raise ValueError(f"pos_emb = 'rope' turns pairs of a head's dimensions: head size {hs} is odd")
+        if self.xl_attention and (self.pos_emb != "rope" or self.gmm_experts > 0):
+            raise ValueError(
+                f"xl_attention = True needs pos_emb = 'rope' and gmm_experts = 0 (not '{self.pos_emb}' and "
+                f"{self.gmm_experts}): the previous segment's keys sit at relative positions, beside no memory"
+            )
         if not self.rope_base > 0:
             raise ValueError(f"rope_base = {self.rope_base} must be > 0")
         if not self.gmm_temperature > 0:
@@ -330,8 +338,8 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         of the last position only, (B, 1, vocab). L may exceed block_size: the tokens run as consecutive segments
         of block_size (see forward_segments). With a kv_cache (no memory) the tokens continue the cached sequence."""
         if kv_cache is not None:
-            if self.memory is not None:
-                raise ValueError("with memory on, decode incrementally through SegmentDecoder")
+            if self.carries:
+                raise ValueError("with memory or xl_attention on, decode incrementally through SegmentDecoder")
             h = self.extend_cache(self.embed(idx, kv_cache.pos), kv_cache)
             return self.lm_head(h[:, [-1], :]), None
         out = self.forward_segments(idx, targets, bptt_segments=bptt_segments)
@@ -352,13 +360,17 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         if self.memory is not None and memory is None:
             memory = self.memory.initial(B)
         logits_all, routings = [], []
+        cache = None  # xl_attention: the keys and values of the segment before
         for s, start in enumerate(range(0, L, T)):
+            if self.config.xl_attention:
+                p = self.lm_head.weight
+                cache = self.xl_cache(cache, B, p.device, p.dtype)
             if self.memory is not None and s > 0 and not self.config.gmm_carry:
                 memory = self.memory.initial(B)  # registers: the slots are read, nothing is carried
             elif memory is not None and bptt_segments > 0 and s > 0 and s % bptt_segments == 0:
                 memory = Memory(memory.experts.detach(), memory.route.detach())
             skip = targets is None and start + T < L  # without targets only the final segment's logits are used
-            logits, memory, routing = self.segment(idx[:, start : start + T], memory, skip_logits=skip)
+            logits, memory, routing = self.segment(idx[:, start : start + T], memory, skip_logits=skip, cache=cache)
             if logits is not None:
                 logits_all.append(logits)
             if routing is not None:
@@ -377,14 +389,16 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         return ModelOutput(logits, loss, lm_loss, aux, routings, memory)
 
     def segment(
-        self, idx: torch.Tensor, memory: Memory | None, skip_logits: bool = False
+        self, idx: torch.Tensor, memory: Memory | None, skip_logits: bool = False, cache: KVCache | None = None
     ) -> tuple[torch.Tensor | None, Memory | None, Routing | None]:
         """One segment, idx (B, T) with T <= block_size: [read slots][tokens][write tokens] through the stack.
         Returns the tokens' logits (B, T, vocab) (None if skip_logits), the memory this segment wrote, and the
-        write's routing. Without memory it is a plain GPT forward."""
+        write's routing. Without memory it is a plain GPT forward, after the cache's positions if one is given
+        (xl_attention: the previous segment's)."""
         x = self.embed(idx, 0)  # (B, T, D)
         if self.memory is None or memory is None:
-            return (None if skip_logits else self.lm_head(self.transformer.ln_f(self.run_blocks(x)))), None, None
+            h = self.transformer.ln_f(self.run_blocks(x)) if cache is None else self.extend_cache(x, cache)
+            return (None if skip_logits else self.lm_head(h)), None, None
         R, T = self.memory.n_read, idx.size(1)
         read = self.memory.read(memory).to(x.dtype)  # (B, R, D)
         x = torch.cat([read, x, self.memory.write_tokens(read)], dim=1)  # (B, R + T + R, D)
@@ -402,6 +416,29 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
             x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device))
         out: torch.Tensor = self.transformer.drop(x)
         return out
+
+    @property
+    def carries(self) -> bool:
+        """Whether context reaches past a segment (memory, or xl_attention), so the sequence runs as segments."""
+        return self.memory is not None or self.config.xl_attention
+
+    def xl_cache(self, prev: KVCache | None, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        """xl_attention: the cache a segment starts from, room for 2 x block_size positions. It holds the previous
+        segment's keys and values (detached: no gradient flows into the past) at positions 0..T-1, its keys
+        turned back there from where they were computed; the segment then runs at positions T..2T-1. Empty (at
+        position 0) for the first segment."""
+        T = self.config.block_size
+        cache = KVCache(self.config, batch_size, 2 * T, device, dtype)
+        if prev is None:
+            return cache
+        was = prev.pos - T  # where the previous segment's (full) T tokens sat: 0 for the first, T after that
+        back = self.rotary(-was, 1) if self.rotary is not None and was else None  # cos, sin (1, hs/2)
+        for i in range(self.config.n_layer):
+            k = prev.k[i][:, :, was : was + T].detach()  # (B, nh, T, hs)
+            cache.k[i][:, :, :T] = rotate(k, *back) if back is not None else k
+            cache.v[i][:, :, :T] = prev.v[i][:, :, was : was + T].detach()
+        cache.pos = T
+        return cache
 
     def extend_cache(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run embeddings x (B, T, D) through the stack after the cache's positions; the final hidden states

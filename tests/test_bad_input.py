@@ -275,7 +275,13 @@ CASES = [
     case("export", "--out_dir={w}/o --to={w}/e", "ckpt.pt", "not found", id="export-no-checkpoint"),
     case("export", RUN + " --to={w}/run", "exists", "--overwrite=True", id="export-folder-exists"),
     case("export", RUN + " --to={w}/e --push_to_hub=nope", "push_to_hub = 'nope'", "owner/name", id="export-repo-id"),
-    case("export", RUN + " --to={w}/e --format=onnx", "format = 'onnx'", "auto, transformers, project", id="export-format"),
+    case(
+        "export",
+        RUN + " --to={w}/e --format=onnx",
+        "format = 'onnx'",
+        "auto, transformers, project",
+        id="export-format",
+    ),
     # --- dashboard.py -------------------------------------------------------------------------------------------------
     case("dashboard", "--port=70000", "port = 70000", "1..65535", id="dashboard-port-out-of-range"),
     case("dashboard", "--trackio_dir={w}/afile", "trackio_dir", "is a file", id="dashboard-dir-a-file"),

@@ -5,7 +5,8 @@
 - The language-model loss alone trains every memory parameter (router, gates, candidates, initial states, writes).
 - The auxiliary losses and the expert update match hand-computed values.
 - The incremental decoder (generation) equals the full forward across segment boundaries, with rope too.
-- Registers (gmm_carry = False) carry nothing; weight decay spares the memory's states, embeddings and biases.
+- Transformer-XL attention over two segments is causal attention over both; registers (gmm_carry = False) carry
+  nothing; weight decay spares the memory's states, embeddings and biases.
 - Truncated BPTT stops gradients where it should; gradient checkpointing changes nothing.
 - Sparse routing (top-k) leaves the experts it did not choose bit for bit unchanged, and still trains the router;
   the shared expert takes every write; the concat read exposes every bank's slots.
@@ -332,6 +333,7 @@ def test_initial_states() -> None:
         dict(gmm_experts=1, pos_emb="rope"),
         dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, pos_emb="rope"),
         dict(gmm_experts=1, gmm_carry=False),
+        dict(gmm_experts=0, pos_emb="rope", xl_attention=True),
     ],
     ids=mode_id,
 )
@@ -346,14 +348,42 @@ def test_incremental_decoding_equals_full_forward(mode: dict[str, Any]) -> None:
     assert torch.allclose(full, incremental, atol=1e-5)
 
 
-@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
-def test_generation_streams_past_block_size_with_and_without_cache(pos_emb: str) -> None:
-    model = tiny(gmm_experts=4, pos_emb=pos_emb)
+@pytest.mark.parametrize(
+    "mode", [dict(gmm_experts=4), dict(gmm_experts=4, pos_emb="rope"), dict(pos_emb="rope", xl_attention=True)]
+)
+def test_generation_streams_past_block_size_with_and_without_cache(mode: dict[str, Any]) -> None:
+    model = tiny(**mode)
     prompt = torch.randint(V, (2, 3))
     cached = model.generate(prompt, 4 * T, temperature=0)
     recomputed = model.generate(prompt, 4 * T, temperature=0, use_cache=False)
     assert cached.shape == (2, 3 + 4 * T)
     assert torch.equal(cached, recomputed)
+
+
+def test_xl_attention_is_causal_attention_over_two_segments() -> None:
+    """xl_attention: over two segments, the second attends to the first's cached keys and values and to itself, which
+    is plain causal attention over 2T tokens (the same weights, one segment of 2T, rope); no gradient reaches the
+    first segment through the cache; and segment 3 sees segment 2 but not segment 1's tokens directly (only what
+    segment 2's states took from them)."""
+    xl = tiny(pos_emb="rope", xl_attention=True)
+    whole = tiny(pos_emb="rope", block_size=2 * T)
+    whole.load_state_dict(xl.state_dict())
+    idx = torch.randint(V, (2, 2 * T))
+    with torch.no_grad():
+        torch.testing.assert_close(xl(idx, idx)[0], whole(idx, idx)[0], atol=1e-5, rtol=0)
+    xl.train()
+    embeddings: list[torch.Tensor] = []
+    hook = xl.transformer.drop.register_forward_hook(lambda m, i, o, seen=embeddings: seen.append(o))
+    out = xl.forward_segments(idx, idx)
+    hook.remove()
+    seg2 = torch.nn.functional.cross_entropy(out.logits[0, T:], idx[0, T:])
+    first, second = torch.autograd.grad(seg2, embeddings, allow_unused=True)
+    assert first is None or first.abs().sum() == 0  # the cache is detached
+    assert second is not None and second.abs().sum() > 0
+    with pytest.raises(ValueError, match="xl_attention = True needs pos_emb = 'rope'"):
+        GPTConfig(xl_attention=True)
+    with pytest.raises(ValueError, match="gmm_experts = 0"):
+        GPTConfig(xl_attention=True, pos_emb="rope", gmm_experts=1)
 
 
 def test_registers_carry_nothing() -> None:
