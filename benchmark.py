@@ -9,15 +9,15 @@ $ python benchmark.py --device=cuda --jobs=1 --n_layer=4 --n_embd=128 --max_iter
 $ python benchmark.py --tracker=trackio && python dashboard.py --trackio_dir=results/trackio   # watch it train
 
 The grid is tasks x variants x seeds. Each cell is one `train.py` run (in its own process, `jobs` at a time), whose
-checkpoint is then evaluated on the validation episodes at every segment count in `eval_segments`; counts beyond
-the training length measure length generalisation. A variant is `off` (no memory), `k<N>` (N experts; k1 is one
-bank, the RMT baseline), optionally followed by ablations joined with '-': `projected` (gmm_candidate), `prob`
-(gmm_write_scale), `read` (gmm_routing), `learnedwrite` (gmm_write_input=learned: the write tokens do not start
-from the read memory), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x), `nocarry` (registers: the same
-read slots, nothing carried), `rope` (rotary positions). On a text task, `full` is the upper bound: no memory and
-one segment of n_segments * block_size tokens, so every token sees the whole context (the grid runs it on text
-tasks only). `xl` is Transformer-XL: no memory, rope, and attention to the previous segment's cached keys and
-values. off, full and xl take only `rope` and `lr<x>`.
+checkpoint is then evaluated on the validation episodes at every segment count in `eval_segments`; counts beyond the
+training length measure length generalisation. A variant is `off` (no memory), `k<N>` (N experts; k1 is one bank,
+the RMT baseline), optionally followed by ablations joined with '-': `projected` (gmm_candidate), `prob`
+(gmm_write_scale), `read` (gmm_routing), `learnedwrite` (gmm_write_input=learned: the write tokens do not start from
+the read memory), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x), `nocarry` (registers: the same read
+slots, nothing carried), `rope` (rotary positions), `gate` (gmm_read_gate: the read starts as a no-op). On a text
+task, `full` is the upper bound: no memory and one segment of n_segments * block_size tokens, so every token sees
+the whole context (the grid runs it on text tasks only). `xl` is Transformer-XL: no memory, rope, and attention to
+the previous segment's cached keys and values. off, full and xl take only `rope` and `lr<x>`.
 
 Synthetic tasks (recall, copy, needle: data/<task>/prepare.py) train the small model set by the fields below with
 a segment curriculum; a text task trains its config (TEXT: shakespeare_char the quick start, pycode_char its
@@ -85,6 +85,7 @@ FLAGS: dict[str, dict[str, Any]] = {
     "nocarry": {"gmm_carry": False},  # registers: the same slots, nothing carried
     "decaystates": {"decay_memory_states": True},
     "rope": {"pos_emb": "rope"},
+    "gate": {"gmm_read_gate": True},  # the text reads the memory through a gate that starts shut
 }
 WHOLE_MODEL = ("rope",)  # flags that apply without memory too (off-rope, full-rope), as lr<x> does
 NUMBERED: dict[str, tuple[str, type]] = {

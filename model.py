@@ -76,6 +76,10 @@ class GPTConfig:
     # False: every segment reads the initial memory ("registers": the same positions and parameters as the memory,
     # nothing carried from segment to segment), the control that separates carrying from having the extra slots
     gmm_carry: bool = True
+    # True: text reads the read slots through a softmax of their own, added to the causal attention over the text with
+    # a per-head gate tanh(g), g = 0 at first: a fresh model's text ignores the memory exactly (as with memory off)
+    # and can only learn to use it. False: the read slots are keys like any other (RMT)
+    gmm_read_gate: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "gmm_slots"):
@@ -119,6 +123,8 @@ class GPTConfig:
             raise ValueError("gmm_routing = 'read' weighs a mixture read: with gmm_read = 'concat' every bank is read")
         if self.gmm_experts <= 1:  # one bank or none: nothing to route, so a config's mixture settings do not apply
             self.gmm_top_k, self.gmm_shared_expert = 0, False
+        if self.gmm_experts == 0:
+            self.gmm_read_gate = False
         if self.gmm_init_scale < 0 or self.gmm_read_scale < 0:
             raise ValueError(
                 f"gmm_init_scale = {self.gmm_init_scale} and gmm_read_scale = {self.gmm_read_scale} must be >= 0"
@@ -161,6 +167,10 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         # flash attention makes GPU go brrrrr; the explicit softmax path is the reference it must equal
         self.flash = hasattr(F, "scaled_dot_product_attention")
+        # gmm_read_gate: the first n_read positions of every sequence are read slots (GPT sets n_read), read through
+        # their own softmax and this per-head gate, tanh(0) = 0 at first
+        self.n_read = 0
+        self.read_gate = nn.Parameter(torch.zeros(config.n_head)) if config.gmm_read_gate else None
 
     def forward(
         self,
@@ -181,20 +191,43 @@ class CausalSelfAttention(nn.Module):
             k_cache[:, :, start : start + T] = k
             v_cache[:, :, start : start + T] = v
             k, v = k_cache[:, :, : start + T], v_cache[:, :, : start + T]  # (B, nh, S, hs) with S = pos+T
-        S = k.size(2)
-        # query i sits at absolute position start+i and may see keys 0..start+i
-        mask = None if start == 0 or T == 1 else causal_mask(T, S, x.device)
-        if self.flash:
-            dropout_p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=start == 0)
-        else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
-            att = att.masked_fill(~causal_mask(T, S, x.device), float("-inf"))
-            att = self.attn_dropout(F.softmax(att, dim=-1))
-            y = att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+        y = self.attend(q, k, v) if self.read_gate is None else self.gated_read(q, k, v, start)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         out: torch.Tensor = self.resid_dropout(self.c_proj(y))
         return out
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+        """Softmax attention of T queries (B, nh, T, hs) over S keys -> (B, nh, T, hs). Causal: the queries are the
+        last T of the S positions, query i at S-T+i, and may see keys 0..S-T+i."""
+        T, S = q.size(2), k.size(2)
+        if self.flash:
+            dropout_p = self.dropout if self.training else 0.0
+            mask = causal_mask(T, S, q.device) if causal and 1 < T < S else None
+            out: torch.Tensor = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and T == S
+            )
+            return out
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+        if causal:
+            att = att.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
+        att = self.attn_dropout(F.softmax(att, dim=-1))
+        y: torch.Tensor = att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+        return y
+
+    def gated_read(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+        """gmm_read_gate: queries after the R read slots attend causally to the positions after them, plus
+        tanh(gate) times their attention over the read slots alone; the read slots (which come in one call, first)
+        attend among themselves. (B, nh, T, hs) queries at positions start.., keys 0..start+T-1 -> (B, nh, T, hs)"""
+        assert self.read_gate is not None
+        R, parts = self.n_read, []
+        if start < R:  # this call begins with the read slots
+            parts.append(self.attend(q[:, :, :R], k[:, :, :R], v[:, :, :R]))
+            q = q[:, :, R:]
+        if q.size(2) > 0:
+            text = self.attend(q, k[:, :, R:], v[:, :, R:])
+            memory = self.attend(q, k[:, :, :R], v[:, :, :R], causal=False)
+            parts.append(text + torch.tanh(self.read_gate).view(1, -1, 1, 1).to(memory.dtype) * memory)
+        return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
 class Rotary(nn.Module):
@@ -302,6 +335,8 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
                 config.gmm_write_input, config.gmm_top_k, config.gmm_shared_expert, config.gmm_read,
                 config.gmm_init_scale, config.gmm_gate_bias, config.gmm_read_scale,
             )  # fmt: skip
+            for attn in self.attentions():
+                attn.n_read = self.memory.n_read  # gmm_read_gate: where the read slots end
         # weight tying: https://paperswithcode.com/method/weight-tying
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -416,6 +451,10 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
             x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device))
         out: torch.Tensor = self.transformer.drop(x)
         return out
+
+    def attentions(self) -> list[CausalSelfAttention]:
+        """Each block's attention, in order."""
+        return [block.attn for block in self.transformer.h if isinstance(block, Block)]
 
     @property
     def carries(self) -> bool:

@@ -5,7 +5,8 @@
 - The language-model loss alone trains every memory parameter (router, gates, candidates, initial states, writes).
 - The auxiliary losses and the expert update match hand-computed values.
 - The incremental decoder (generation) equals the full forward across segment boundaries, with rope too.
-- Transformer-XL attention over two segments is causal attention over both; registers (gmm_carry = False) carry
+- The gated read starts as memory off, exactly, and opens by gradient. Transformer-XL attention over two segments
+  is causal attention over both; registers (gmm_carry = False) carry
   nothing; weight decay spares the memory's states, embeddings and biases.
 - Truncated BPTT stops gradients where it should; gradient checkpointing changes nothing.
 - Sparse routing (top-k) leaves the experts it did not choose bit for bit unchanged, and still trains the router;
@@ -334,6 +335,9 @@ def test_initial_states() -> None:
         dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, pos_emb="rope"),
         dict(gmm_experts=1, gmm_carry=False),
         dict(gmm_experts=0, pos_emb="rope", xl_attention=True),
+        dict(gmm_experts=1, gmm_read_gate=True),
+        dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, gmm_read_gate=True, pos_emb="rope"),
+        dict(gmm_experts=4, gmm_read="concat", gmm_read_gate=True),
     ],
     ids=mode_id,
 )
@@ -384,6 +388,38 @@ def test_xl_attention_is_causal_attention_over_two_segments() -> None:
         GPTConfig(xl_attention=True)
     with pytest.raises(ValueError, match="gmm_experts = 0"):
         GPTConfig(xl_attention=True, pos_emb="rope", gmm_experts=1)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_read_gate_starts_as_memory_off(pos_emb: str) -> None:
+    """gmm_read_gate: at initialisation the text ignores the memory exactly (the logits of memory off with the same
+    weights) and the gate still gets the language model's gradient; once it opens, segment 1 reaches segment 3, and
+    the explicit softmax path equals SDPA."""
+    mode = dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, gmm_init="zeros", pos_emb=pos_emb)
+    gated, off = tiny(**mode, gmm_read_gate=True), tiny(pos_emb=pos_emb)
+    off.load_state_dict({k: v for k, v in gated.state_dict().items() if k in off.state_dict()})
+    idx = torch.randint(V, (2, 3 * T))
+    with torch.no_grad():
+        torch.testing.assert_close(gated(idx, idx)[0], off(idx, idx)[0], atol=1e-6, rtol=0)
+    gates = [attn.read_gate for attn in gated.attentions() if attn.read_gate is not None]
+    assert len(gates) == 2
+    gated.train()
+    loss = gated(idx, idx)[1]
+    assert loss is not None
+    for g in torch.autograd.grad(loss, gates):
+        assert g.abs().min() > 0  # every head of every layer is pulled to open (or stay shut)
+    gated.eval()
+    changed = idx.clone()
+    changed[:, :T] = (changed[:, :T] + 7) % V
+    seg3 = slice(2 * T, 3 * T)
+    with torch.no_grad():
+        for g in gates:
+            g.fill_(1.0)
+        sdpa = gated(idx, idx)[0]
+        assert (sdpa[:, seg3] - gated(changed, changed)[0][:, seg3]).abs().max() > 1e-4
+        for attn in gated.attentions():
+            attn.flash = False
+        torch.testing.assert_close(gated(idx, idx)[0], sdpa, atol=1e-5, rtol=0)
 
 
 def test_registers_carry_nothing() -> None:
