@@ -16,7 +16,7 @@ import inspect
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import torch
 import torch.nn as nn
@@ -134,10 +134,11 @@ class GPTConfig:
         gmm.parse_init(self.gmm_init, max(1, self.gmm_experts))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        """Build from a dict that may hold keys of other configs (a checkpoint's, a run's): unknown keys are dropped."""
+    def from_dict(cls, d: dict[str, Any], checkpoint: bool = False) -> GPTConfig:
+        """Build from a dict that may hold keys of other configs (a checkpoint's, a run's): unknown keys are dropped.
+        checkpoint: d is a checkpoint's model_args, which name every field but those added after it was saved."""
         names = {f.name for f in fields(cls)}
-        if d.get("gmm_experts") and "gmm_write_input" not in d:
+        if checkpoint and d.get("gmm_experts") and "gmm_write_input" not in d:
             d = {**d, "gmm_write_input": "learned"}  # checkpoints from before the setting had learned write tokens
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -307,12 +308,27 @@ class Transformer(nn.Module):
 
 
 class ModelOutput(NamedTuple):
-    logits: torch.Tensor  # (B, L, vocab) with targets, else (B, 1, vocab)
+    logits: torch.Tensor | None  # (B, L, vocab) with targets (None unless keep_logits), else (B, 1, vocab)
     loss: torch.Tensor | None  # what training minimises: lm_loss plus the weighted auxiliary losses
     lm_loss: torch.Tensor | None  # the language-model cross-entropy alone, what evaluation reports
     aux: dict[str, torch.Tensor]  # unweighted auxiliary losses: load_balance, entropy (k > 1 only)
     routing: list[Routing]  # one per segment, in order (empty without memory)
     memory: Memory | None  # what the last segment wrote
+    token_loss: torch.Tensor | None = None  # (B, L) float32 cross-entropy of each target (0 where it is -1)
+
+
+class SegmentLoss(NamedTuple):
+    """One segment's part of the loss (GPT.segment_loss)."""
+
+    token_loss: torch.Tensor  # (B, T) float32, 0 where the target is -1
+    logits: torch.Tensor | None  # (B, T, vocab) if kept
+    memory: Memory | None
+    routing: Routing | None
+
+
+# the head's logits are computed this many at most at a time when they are not kept (GPT.token_losses): 2^24 float32
+# logits are 64 MiB, where a GPT-2 batch's (12 x 1024 positions x 50304) would be 2.5 GB
+LOSS_CHUNK = 2**24
 
 
 class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-memory-mixture", "nanogpt"]):
@@ -322,7 +338,9 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.gradient_checkpointing = False  # recompute each block's activations in backward to save memory
+        # recompute activations in backward to save memory: "block" keeps each block's input, "segment" only the
+        # memory between segments (peak memory flat in the number of segments); "none" keeps everything
+        self.gradient_checkpointing = "none"
         self.transformer = Transformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         head_size = config.n_embd // config.n_head
@@ -361,23 +379,54 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @overload
     def forward(
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         bptt_segments: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        keep_logits: bool = True,
+        details: Literal[False] = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    @overload
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        bptt_segments: int = 0,
+        keep_logits: bool = True,
+        *,
+        details: Literal[True],
+    ) -> ModelOutput: ...
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        bptt_segments: int = 0,
+        keep_logits: bool = True,
+        details: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | ModelOutput:
         """idx (B, L) token ids -> (logits, loss), as in nanoGPT. With targets: logits (B, L, vocab) and the loss
         (mean cross-entropy over targets != -1, plus the memory's auxiliary losses when it is on). Without: logits
         of the last position only, (B, 1, vocab). L may exceed block_size: the tokens run as consecutive segments
-        of block_size (see forward_segments). With a kv_cache (no memory) the tokens continue the cached sequence."""
+        of block_size (see forward_segments). With a kv_cache (no memory) the tokens continue the cached sequence.
+        details: forward_segments' whole ModelOutput instead (what train.py calls, through DDP's forward);
+        keep_logits=False leaves the logits out, so that no more than one chunk of them is ever held."""
         if kv_cache is not None:
             if self.carries:
                 raise ValueError("with memory or xl_attention on, decode incrementally through SegmentDecoder")
             h = self.extend_cache(self.embed(idx, kv_cache.pos), kv_cache)
-            return self.lm_head(h[:, [-1], :]), None
-        out = self.forward_segments(idx, targets, bptt_segments=bptt_segments)
+            logits = self.lm_head(h[:, [-1], :])
+            return ModelOutput(logits, None, None, {}, [], None) if details else (logits, None)
+        out = self.forward_segments(idx, targets, bptt_segments=bptt_segments, keep_logits=keep_logits)
+        if details:
+            return out
+        assert out.logits is not None, "keep_logits=False: ask for details=True"
         return out.logits, out.loss
 
     def forward_segments(
@@ -386,15 +435,18 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         targets: torch.Tensor | None = None,
         memory: Memory | None = None,
         bptt_segments: int = 0,
+        keep_logits: bool = True,
     ) -> ModelOutput:
         """Run idx (B, L) as segments of block_size tokens (the last may be shorter), in order, each reading the
         memory the previous one wrote. Gradients flow back through bptt_segments segments at a time (0 = all):
-        the memory is detached at every multiple of bptt_segments (truncated BPTT)."""
+        the memory is detached at every multiple of bptt_segments (truncated BPTT). With targets the loss is
+        summed segment by segment (segment_loss), so the logits of the whole sequence are never needed at once;
+        keep_logits=False does not keep them at all."""
         B, L = idx.size()
         T = self.config.block_size
         if self.memory is not None and memory is None:
             memory = self.memory.initial(B)
-        logits_all, routings = [], []
+        logits_all, routings, token_losses = [], [], []
         cache = None  # xl_attention: the keys and values of the segment before
         for s, start in enumerate(range(0, L, T)):
             if self.config.xl_attention:
@@ -404,8 +456,15 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
                 memory = self.memory.initial(B)  # registers: the slots are read, nothing is carried
             elif memory is not None and bptt_segments > 0 and s > 0 and s % bptt_segments == 0:
                 memory = Memory(memory.experts.detach(), memory.route.detach())
-            skip = targets is None and start + T < L  # without targets only the final segment's logits are used
-            logits, memory, routing = self.segment(idx[:, start : start + T], memory, skip_logits=skip, cache=cache)
+            chunk = idx[:, start : start + T]
+            if targets is None:
+                skip = start + T < L  # without targets only the final segment's logits are used
+                logits, memory, routing = self.segment(chunk, memory, skip_logits=skip, cache=cache)
+            else:
+                step = self.recomputed_segment_loss if self.recompute_segments else self.segment_loss
+                token_loss, logits, memory, routing = step(chunk, targets[:, start : start + T], memory, cache,
+                                                           keep_logits)  # fmt: skip
+                token_losses.append(token_loss)
             if logits is not None:
                 logits_all.append(logits)
             if routing is not None:
@@ -413,33 +472,101 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         if targets is None:
             # inference-time mini-optimization: only forward the lm_head on the very last position
             return ModelOutput(logits_all[-1][:, [-1], :], None, None, {}, routings, memory)
-        logits = torch.cat(logits_all, dim=1) if len(logits_all) > 1 else logits_all[0]  # (B, L, vocab)
-        lm_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        token_loss = torch.cat(token_losses, dim=1)  # (B, L)
+        lm_loss = token_loss.sum() / (targets != -1).sum()
+        logits = (torch.cat(logits_all, dim=1) if len(logits_all) > 1 else logits_all[0]) if keep_logits else None
         loss, aux = lm_loss, {}
         if self.memory is not None and self.config.gmm_experts > 1:
             probs = torch.cat([r.probs for r in routings])  # (S*B, k) every routing decision of the batch
             chosen = torch.cat([r.chosen for r in routings]) if self.config.gmm_top_k else None  # sparse: hard choices
             aux = {"load_balance": gmm.load_balance_loss(probs, chosen), "entropy": gmm.routing_entropy(probs)}
             loss = loss + self.config.gmm_load_balance * aux["load_balance"] + self.config.gmm_entropy * aux["entropy"]
-        return ModelOutput(logits, loss, lm_loss, aux, routings, memory)
+        return ModelOutput(logits, loss, lm_loss, aux, routings, memory, token_loss)
+
+    @property
+    def recompute_segments(self) -> bool:
+        """gradient_checkpointing = 'segment', in a training forward that will be backpropagated."""
+        return self.gradient_checkpointing == "segment" and self.training and torch.is_grad_enabled()
+
+    def segment_loss(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor,
+        memory: Memory | None,
+        cache: KVCache | None = None,
+        keep_logits: bool = True,
+    ) -> SegmentLoss:
+        """One segment (segment_states) and its targets (B, T): each target's cross-entropy, and the logits if
+        keep_logits (else the head runs in chunks, token_losses)."""
+        h, memory, routing = self.segment_states(idx, memory, cache)
+        if keep_logits:
+            logits = self.lm_head(h)
+            token_loss = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-1, reduction="none")
+            return SegmentLoss(token_loss, logits, memory, routing)
+        return SegmentLoss(self.token_losses(h, targets), None, memory, routing)
+
+    def recomputed_segment_loss(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor,
+        memory: Memory | None,
+        cache: KVCache | None = None,
+        keep_logits: bool = True,
+    ) -> SegmentLoss:
+        """segment_loss under activation checkpointing: of the segment only its inputs and outputs (the memory
+        it read and wrote, its per-target loss) are kept; backward runs it again, one segment at a time."""
+        if cache is not None:
+            raise ValueError("gradient_checkpointing = 'segment' cannot recompute an xl_attention segment: use 'block'")
+        out: SegmentLoss = checkpoint(self.segment_loss, idx, targets, memory, None, keep_logits, use_reentrant=False)
+        return out
+
+    def token_losses(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, T, D) after ln_f and targets (B, T) -> each target's cross-entropy (B, T), float32, 0
+        where the target is -1. The logits are made LOSS_CHUNK at a time; in training each chunk is recomputed in
+        backward (checkpointed), so no more than one chunk of logits is ever held."""
+        B, T, D = h.shape
+        rows, flat = h.reshape(B * T, D), targets.reshape(B * T)
+        step = max(1, LOSS_CHUNK // self.config.vocab_size)  # rows of logits a chunk
+        if rows.size(0) <= step:
+            return self.chunk_loss(rows, flat).view(B, T)
+        recompute = self.training and torch.is_grad_enabled()
+        parts = []
+        for i in range(0, rows.size(0), step):
+            args = (rows[i : i + step], flat[i : i + step])
+            parts.append(
+                checkpoint(self.chunk_loss, *args, use_reentrant=False) if recompute else self.chunk_loss(*args)
+            )
+        return torch.cat(parts).view(B, T)
+
+    def chunk_loss(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N, D) hidden states and (N,) targets -> (N,) float32 cross-entropy, 0 where the target is -1."""
+        return F.cross_entropy(self.lm_head(rows).float(), targets, ignore_index=-1, reduction="none")
 
     def segment(
         self, idx: torch.Tensor, memory: Memory | None, skip_logits: bool = False, cache: KVCache | None = None
     ) -> tuple[torch.Tensor | None, Memory | None, Routing | None]:
+        """One segment's logits (B, T, vocab) (None if skip_logits), the memory it wrote and the write's routing
+        (segment_states, then the head)."""
+        h, memory, routing = self.segment_states(idx, memory, cache)
+        return (None if skip_logits else self.lm_head(h)), memory, routing
+
+    def segment_states(
+        self, idx: torch.Tensor, memory: Memory | None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, Memory | None, Routing | None]:
         """One segment, idx (B, T) with T <= block_size: [read slots][tokens][write tokens] through the stack.
-        Returns the tokens' logits (B, T, vocab) (None if skip_logits), the memory this segment wrote, and the
+        Returns the tokens' final hidden states (B, T, D) after ln_f, the memory this segment wrote, and the
         write's routing. Without memory it is a plain GPT forward, after the cache's positions if one is given
         (xl_attention: the previous segment's)."""
         x = self.embed(idx, 0)  # (B, T, D)
         if self.memory is None or memory is None:
             h = self.transformer.ln_f(self.run_blocks(x)) if cache is None else self.extend_cache(x, cache)
-            return (None if skip_logits else self.lm_head(h)), None, None
+            return h, None, None
         R, T = self.memory.n_read, idx.size(1)
         read = self.memory.read(memory).to(x.dtype)  # (B, R, D)
         x = torch.cat([read, x, self.memory.write_tokens(read)], dim=1)  # (B, R + T + R, D)
         h = self.transformer.ln_f(self.run_blocks(x))
         memory, routing = self.memory.write(memory, h[:, R + T :])
-        return (None if skip_logits else self.lm_head(h[:, R : R + T])), memory, routing
+        return h[:, R : R + T], memory, routing
 
     def embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
         """Token plus position embeddings (B, T, D) for tokens at positions start..start+T-1 of their segment (with
@@ -494,7 +621,7 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         for i, block in enumerate(self.transformer.h):
             if kv_cache is not None:
                 x = block(x, (kv_cache.k[i], kv_cache.v[i], kv_cache.pos), rope)
-            elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            elif self.gradient_checkpointing == "block" and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, None, rope, use_reentrant=False)
             else:
                 x = block(x, None, rope)
@@ -515,7 +642,7 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         """The model a checkpoint of this repo holds (its `model_args` and `model` weights); `override_args` may
         change settings that leave the weights' shapes alone, such as dropout. Weights that do not fit the model
         are a one-line ValueError naming `source`."""
-        model = cls(GPTConfig.from_dict({**ckpt["model_args"], **(override_args or {})}))
+        model = cls(GPTConfig.from_dict({**ckpt["model_args"], **(override_args or {})}, checkpoint=True))
         # a compiled model saved its weights under '_orig_mod.'; strip it so the plain model loads them
         try:
             model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})

@@ -33,11 +33,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.distributed import destroy_process_group
 from tqdm import tqdm
 
@@ -70,6 +69,9 @@ ROOT = Path(__file__).resolve().parent
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText; model shape knobs (n_layer, n_head,
 # n_embd, block_size, dropout, bias, ...) live in model.GPTConfig and are set the same way
+
+
+CHECKPOINTING = ("none", "block", "segment")
 
 
 @dataclass
@@ -116,7 +118,9 @@ class TrainConfig:
     device: str = "auto"  # 'auto' = cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = "auto"  # 'auto' = bfloat16/float16 on CUDA, float32 elsewhere; or 'float32', 'bfloat16', 'float16'
     compile: bool = True  # use PyTorch 2.0 to compile the model to be faster
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    # recompute activations in backward (less memory, ~30% more compute): 'block' (or True) keeps each block's
+    # input; 'segment' keeps only the memory between segments, so memory stays flat in n_segments; 'none' (False)
+    gradient_checkpointing: bool | str = "none"
     seed: int = 1337
     # memory (gmm.py; set gmm_experts and the other gmm_* model knobs to turn it on)
     n_segments: int = 1  # segments of block_size tokens per training sequence; evaluation always uses this many
@@ -137,6 +141,12 @@ class TrainConfig:
             raise ValueError(f"bptt_segments = {self.bptt_segments} must be >= 0 (0 = through all segments)")
         if any(n < 1 for n in self.segment_curriculum):
             raise ValueError(f"segment_curriculum = {self.segment_curriculum} must hold positive segment counts")
+        if isinstance(self.gradient_checkpointing, bool):
+            self.gradient_checkpointing = "block" if self.gradient_checkpointing else "none"
+        if self.gradient_checkpointing not in CHECKPOINTING:
+            raise ValueError(
+                f"gradient_checkpointing = '{self.gradient_checkpointing}' must be one of {', '.join(CHECKPOINTING)}"
+            )
         if self.max_iters < 0:
             raise ValueError(f"max_iters = {self.max_iters} must be >= 0")
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
@@ -391,23 +401,24 @@ def estimate_loss(
         probs, gates = [], []  # (S, B, k) per batch: every write's routing, for the routing statistics
         for _ in range(cfg.eval_iters):
             X, Y = get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, mask, model.config.vocab_size)
-            with autocast(device, dtype):
-                result = model.forward_segments(X, Y)
-            logits = result.logits.float()
+            with autocast(device, dtype):  # the logits are kept only where answers are scored (small vocabularies)
+                result = model.forward_segments(X, Y, keep_logits=mask is not None)
+            assert result.token_loss is not None
             valid = Y != -1  # (B, L)
-            ce = F.cross_entropy(logits.transpose(1, 2), Y, ignore_index=-1, reduction="none")  # (B, L)
+            ce = result.token_loss.float()  # (B, L), 0 where there is no target
             seg = torch.arange(seq_len, device=Y.device) // T  # (L,) segment index of each position
             seg_sum += torch.zeros(n_seg, device=Y.device).index_add_(0, seg, (ce * valid).sum(0)).cpu()
             seg_count += torch.zeros(n_seg, device=Y.device).index_add_(0, seg, valid.sum(0).float()).cpu()
             if positions:
                 pos_sum += (ce * valid).sum(0).cpu()
                 pos_count += valid.sum(0).float().cpu()
-            hit = (logits.argmax(-1) == Y) & valid  # (B, L) answer tokens predicted right
-            has_answer = valid.any(dim=1)
-            sums["tok_right"] += hit.sum().item()
-            sums["tok"] += valid.sum().item()
-            sums["ans_right"] += ((hit | ~valid).all(dim=1) & has_answer).sum().item()
-            sums["ans"] += has_answer.sum().item()
+            if result.logits is not None:
+                hit = (result.logits.argmax(-1) == Y) & valid  # (B, L) answer tokens predicted right
+                has_answer = valid.any(dim=1)
+                sums["tok_right"] += hit.sum().item()
+                sums["tok"] += valid.sum().item()
+                sums["ans_right"] += ((hit | ~valid).all(dim=1) & has_answer).sum().item()
+                sums["ans"] += has_answer.sum().item()
             for k, v in result.aux.items():
                 aux[f"{split}_{k}"] = aux.get(f"{split}_{k}", 0.0) + v.item() / cfg.eval_iters
             if model.config.gmm_experts > 1:
@@ -789,7 +800,7 @@ def build_run(
 ) -> Run:
     """The model on its device (sharded under fsdp, before the optimizer is built on the shards), its AdamW and
     gradient scaler."""
-    model.gradient_checkpointing = cfg.gradient_checkpointing
+    model.gradient_checkpointing = str(cfg.gradient_checkpointing)
     model.to(place.device)
     if place.fsdp:
         parallel.shard(model, place.dtype)
@@ -879,7 +890,7 @@ def run_loop(run: Run) -> None:
         if run.iter_num >= cfg.max_iters or cfg.eval_only:
             break
         step_loss, grad_norm, tokens_per_iter = forward_backward(run)
-        bad, stop_signal = check_step(step_loss, grad_norm, run.scaler, run.place.ranks.distributed, stop.signum)
+        bad, stop_signal = check_step(step_loss.lm, grad_norm, run.scaler, run.place.ranks.distributed, stop.signum)
         if bad and cfg.nonfinite == "stop":
             meter.progress.close()
             if run.place.master:
@@ -939,30 +950,50 @@ def save(run: Run, evaluated: bool = True) -> None:
             save_checkpoint(state, run.ckpt_path)
 
 
-def forward_backward(run: Run) -> tuple[torch.Tensor, torch.Tensor, int]:
+class StepLoss(NamedTuple):
+    """What one step's micro-steps add up to, on this rank (its share of the global figures)."""
+
+    lm: torch.Tensor  # the language-model loss: cross-entropy summed over this rank's targets / the global count
+    aux: dict[str, torch.Tensor]  # the unweighted auxiliary losses, averaged over this rank's micro-steps
+
+
+def forward_backward(run: Run) -> tuple[StepLoss, torch.Tensor, int]:
     """One step's gradients: every rank draws the step's global batch from the shared sampler and runs its own
     micro-steps (gradient accumulation), reducing gradients after the last; then the gradients are unscaled and
-    clipped. Returns the step's mean loss on this rank, the gradient norm before clipping, and the step's tokens."""
+    clipped. The language-model loss weighs every target of the step alike, as one big batch would, however the
+    targets (an answer mask's) fall into micro-batches and ranks; the auxiliary losses are averaged over
+    micro-steps. Returns this rank's share of the step's losses, the gradient norm before clipping, and the step's
+    tokens."""
     cfg, place, model = run.cfg, run.place, run.model
     n_now = segments_at(run.iter_num, cfg)
     train_len = run.raw_model.config.block_size * n_now
     stage = run.stages[n_now]
-    accum = cfg.gradient_accumulation_steps // place.ranks.world_size  # each rank runs its share of the micro-steps
+    world = place.ranks.world_size
+    accum = cfg.gradient_accumulation_steps // world  # each rank runs its share of the micro-steps
     offsets = rank_offsets(stage.sampler, cfg.gradient_accumulation_steps, cfg.batch_size, place.ranks.rank,
-                           place.ranks.world_size)  # fmt: skip
-    step_loss = torch.zeros((), device=place.device)
-    for micro_step in range(accum):
-        X, Y = get_batch(stage.tokens, offsets[micro_step], train_len, place.device, stage.mask,
-                         run.raw_model.config.vocab_size)  # fmt: skip
+                           world)  # fmt: skip
+    vocab = run.raw_model.config.vocab_size
+    batches = [get_batch(stage.tokens, offsets[i], train_len, place.device, stage.mask, vocab) for i in range(accum)]
+    # the step's targets, a device tensor: counted without waiting for it
+    n_targets = torch.stack([(Y != -1).sum() for _, Y in batches]).sum().float()
+    if place.ranks.distributed:  # DDP averages gradients over ranks: divide by the mean count, i.e. global / world
+        torch.distributed.all_reduce(n_targets)
+    per_target = world / n_targets.clamp_min(1)
+    lm = torch.zeros((), device=place.device)
+    aux: dict[str, torch.Tensor] = {}
+    for micro_step, (X, Y) in enumerate(batches):
         parallel.set_gradient_sync(model, micro_step == accum - 1)  # reduce after the last micro-step
         with autocast(place.device, place.dtype):
-            _, loss = model(X, Y, bptt_segments=cfg.bptt_segments)
-            assert loss is not None
-            loss = loss / accum  # scale the loss to account for gradient accumulation
-        step_loss += loss.detach()
+            out = model(X, Y, bptt_segments=cfg.bptt_segments, keep_logits=False, details=True)
+            assert out.loss is not None and out.lm_loss is not None and out.token_loss is not None
+            lm_part = out.token_loss.sum() * per_target
+            loss = lm_part + (out.loss - out.lm_loss) / accum  # the weighted auxiliary losses, per micro-step
+        lm += lm_part.detach()
+        for k, v in out.aux.items():
+            aux[k] = aux.get(k, torch.zeros((), device=place.device)) + v.detach() / accum
         run.scaler.scale(loss).backward()  # with gradient scaling if training in fp16
     grad_norm = clip_gradients(model, run.optimizer, run.scaler, cfg.grad_clip)
-    return step_loss, grad_norm, cfg.gradient_accumulation_steps * cfg.batch_size * train_len
+    return StepLoss(lm / world, aux), grad_norm, cfg.gradient_accumulation_steps * cfg.batch_size * train_len
 
 
 def update(run: Run, skip: bool, tokens: int) -> None:
@@ -978,13 +1009,18 @@ def update(run: Run, skip: bool, tokens: int) -> None:
 
 
 def log_step(
-    run: Run, meter: Meter, step_loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, tokens_per_iter: int
+    run: Run, meter: Meter, step_loss: StepLoss, grad_norm: torch.Tensor, lr: float, tokens_per_iter: int
 ) -> None:
-    """A train line in metrics.jsonl (and the tracker, the bar or the log): the loss is the mean over all
-    micro-steps of all ranks, the gradient norm this rank's before clipping."""
+    """A train line in metrics.jsonl (and the tracker, the bar or the log): the loss is the language-model loss
+    of the step's whole batch (all micro-steps of all ranks), what evaluation reports too; the auxiliary losses
+    (k > 1 experts) come beside it, unweighted, as train_<name>; the gradient norm is this rank's before
+    clipping."""
+    names = sorted(step_loss.aux)
+    losses = torch.stack([step_loss.lm, *(step_loss.aux[k] for k in names)])
     if run.place.ranks.distributed:
-        torch.distributed.all_reduce(step_loss, op=torch.distributed.ReduceOp.AVG)
-    lossf = step_loss.item()  # a CPU-GPU sync point
+        torch.distributed.all_reduce(losses)  # the lm shares add up; the auxiliary ones are averaged below
+    lossf, *auxf = losses.tolist()  # a CPU-GPU sync point
+    auxf = [v / run.place.ranks.world_size for v in auxf]
     normf = grad_norm.item()
     dt = meter.lap(tokens_per_iter)
     if not run.place.master:
@@ -997,7 +1033,7 @@ def log_step(
               f"time {dt * 1000:.2f}ms, mfu {mfu_str}{skips}")  # fmt: skip
     record = {"event": "train", "iter": run.iter_num, "loss": lossf, "lr": lr, "ms": dt * 1000,
               "tokens_per_s": tokens_per_iter / dt, "mfu": meter.mfu, "grad_norm": normf,
-              "skipped": run.skipped}  # fmt: skip
+              "skipped": run.skipped, **{f"train_{k}": v for k, v in zip(names, auxf, strict=True)}}  # fmt: skip
     append_metrics(run.cfg.out_dir, record)
     log_record(run.tracker, record)
 

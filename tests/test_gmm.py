@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import gmm
+import model as model_module
 from configurator import ConfigError, configure
 from decode import SegmentDecoder
 from gmm import ExpertUpdater, Memory, expert_scale, load_balance_loss, routing_entropy, top_k_mask
@@ -118,9 +119,14 @@ def test_write_tokens_enter_as_the_read_memory() -> None:
 
 
 def test_checkpoints_from_before_write_input_keep_learned_write_tokens() -> None:
+    """A checkpoint saved before gmm_write_input existed had learned write tokens, and loads so; any other dict
+    (a from_pretrained override, a config) gets the documented default."""
     old = dict(block_size=T, vocab_size=V, n_layer=2, n_head=2, n_embd=32, gmm_experts=1, gmm_slots=3)
-    assert GPTConfig.from_dict(old).gmm_write_input == "learned"
-    assert GPTConfig.from_dict({**old, "gmm_write_input": "read"}).gmm_write_input == "read"
+    assert GPTConfig.from_dict(old, checkpoint=True).gmm_write_input == "learned"
+    assert GPTConfig.from_dict({**old, "gmm_write_input": "read"}, checkpoint=True).gmm_write_input == "read"
+    weights = GPT(GPTConfig(**old, gmm_write_input="learned")).state_dict()
+    assert GPT.from_checkpoint({"model_args": old, "model": weights}).config.gmm_write_input == "learned"
+    assert GPTConfig.from_dict(old).gmm_write_input == "read"  # e.g. from_pretrained("gpt2", {"gmm_experts": 1})
     assert GPTConfig().gmm_write_input == "read"  # new models default to RMT's layout
 
 
@@ -188,6 +194,7 @@ def test_aux_losses_are_added_with_their_weights() -> None:
     probs = torch.cat([r.probs for r in out.routing])
     assert torch.allclose(out.aux["load_balance"], load_balance_loss(probs))
     # evaluation reports the LM loss alone: it is the cross-entropy of the logits
+    assert out.logits is not None
     ce = torch.nn.functional.cross_entropy(out.logits.view(-1, V), idx.view(-1))
     assert torch.allclose(out.lm_loss, ce)
 
@@ -380,6 +387,7 @@ def test_xl_attention_is_causal_attention_over_two_segments() -> None:
     hook = xl.transformer.drop.register_forward_hook(lambda m, i, o, seen=embeddings: seen.append(o))
     out = xl.forward_segments(idx, idx)
     hook.remove()
+    assert out.logits is not None
     seg2 = torch.nn.functional.cross_entropy(out.logits[0, T:], idx[0, T:])
     first, second = torch.autograd.grad(seg2, embeddings, allow_unused=True)
     assert first is None or first.abs().sum() == 0  # the cache is detached
@@ -468,25 +476,42 @@ def test_truncated_bptt_stops_gradient() -> None:
         hook = model.transformer.drop.register_forward_hook(lambda m, i, o, seen=embeddings: seen.append(o))
         out = model.forward_segments(idx, idx, bptt_segments=bptt)
         hook.remove()
+        assert out.logits is not None
         seg3 = torch.nn.functional.cross_entropy(out.logits[0, 2 * T :], idx[0, 2 * T :])
         (g,) = torch.autograd.grad(seg3, embeddings[0], allow_unused=True)
         assert (g is not None and g.abs().sum().item() > 0) == reaches, f"bptt_segments={bptt}"
 
 
-def test_gradient_checkpointing_with_memory_gives_same_gradients() -> None:
-    grads = []
-    for ckpt in (False, True):
-        model = tiny(gmm_experts=4)
+@pytest.mark.parametrize("mode", ["block", "segment"])
+@pytest.mark.parametrize("loss_chunk", [0, 3 * V])
+def test_gradient_checkpointing_with_memory_gives_same_gradients(
+    mode: str, loss_chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recomputing each block, or each whole segment (only the memory between segments kept), in backward gives
+    plain backprop's loss and gradients, with dropout on (the recompute replays the same masks), with the logits
+    not kept, and with the head's loss in chunks of 3 rows (each chunk recomputed in backward)."""
+    if loss_chunk:
+        monkeypatch.setattr(model_module, "LOSS_CHUNK", loss_chunk)
+    results = []
+    for ckpt, keep in (("none", True), (mode, False)):
+        model = tiny(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, dropout=0.1)
         model.train()
         model.gradient_checkpointing = ckpt
         idx = torch.randint(V, (2, 3 * T), generator=torch.Generator().manual_seed(3))
-        _, loss = model(idx, idx)
-        assert loss is not None
-        loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+        targets = idx.masked_fill(torch.rand(idx.shape, generator=torch.Generator().manual_seed(4)) < 0.3, -1)
+        torch.manual_seed(5)
+        out = model(idx, targets, keep_logits=keep, details=True)
+        assert out.loss is not None and out.token_loss is not None and (out.logits is None) != keep
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), out.token_loss.detach(), grads))
+    (loss0, tokens0, grads0), (loss1, tokens1, grads1) = results
+    torch.testing.assert_close(loss1, loss0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(tokens1, tokens0, atol=1e-5, rtol=0)
+    assert (tokens0[targets == -1] == 0).all()
+    assert grads0.keys() == grads1.keys() and "memory.init_states" in grads0
+    for name in grads0:
+        torch.testing.assert_close(grads1[name], grads0[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize(
@@ -547,6 +572,7 @@ def test_memory_state_is_explicit() -> None:
     assert model.memory is not None
     first = model.forward_segments(idx[:, :T], idx[:, :T])
     second = model.forward_segments(idx[:, T:], idx[:, T:], memory=first.memory)
+    assert first.logits is not None and second.logits is not None and full.logits is not None
     assert torch.allclose(torch.cat([first.logits, second.logits], dim=1), full.logits, atol=1e-6)
     assert isinstance(first.memory, Memory) and first.memory.experts.shape == (2, 4, 3, 32)
     assert len(full.routing) == 2 and full.routing[0].probs.shape == (2, 4)

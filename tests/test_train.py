@@ -261,9 +261,9 @@ def test_gradient_checkpointing_same_losses(
 
     monkeypatch.setattr(model.Block, "forward", counting_forward)
     losses, counts = {}, {}
-    for flag in (False, True):
+    for flag in ("False", "True", "segment"):
         calls = 0
-        out = tmp_path / str(flag)
+        out = tmp_path / flag
         run_train(
             shakespeare_char_data,
             out,
@@ -274,9 +274,12 @@ def test_gradient_checkpointing_same_losses(
             f"--gradient_checkpointing={flag}",
         )
         losses[flag], counts[flag] = train_losses(out), calls
-    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
-    # the recomputation happened: each of 2 blocks ran once more in the backward of each of 3 steps
-    assert counts[True] - counts[False] == 2 * 3
+    assert losses["True"] == pytest.approx(losses["False"], rel=1e-6)
+    assert losses["segment"] == pytest.approx(losses["False"], rel=1e-6)
+    # the recomputation happened: each of 2 blocks ran once more in the backward of each of 3 steps (with 'segment',
+    # the whole segment ran again)
+    assert counts["True"] - counts["False"] == 2 * 3
+    assert counts["segment"] - counts["False"] == 2 * 3
 
 
 @pytest.fixture
@@ -478,12 +481,14 @@ def poison_training_steps(monkeypatch: pytest.MonkeyPatch, steps: set[int]) -> N
     calls = [0]
 
     def poisoned(self: model.GPT, *args: Any, **kwargs: Any) -> Any:
-        logits, loss = forward(self, *args, **kwargs)
+        out = forward(self, *args, **kwargs)
+        assert isinstance(out, model.ModelOutput)  # the training loop asks for the details
         if self.training:
-            if calls[0] in steps and loss is not None:
-                loss = loss * float("nan")
+            if calls[0] in steps and out.loss is not None and out.token_loss is not None:
+                nan = float("nan")
+                out = out._replace(loss=out.loss * nan, token_loss=out.token_loss * nan)
             calls[0] += 1
-        return logits, loss
+        return out
 
     monkeypatch.setattr(model.GPT, "forward", poisoned)
 

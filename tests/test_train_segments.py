@@ -5,6 +5,8 @@
   evaluation reports answer accuracy that matches a hand count, and other lengths are prepared beside the dataset.
 - Evaluation logs the language-model loss per segment and the memory's auxiliary losses, and a resumed memory run
   with a curriculum equals the uninterrupted one.
+- The logged train loss is the language model's (the auxiliary losses beside it), and gradient accumulation weighs
+  every target alike however an answer mask spreads them over micro-batches.
 """
 
 from __future__ import annotations
@@ -133,6 +135,55 @@ def test_curriculum_on_an_episode_dataset_prepares_each_length(tmp_path: Path) -
         assert 0.0 <= r["val_acc_answer"] <= 1.0 and 0.0 <= r["val_acc_token"] <= 1.0
         assert len(r["val_seg_loss"]) == 2 and r["val_seg_loss"][0] == 0.0  # answers sit in the last segment
         assert "val_load_balance" in r and "val_entropy" in r
+
+
+def recall_data(root: Path) -> Path:
+    """A tiny recall dataset (2 segments of 8 tokens, one pair) under root/recall; returns root."""
+    script = ROOT / "data" / "recall" / "prepare.py"
+    args = ["--n_segments", "2", "--block_size", "8", "--train_episodes", "64", "--val_episodes", "16"]
+    subprocess.run([sys.executable, str(script), *args, "--max_pairs", "1", "--out_dir", str(root / "recall")],
+                   check=True, capture_output=True)  # fmt: skip
+    return root
+
+
+def test_gradient_accumulation_weighs_every_target_alike(tmp_path: Path) -> None:
+    """Two micro-batches of 2 episodes take the steps one batch of 4 takes (logged loss and weights), although the
+    episodes hold different numbers of answer targets (1, or 13 in every other episode): the loss is summed over
+    targets and divided by the step's count, not averaged per micro-batch."""
+    data = recall_data(tmp_path / "data")
+    mask_path = data / "recall" / "train_mask.bin"
+    mask = np.fromfile(mask_path, dtype=np.uint8).reshape(64, 16)
+    mask[1::2, 2:14] = 1
+    mask.tofile(mask_path)
+    runs = {}
+    for name, batch, accum in (("big", 4, 1), ("accum", 2, 2)):
+        runs[name] = out = tmp_path / name
+        train.main(
+            [*TINY, f"--data_dir={data}", "--dataset=recall", f"--out_dir={out}", "--block_size=8", "--n_segments=2",
+             "--max_iters=3", "--eval_interval=3", "--gmm_experts=1", f"--batch_size={batch}",
+             f"--gradient_accumulation_steps={accum}", "--learning_rate=0.01", "--warmup_iters=0"]
+        )  # fmt: skip
+    losses = [{r["iter"]: r["loss"] for r in metrics(out) if r["event"] == "train"} for out in runs.values()]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and len(losses[0]) == 3
+    big, accum = (torch.load(out / "ckpt.pt", weights_only=True)["model"] for out in runs.values())
+    for k in big:
+        torch.testing.assert_close(accum[k], big[k], rtol=0, atol=1e-5, msg=k)
+
+
+def test_the_logged_train_loss_is_the_language_models(tmp_path: Path, shakespeare_char_data: Path) -> None:
+    """metrics.jsonl's train loss is the language-model loss, as evaluation's is, whatever the weight of the
+    auxiliary losses (k > 1), which are logged beside it unweighted."""
+    logged = []
+    for weight in (0.0, 100.0):
+        out = tmp_path / f"lb{weight}"
+        train.main(
+            [*TINY, f"--data_dir={shakespeare_char_data}", "--dataset=shakespeare_char", f"--out_dir={out}",
+             "--block_size=8", "--n_segments=2", "--max_iters=2", "--eval_interval=2", "--gmm_experts=2",
+             f"--gmm_load_balance={weight}", "--learning_rate=0", "--min_lr=0"]
+        )  # fmt: skip
+        logged.append([r for r in metrics(out) if r["event"] == "train"])
+    assert [r["loss"] for r in logged[0]] == pytest.approx([r["loss"] for r in logged[1]], rel=1e-6)
+    assert all(r["train_load_balance"] >= 1.0 and "train_entropy" in r for r in logged[1])
 
 
 def test_memory_run_with_curriculum_resumes_exactly(shakespeare_char_data: Path, tmp_path: Path) -> None:
