@@ -121,7 +121,7 @@ def test_write_tokens_enter_as_the_read_memory() -> None:
 def test_checkpoints_from_before_write_input_keep_learned_write_tokens() -> None:
     """A checkpoint saved before gmm_write_input existed had learned write tokens, and loads so; any other dict
     (a from_pretrained override, a config) gets the documented default."""
-    old = dict(block_size=T, vocab_size=V, n_layer=2, n_head=2, n_embd=32, gmm_experts=1, gmm_slots=3)
+    old: dict[str, Any] = dict(block_size=T, vocab_size=V, n_layer=2, n_head=2, n_embd=32, gmm_experts=1, gmm_slots=3)
     assert GPTConfig.from_dict(old, checkpoint=True).gmm_write_input == "learned"
     assert GPTConfig.from_dict({**old, "gmm_write_input": "read"}, checkpoint=True).gmm_write_input == "read"
     weights = GPT(GPTConfig(**old, gmm_write_input="learned")).state_dict()
