@@ -8,6 +8,7 @@ $ python bench.py --mode=memory --experts=0,1,4      # the training step with k 
 $ python bench.py --mode=memory --experts=0,1,4 --reads=mixture,concat   # and what reading every bank costs
 $ python bench.py --mode=context --segments=1,2,4,8,16,32,64   # memory vs full attention as the context grows
 $ python bench.py --mode=parallel --nprocs=2         # per-rank memory of ddp vs fsdp, each under torchrun
+$ python bench.py --mode=logits --device=cpu         # the loss with all logits kept vs. in chunks, GPT-2's vocabulary
 $ torchrun --standalone --nproc_per_node=8 bench.py --parallel=fsdp   # the training step, sharded over 8 GPUs
 $ python bench.py --n_layer=4 --block_size=256 --compile=False --profile=True --json=bench_out/result.json
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,7 +51,7 @@ from common import (
 )
 from configurator import ConfigError, configure, parse_value, read_config_file
 from data.common import check_writable_dir
-from model import GPT, GPTConfig
+from model import CHECKPOINTING, GPT, GPTConfig
 from parallel import PARALLEL, Ranks
 
 # parallel mode's defaults: GPT-2 124M, one sequence of 128 tokens a step, so weights, gradients and AdamW's moments
@@ -60,6 +62,11 @@ PARALLEL_MODEL: dict[str, Any] = dict(block_size=128)
 # memory mode's defaults: the GMM quick start's shape (config/train_gmm_shakespeare.py; shakespeare_char's 65 chars)
 QUICK_START_BENCH: dict[str, Any] = dict(batch_size=8, n_segments=4)
 QUICK_START_MODEL: dict[str, Any] = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, gmm_slots=8)
+
+# logits mode's defaults: GPT-2's vocabulary, a small model and 4 segments of 256, so the logits dominate the step
+LOGITS_BENCH: dict[str, Any] = dict(batch_size=8, n_segments=4, iters=3, warmup_iters=1)
+LOGITS_MODEL: dict[str, Any] = dict(n_layer=2, n_head=4, n_embd=128, block_size=256, gmm_experts=1, gmm_slots=8)
+MODES = ("train", "sample", "memory", "context", "parallel", "logits")
 
 # -----------------------------------------------------------------------------
 
@@ -97,10 +104,14 @@ class BenchConfig:
     parallels: str = "ddp,fsdp"  # parallel mode: the parallelisms to compare, each in its own torchrun
     nprocs: int = 2  # parallel mode: processes (ranks) per torchrun
     json: str = ""  # if set, also write the results to this path as JSON
+    # train mode (and the modes built on it): activation recomputation, none | block | segment (only the memory
+    # between segments kept); context mode compares each one listed, comma-separated
+    gradient_checkpointing: str = "none"
+    keep_logits: bool = False  # True: the whole sequence's logits are kept for the loss (how training held them)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("train", "sample", "memory", "context", "parallel"):
-            raise ValueError(f"mode = '{self.mode}' must be one of train, sample, memory, context, parallel")
+        if self.mode not in MODES:
+            raise ValueError(f"mode = '{self.mode}' must be one of {', '.join(MODES)}")
         if self.nprocs < 1:
             raise ValueError(f"nprocs = {self.nprocs} must be a positive integer")
         if self.parallel not in PARALLEL:
@@ -121,6 +132,7 @@ class BenchConfig:
         parse_reads(self.reads)
         parse_counts(self.segments)
         parse_variants(self.variants)
+        parse_checkpointing(self.gradient_checkpointing, many=self.mode == "context")
 
 
 def parse_experts(experts: str) -> list[int]:
@@ -133,6 +145,20 @@ def parse_experts(experts: str) -> list[int]:
     if len(set(ks)) != len(ks) or not all(0 <= k <= gmm.MAX_EXPERTS for k in ks):
         raise ValueError(f"experts = '{experts}' must be {allowed}")
     return sorted(ks)
+
+
+def parse_checkpointing(value: str, many: bool) -> list[str]:
+    """'none,segment' -> ['none', 'segment'] (one value unless many); ValueError names what is allowed."""
+    modes = [s.strip() for s in value.split(",")]
+    allowed = f"one of {', '.join(CHECKPOINTING)}" + (", or several separated by commas" if many else "")
+    if (
+        not modes
+        or any(m not in CHECKPOINTING for m in modes)
+        or len(set(modes)) != len(modes)
+        or (len(modes) > 1 and not many)
+    ):
+        raise ValueError(f"gradient_checkpointing = '{value}' must be {allowed}")
+    return modes
 
 
 def parse_reads(reads: str) -> list[str]:
@@ -192,14 +218,13 @@ class PeakMemory:
 
     def __init__(self, device: str) -> None:
         self.device = device
-        self.rss = 0
         if device.startswith("cuda"):
             self.kind = "cuda max_memory_allocated"
             torch.cuda.reset_peak_memory_stats(device)
         elif device.startswith("mps"):
             self.kind = "mps driver_allocated_memory (at the end)"
         else:
-            self.kind = "process RSS (max over iterations)"
+            self.kind = "process peak RSS (getrusage)"
         self.start = self.now()  # held before the run builds its model: the process's RSS, or live tensors
 
     def now(self) -> int:
@@ -209,18 +234,15 @@ class PeakMemory:
             return int(torch.mps.driver_allocated_memory())
         return int(psutil.Process().memory_info().rss)
 
-    def sample(self) -> None:
-        """Called after each iteration: RSS has no peak counter of its own (ru_maxrss would count the whole run)."""
-        if not self.device.startswith(("cuda", "mps")):
-            self.rss = max(self.rss, self.now())
-
     def peak(self) -> int:
+        """CUDA: the allocator's peak. CPU: the kernel's high-water mark of the process's RSS, which sees the
+        transient peak inside backward that RSS after a step misses; it counts the whole process (the interpreter,
+        torch and the model too), so the modes that compare settings run each in a process of its own."""
         if self.device.startswith("cuda"):
             return torch.cuda.max_memory_allocated(self.device)
         if self.device.startswith("mps"):
             return torch.mps.driver_allocated_memory()
-        self.sample()
-        return self.rss
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def finish_profile(prof: Any, out_dir: str, mode: str) -> dict[str, Any]:
@@ -262,6 +284,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     T = model_cfg.block_size
     seq_len = cfg.n_segments * T  # with memory on, the model runs it as n_segments segments of T
     raw_model = GPT(model_cfg).to(device)
+    raw_model.gradient_checkpointing = cfg.gradient_checkpointing
     if fsdp:
         parallel.shard(raw_model, dtype)
     optimizer = raw_model.configure_optimizers(1e-1, 6e-4, (0.9, 0.95), device_type)
@@ -274,7 +297,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         nonlocal grad_bytes
         X, Y = next_batch()
         with autocast(device, dtype):
-            _, loss = model(X, Y)
+            loss = model(X, Y, keep_logits=cfg.keep_logits, details=True).loss
         assert loss is not None
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -294,11 +317,10 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         f"{', real data' if cfg.real_data else ''}")  # fmt: skip
     for _ in range(cfg.warmup_iters):
         step()
-        memory.sample()
     prof = profiler(device) if cfg.profile else None
     if prof is not None:
         prof.start()
-    times = time_steps(step, cfg.iters, device, memory, say)
+    times = time_steps(step, cfg.iters, device, say)
     result = finish_profile(prof, cfg.out_dir, "train") if ranks.master else {}
     result.update(
         train_figures(cfg, raw_model, times, device, dtype, compile),
@@ -371,10 +393,8 @@ def batches(cfg: BenchConfig, vocab_size: int, seq_len: int, device: str) -> Cal
     return lambda: (x, y)
 
 
-def time_steps(
-    step: Callable[[], float], iters: int, device: str, memory: PeakMemory, say: Callable[..., None]
-) -> list[float]:
-    """Seconds each of iters steps took, the device synchronised around each; memory sampled after each."""
+def time_steps(step: Callable[[], float], iters: int, device: str, say: Callable[..., None]) -> list[float]:
+    """Seconds each of iters steps took, the device synchronised around each."""
     times = []
     for i in range(iters):
         synchronize(device)
@@ -382,7 +402,6 @@ def time_steps(
         loss = step()
         synchronize(device)
         times.append(time.perf_counter() - t0)
-        memory.sample()
         say(f"iter {i}: {times[-1] * 1000:.2f} ms, loss {loss:.4f}")
     return times
 
@@ -442,7 +461,6 @@ def bench_sample(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
             outputs[name] = model.generate(prompt, cfg.new_tokens, temperature=0.0, use_cache=use_cache)
             synchronize(device)
             seconds[name] = time.perf_counter() - t0
-        memory.sample()
         print(f"{name}: {seconds[name]:.3f} s")
     result = finish_profile(prof, cfg.out_dir, "sample")
     same = torch.equal(outputs["kv_cache"], outputs["no_cache"])
@@ -536,8 +554,9 @@ def bench_context(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     long, up to full_max_tokens). For each: the training step's ms per token and peak memory (bench_train in a new
     process, as in memory mode), and generation's ms per new token after a prompt that fills the context (greedy,
     KV cache, in this process): the time from the first new token to the last, so the prompt's prefill is left
-    out. Memory's cost per token should stay flat as S grows; full attention's grows."""
-    device, dtype, compile = resolve(replace(cfg, mode="train"))
+    out. Memory's cost per token should stay flat as S grows; full attention's grows. Each of the
+    gradient_checkpointing modes listed trains in its own process: with 'segment' the peak should stay flat in S."""
+    device, dtype, compile = resolve(replace(cfg, mode="train", gradient_checkpointing="none"))
     T = model_cfg.block_size
     rows = []
     for S in parse_counts(cfg.segments):
@@ -551,21 +570,26 @@ def bench_context(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
             v_cfg = replace(model_cfg, gmm_experts=k, gmm_top_k=min(model_cfg.gmm_top_k, max(k - 1, 0)))
             if full:
                 v_cfg = replace(v_cfg, block_size=S * T)
-            print(f"--- {S} segment(s), {S * T} tokens: {variant} ---")
-            r = train_in_new_process(replace(cfg, mode="train", json="", n_segments=1 if full else S), v_cfg)
-            tokens_per_step = cfg.batch_size * S * T
-            rows.append(
-                {
-                    "segments": S,
-                    "context": S * T,
-                    "variant": variant,
-                    "params": r["params"],
-                    "train_ms_per_token": r["ms_per_iter"] / tokens_per_step,
-                    "train_tokens_per_s": r["tokens_per_s"],
-                    "memory_bytes": r["memory_bytes"],
-                    "generate_ms_per_token": generation_ms(cfg, v_cfg, S * T, device, dtype),
-                }
-            )
+            generate_ms = generation_ms(cfg, v_cfg, S * T, device, dtype)
+            for recompute in parse_checkpointing(cfg.gradient_checkpointing, many=True):
+                print(f"--- {S} segment(s), {S * T} tokens: {variant}, gradient_checkpointing {recompute} ---")
+                run_cfg = replace(cfg, mode="train", json="", n_segments=1 if full else S,
+                                  gradient_checkpointing=recompute)  # fmt: skip
+                r = train_in_new_process(run_cfg, v_cfg)
+                rows.append(
+                    {
+                        "segments": S,
+                        "context": S * T,
+                        "variant": variant,
+                        "checkpointing": recompute,
+                        "params": r["params"],
+                        "train_ms_per_token": r["ms_per_iter"] / (cfg.batch_size * S * T),
+                        "train_tokens_per_s": r["tokens_per_s"],
+                        "memory_bytes": r["memory_bytes"],
+                        "memory_above_start": r["memory_bytes"] - r["memory_start_bytes"],
+                        "generate_ms_per_token": generate_ms,
+                    }
+                )
     return dict(
         mode="context",
         device=device,
@@ -579,6 +603,42 @@ def bench_context(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         warmup_iters=cfg.warmup_iters,
         rows=rows,
     )
+
+
+def bench_logits(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
+    """What the loss's logits cost: the training step with every segment's logits kept and concatenated before the
+    loss (how training held them before; keep_logits=True), and with the loss summed segment by segment and the
+    head run in chunks that backward recomputes (keep_logits=False), each in a process of its own: peak memory,
+    above what the process held before the model was built, and step time."""
+    device, dtype, compile = resolve(replace(cfg, mode="train"))
+    rows = []
+    for keep in (True, False):
+        print(f"--- logits {'kept' if keep else 'in chunks'} ---")
+        r = train_in_new_process(replace(cfg, mode="train", json="", keep_logits=keep), model_cfg)
+        rows.append({"keep_logits": keep, "ms_per_iter": r["ms_per_iter"], "memory_bytes": r["memory_bytes"],
+                     "memory_above_start": r["memory_bytes"] - r["memory_start_bytes"]})  # fmt: skip
+    tokens = cfg.batch_size * cfg.n_segments * model_cfg.block_size
+    return dict(mode="logits", device=device, dtype=dtype, compile=compile, batch_size=cfg.batch_size,
+                tokens=tokens, vocab_size=model_cfg.vocab_size, logits_bytes=tokens * model_cfg.vocab_size * 4,
+                rows=rows)  # fmt: skip
+
+
+def logits_table(result: dict[str, Any]) -> str:
+    kept, chunked = result["rows"]
+    lines = [
+        "| loss | ms/iter | peak memory | above start |",
+        "|---|---|---|---|",
+        *(
+            f"| {'all logits kept' if r['keep_logits'] else 'in chunks'} | {r['ms_per_iter']:.0f} "
+            f"| {r['memory_bytes'] / 2**30:.2f} GiB | {r['memory_above_start'] / 2**30:.2f} GiB |"
+            for r in (kept, chunked)
+        ),
+        "",
+        f"{result['tokens']:,} tokens a step x vocabulary {result['vocab_size']:,}: one float32 copy of the logits is "
+        f"{result['logits_bytes'] / 2**30:.2f} GiB; {result['device']} {result['dtype']}. Above start: "
+        f"{chunked['memory_above_start'] / max(1, kept['memory_above_start']):.2f}x in chunks.",
+    ]
+    return "\n".join(lines)
 
 
 def generation_ms(cfg: BenchConfig, model_cfg: GPTConfig, context: int, device: str, dtype: str) -> float:
@@ -602,17 +662,19 @@ def generation_ms(cfg: BenchConfig, model_cfg: GPTConfig, context: int, device: 
 
 def context_table(result: dict[str, Any]) -> str:
     lines = [
-        "| segments | context tokens | variant | params | train ms/token | generate ms/token | peak memory |",
-        "|---|---|---|---|---|---|---|",
+        "| segments | context tokens | variant | recompute | params | train ms/token | generate ms/token "
+        "| peak memory | above start |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         if row.get("skipped"):
-            lines.append(f"| {row['segments']} | {row['context']} | {row['variant']} | - | - | - | skipped |")
+            lines.append(f"| {row['segments']} | {row['context']} | {row['variant']} | - | - | - | - | skipped | - |")
             continue
+        above = row.get("memory_above_start")
         lines.append(
-            f"| {row['segments']} | {row['context']} | {row['variant']} | {row['params']:,} "
-            f"| {row['train_ms_per_token']:.4f} | {row['generate_ms_per_token']:.3f} "
-            f"| {row['memory_bytes'] / 2**30:.3f} GiB |"
+            f"| {row['segments']} | {row['context']} | {row['variant']} | {row.get('checkpointing', 'none')} "
+            f"| {row['params']:,} | {row['train_ms_per_token']:.4f} | {row['generate_ms_per_token']:.3f} "
+            f"| {row['memory_bytes'] / 2**30:.3f} GiB | {'-' if above is None else f'{above / 2**30:.3f} GiB'} |"
         )
     r = result
     lines += [
@@ -632,12 +694,14 @@ def plot_context(result: dict[str, Any], path: str) -> str:
     axes = fig.subplots(1, 3)
     keys = [("train_ms_per_token", "train ms / token"), ("generate_ms_per_token", "generate ms / new token"),
             ("memory_bytes", "training peak memory (GiB)")]  # fmt: skip
-    variants = dict.fromkeys(row["variant"] for row in result["rows"])
+    lines = dict.fromkeys((row["variant"], row.get("checkpointing", "none")) for row in result["rows"])
     for ax, (key, label) in zip(axes, keys, strict=True):
-        for variant in variants:
-            rows = [r for r in result["rows"] if r["variant"] == variant and not r.get("skipped")]
+        for variant, recompute in lines:
+            rows = [r for r in result["rows"] if r["variant"] == variant and not r.get("skipped")
+                    and r.get("checkpointing", "none") == recompute]  # fmt: skip
             scale = 2**30 if key == "memory_bytes" else 1
             name = "full attention" if variant == "full" else f"memory, {variant}"
+            name += "" if recompute == "none" else f", recompute {recompute}"
             ax.plot([r["context"] for r in rows], [r[key] / scale for r in rows], "o-", label=name)
         ax.set(xscale="log", xlabel="context (tokens)", ylabel=label)
         ax.set_xscale("log", base=2)
@@ -746,6 +810,8 @@ def format_table(result: dict[str, Any]) -> str:
         return parallel_table(result)
     if result["mode"] == "context":
         return context_table(result)
+    if result["mode"] == "logits":
+        return logits_table(result)
     gib = result["memory_bytes"] / 2**30
     if result["mode"] == "train":
         rows = [
@@ -818,6 +884,8 @@ def defaults(mode: str) -> tuple[BenchConfig, GPTConfig]:
     start's shape."""
     if mode == "parallel":
         return BenchConfig(**PARALLEL_BENCH), GPTConfig(**PARALLEL_MODEL)
+    if mode == "logits":
+        return BenchConfig(**LOGITS_BENCH), GPTConfig(**LOGITS_MODEL)
     if mode not in ("memory", "context"):
         return BenchConfig(), GPTConfig()
     return BenchConfig(**QUICK_START_BENCH), GPTConfig(**QUICK_START_MODEL)
@@ -839,7 +907,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     except ConfigError as e:
         fail(str(e))
     bench = {"train": bench_train, "sample": bench_sample, "memory": bench_memory, "context": bench_context,
-             "parallel": bench_parallel}[cfg.mode]  # fmt: skip
+             "parallel": bench_parallel, "logits": bench_logits}[cfg.mode]  # fmt: skip
     try:
         check_outputs(cfg)
         result = bench(cfg, model_cfg)

@@ -326,6 +326,7 @@ class SegmentLoss(NamedTuple):
     routing: Routing | None
 
 
+CHECKPOINTING = ("none", "block", "segment")  # GPT.gradient_checkpointing: what backward recomputes
 # the head's logits are computed this many at most at a time when they are not kept (GPT.token_losses): 2^24 float32
 # logits are 64 MiB, where a GPT-2 batch's (12 x 1024 positions x 50304) would be 2.5 GB
 LOSS_CHUNK = 2**24

@@ -60,7 +60,7 @@ from common import (
 )
 from configurator import ConfigError, configure, explicit_keys
 from data.common import check_writable_dir, make_dir
-from model import GPT, GPT2_SIZES, GPTConfig
+from model import CHECKPOINTING, GPT, GPT2_SIZES, GPTConfig
 from tokenizer import load_meta
 from tracking import TRACKERS, NoTracker, Tracker, log_record, open_tracker
 
@@ -69,9 +69,6 @@ ROOT = Path(__file__).resolve().parent
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText; model shape knobs (n_layer, n_head,
 # n_embd, block_size, dropout, bias, ...) live in model.GPTConfig and are set the same way
-
-
-CHECKPOINTING = ("none", "block", "segment")
 
 
 @dataclass

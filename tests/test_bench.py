@@ -212,18 +212,33 @@ def test_bad_read_list_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.slow
+def test_logits_mode_holds_less_in_chunks(capsys: pytest.CaptureFixture[str]) -> None:
+    """logits mode trains the same step with every logit kept and with the loss in chunks, each in its own process,
+    and the chunks hold less: here 4 x 256 tokens of a 50,304-word vocabulary, 196 MiB of float32 logits a copy."""
+    r = bench.main(["--mode=logits", "--device=cpu", "--n_layer=1", "--n_embd=32", "--n_head=2", "--block_size=256",
+                    "--batch_size=1", "--iters=1", "--warmup_iters=0"])  # fmt: skip
+    kept, chunked = r["rows"]
+    assert kept["keep_logits"] and not chunked["keep_logits"]
+    assert chunked["memory_above_start"] < kept["memory_above_start"] - 50 * 2**20
+    assert "| in chunks |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_context_mode_rows_plot_and_the_full_attention_limit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A row per segment count and variant, each with the model it names (its parameters), the tokens of a step in
     the per-token figure, full attention skipped past full_max_tokens, and the plot."""
     args = ["--mode=context", "--segments=2,1", "--variants=k2,full", "--full_max_tokens=16", "--gmm_slots=4",
-            "--new_tokens=4", f"--out_dir={tmp_path}"]  # fmt: skip
+            "--new_tokens=4", f"--out_dir={tmp_path}", "--gradient_checkpointing=none,segment"]  # fmt: skip
     r = bench.main([*TINY_ARGS, *args, "--device=cpu", "--iters=2", "--warmup_iters=1"])
     out = capsys.readouterr().out
-    assert [(row["segments"], row["variant"], bool(row.get("skipped"))) for row in r["rows"]] == [
-        (1, "k2", False), (1, "full", False), (2, "k2", False), (2, "full", True)
+    assert [(row["segments"], row["variant"], row.get("checkpointing")) for row in r["rows"]] == [
+        (1, "k2", "none"), (1, "k2", "segment"), (1, "full", "none"), (1, "full", "segment"), (2, "k2", "none"),
+        (2, "k2", "segment"), (2, "full", None)
     ]  # fmt: skip
+    assert all(row["memory_above_start"] > 0 for row in r["rows"] if not row.get("skipped"))
+    r["rows"] = [row for row in r["rows"] if row.get("checkpointing") != "segment"]
     k2, full = r["rows"][0], r["rows"][1]
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, gmm_slots=4, block_size=16)
     assert k2["params"] == GPT(replace(cfg, gmm_experts=2)).get_num_params()
@@ -232,5 +247,5 @@ def test_context_mode_rows_plot_and_the_full_attention_limit(
         tokens = 2 * row["context"]  # batch 2 x the whole context, in every step
         assert row["train_ms_per_token"] * tokens == pytest.approx(1000 * tokens / row["train_tokens_per_s"], rel=1e-6)
         assert row["generate_ms_per_token"] >= 0 and row["memory_bytes"] > 10 * 2**20
-    assert "| 2 | 32 | full | - | - | - | skipped |" in out
+    assert "| 2 | 32 | full | - | - | - | - | skipped | - |" in out and "| 1 | 16 | k2 | segment |" in out
     assert (tmp_path / "context.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
