@@ -79,7 +79,7 @@ def test_script_prints_table_and_writes_json(tmp_path: Path) -> None:
     args = [*TINY_ARGS, "--iters=2", "--warmup_iters=1", "--device=cpu", f"--json={out}"]
     result = subprocess.run([sys.executable, "bench.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    for row in ("iter 1:", "ms/iter (median)", "tokens/s", "MFU", "peak memory", "process RSS"):
+    for row in ("iter 1:", "ms/iter (median)", "tokens/s", "MFU", "peak memory", "peak RSS"):
         assert row in result.stdout
     saved = json.loads(out.read_text())
     assert saved["mode"] == "train" and saved["model_args"]["n_layer"] == 1 and saved["config"]["iters"] == 2
