@@ -40,17 +40,28 @@ from typing import Any, NamedTuple
 
 import torch
 from matplotlib import colormaps
-from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import DTYPES, autocast, check_device, default_device, default_dtype, fail, interactive, load_checkpoint
+from common import (
+    DTYPES,
+    autocast,
+    check_device,
+    default_device,
+    default_dtype,
+    fail,
+    interactive,
+    load_checkpoint,
+    read_metrics,
+)
 from configurator import ConfigError, configure
 from data.common import KEY0, N_KEYS
+from data.loader import BatchSampler, episode_dir, get_batch, open_mask, open_split
 from gmm import routing_stats
 from model import GPT
+from tracking import draw_segment_util
 
 # when routing is called collapsed or diffuse (see diagnose)
 COLLAPSE_SHARE = 0.9  # one expert is the top choice of at least this share of writes ...
@@ -296,9 +307,6 @@ def resolve_device(cfg: AnalyzeConfig) -> tuple[str, str]:
 def eval_batches(cfg: AnalyzeConfig, ckpt: dict[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """cfg.batches batches (X, Y) of the checkpoint's dataset, drawn as train.py's evaluation draws them. Missing
     data is an error here, before the first batch is drawn."""
-    # imported here, not at the top: train.py imports this module for its evaluation
-    from train import BatchSampler, episode_dir, get_batch, open_mask, open_split
-
     run = ckpt.get("config") or {}
     if "dataset" not in run:
         raise ValueError(f"{cfg.out_dir}/ckpt.pt holds no training config: it does not say which data to analyse")
@@ -329,28 +337,6 @@ def eval_batches(cfg: AnalyzeConfig, ckpt: dict[str, Any]) -> Iterator[tuple[tor
 def expert_colors(k: int) -> list[Any]:
     """One colour per expert, the same in every plot."""
     return [colormaps["tab10"](j) for j in range(k)]
-
-
-def draw_segment_util(fig: Figure, ax: Axes, segment_util: list[list[float]], title: str) -> None:
-    """The routing heatmap: the mean routing probability of each expert (columns) at each segment (rows)."""
-    util = torch.tensor(segment_util)  # (S, k)
-    S, k = util.shape
-    im = ax.imshow(util.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    for s in range(S):
-        for j in range(k):
-            ax.text(j, s, f"{util[s, j]:.2f}", ha="center", va="center", color="w" if util[s, j] < 0.6 else "k")
-    ax.set(xticks=range(k), yticks=range(S), xlabel="expert", ylabel="segment", title=title)
-    ax.set_yticklabels([str(s + 1) for s in range(S)])
-    fig.colorbar(im, ax=ax, shrink=0.8)
-
-
-def plot_segment_util(segment_util: list[list[float]], path: str, title: str = "mean routing probability p") -> str:
-    """The routing heatmap (draw_segment_util) alone: what a tracker shows at each evaluation."""
-    S, k = len(segment_util), len(segment_util[0])
-    fig = Figure(figsize=(1.8 + 0.7 * k, 1.3 + 0.4 * max(S, 4)), layout="constrained")
-    draw_segment_util(fig, fig.subplots(), segment_util, title)
-    fig.savefig(path, dpi=90)
-    return path
 
 
 def plot_routing(segment_util: list[list[float]], top: torch.Tensor, path: str, max_sequences: int = 32) -> str:
@@ -464,26 +450,6 @@ def plot_losses(records: list[dict[str, Any]], path: str) -> str | None:
         axes[1].legend(fontsize=8)
     fig.savefig(path, dpi=110)
     return path
-
-
-def read_metrics(out_dir: str) -> list[dict[str, Any]]:
-    """The records of out_dir/metrics.jsonl, [] if there is none. A last line cut short (a run killed while writing
-    it) is left out; any other line that is not JSON is a one-line ValueError naming it. export.py and dashboard.py
-    read metrics.jsonl through this too."""
-    path = os.path.join(out_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    records = []
-    for n, line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == lines[-1][0]:
-                break
-            raise ValueError(f"{path}: line {n} is not JSON (metrics.jsonl holds one JSON record a line)") from None
-    return records
 
 
 # -----------------------------------------------------------------------------

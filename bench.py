@@ -51,6 +51,7 @@ from common import (
 )
 from configurator import ConfigError, configure, parse_value, read_config_file
 from data.common import check_writable_dir
+from data.loader import BatchSampler, get_batch, open_split
 from model import CHECKPOINTING, GPT, GPTConfig
 from parallel import PARALLEL, Ranks
 
@@ -380,8 +381,6 @@ def batches(cfg: BenchConfig, vocab_size: int, seq_len: int, device: str) -> Cal
     """What each step trains on: batches of data_dir/dataset/train.bin with real_data, else one fixed batch of
     random tokens (no data loading in the measurement)."""
     if cfg.real_data:
-        from train import BatchSampler, get_batch, open_split
-
         data_dir = os.path.join(cfg.data_dir, cfg.dataset)
         if not os.path.isfile(os.path.join(data_dir, "train.bin")):
             raise ValueError(f"real_data: {data_dir}/train.bin not found; run data/{cfg.dataset}/prepare.py first")

@@ -63,9 +63,10 @@ from common import (
 )
 from configurator import ConfigError, configure, read_config_file
 from data.common import check_writable_dir
+from data.loader import ensure_data, episode_dir
+from evaluate import FixedBatches, estimate_loss
 from model import GPT
 from tracking import TRACKERS
-from train import TrainConfig, ensure_data, episode_dir, estimate_loss
 
 ROOT = Path(__file__).resolve().parent
 SYNTHETIC = ("recall", "copy", "needle")  # and mqar<P>: multi-query associative recall with P pairs
@@ -381,7 +382,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         return {**record, "error": f"train.py exited with {rc}: {tail[0] if tail else ''}"}
     ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
     model = GPT.from_checkpoint(ckpt).to(spec["device"])
-    cfg = TrainConfig(eval_iters=spec["eval_iters"], batch_size=spec["batch_size"], seed=spec["seed"])
+    cfg = FixedBatches(eval_iters=spec["eval_iters"], batch_size=spec["batch_size"], seed=spec["seed"])
     T = spec["segment_len"]
     evals = {}
     for n, folder in spec["eval_dirs"].items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import pickle
 import signal
@@ -211,3 +212,23 @@ def fail(message: str) -> NoReturn:
     """A user's mistake: one line on stderr and exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def read_metrics(out_dir: str) -> list[dict[str, Any]]:
+    """The records of out_dir/metrics.jsonl, [] if there is none. A last line cut short (a run killed while writing
+    it) is left out; any other line that is not JSON is a one-line ValueError naming it. export.py, dashboard.py and
+    analyze.py read metrics.jsonl through this."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for n, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == lines[-1][0]:
+                break
+            raise ValueError(f"{path}: line {n} is not JSON (metrics.jsonl holds one JSON record a line)") from None
+    return records

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import fail
+from common import fail, read_metrics
 from configurator import ConfigError, configure
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -77,9 +77,7 @@ def find_runs(folder: str) -> list[tuple[str, str, Path]]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl (analyze.read_metrics), each checked to be a metrics record."""
-    from analyze import read_metrics
-
+    """The records of a metrics.jsonl (common.read_metrics), each checked to be a metrics record."""
     records = read_metrics(str(path.parent))
     for n, record in enumerate(records, 1):
         if not isinstance(record, dict) or not isinstance(record.get("iter"), int):

@@ -6,14 +6,53 @@ GPT.forward on the same tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 from torch.nn import functional as F
 
-if TYPE_CHECKING:  # model.py imports this module; the GPT type is only named here
-    from model import GPT, GPTConfig
+from gmm import GatedMemoryMixture
+
+# model.py imports this module (GPT.generate, GPT.stream, its KV cache), so what decoding needs of a GPT is named
+# here as protocols, not imported from there
+
+
+class ModelShape(Protocol):
+    """The settings of a GPTConfig that decoding reads."""
+
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    xl_attention: bool
+    gmm_carry: bool
+
+
+class Decodable(Protocol):
+    """What decoding calls on a model.GPT."""
+
+    @property
+    def config(self) -> ModelShape: ...
+
+    @property
+    def memory(self) -> GatedMemoryMixture | None: ...
+
+    @property
+    def lm_head(self) -> Callable[[torch.Tensor], torch.Tensor]: ...
+
+    @property
+    def carries(self) -> bool: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+    def embed(self, idx: torch.Tensor, start: int) -> torch.Tensor: ...
+
+    def extend_cache(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor: ...
+
+    def xl_cache(self, prev: KVCache | None, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCache: ...
 
 
 class KVCache:
@@ -22,7 +61,7 @@ class KVCache:
     The caller owns it and passes it to `GPT.forward`, which writes the new positions and advances `pos`.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: ModelShape, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype):
         shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
         # (B, nh, max_len, hs) for each layer, each its own tensor: writing one layer's keys never touches what
         # another layer saved for backward (xl_attention trains through the cache)
@@ -36,7 +75,7 @@ class KVCache:
 
 @torch.no_grad()
 def stream(
-    model: GPT,
+    model: Decodable,
     idx: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -81,7 +120,7 @@ class SegmentDecoder:
     holds the previous segment's keys and values (GPT.xl_cache). Otherwise the segments are independent, as in
     forward."""
 
-    def __init__(self, model: GPT, batch_size: int) -> None:
+    def __init__(self, model: Decodable, batch_size: int) -> None:
         cfg = model.config
         self.model = model
         self.slots = model.memory.n_read if model.memory is not None else 0

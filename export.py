@@ -32,8 +32,7 @@ from typing import Any
 
 import torch
 
-from analyze import read_metrics
-from common import fail, git_commit, load_checkpoint
+from common import fail, git_commit, load_checkpoint, read_metrics
 from configurator import ConfigError, configure
 from model import GPT, GPTConfig
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, overload
@@ -787,6 +788,16 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         tokens = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
         return torch.cat([idx, *tokens], dim=1)
 
-    # yield sampled tokens (B, 1) one at a time, for streamed output: with a KV cache, and with memory through
-    # segments in constant memory (decode.py)
-    stream = decode.stream
+    def stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield sampled tokens (B, 1) one at a time, for streamed output: with a KV cache, and with memory through
+        segments in constant memory (decode.stream)."""
+        return decode.stream(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)

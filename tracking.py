@@ -11,10 +11,16 @@ metrics.jsonl, and finish(); dashboard.py --import_runs replays a metrics.jsonl 
 replayed run holds what a tracked one would.
 """
 
+from __future__ import annotations
+
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 TRACKERS = ("none", "wandb", "trackio")
 
@@ -128,7 +134,7 @@ def record_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 def log_record(tracker: Tracker, record: dict[str, Any]) -> None:
     """Log one metrics.jsonl record at its iteration: its numbers (record_metrics) and, for an evaluation of a
-    mixture of experts, the routing heatmap (segments x experts, mean routing probability) drawn by analyze.py."""
+    mixture of experts, the routing heatmap (segments x experts, mean routing probability, plot_segment_util)."""
     if isinstance(tracker, NoTracker):
         return
     metrics = record_metrics(record)
@@ -136,9 +142,30 @@ def log_record(tracker: Tracker, record: dict[str, Any]) -> None:
         images = {}
         for split in SPLITS:
             if record.get(f"{split}_segment_util"):
-                from analyze import plot_segment_util  # matplotlib only when there is something to draw
-
                 path = os.path.join(tmp, f"{split}_routing.png")
                 title = f"{split} routing, iteration {record['iter']}"
                 images[f"{split}/routing"] = plot_segment_util(record[f"{split}_segment_util"], path, title)
         tracker.log(metrics, record["iter"], images)
+
+
+def draw_segment_util(fig: Figure, ax: Axes, segment_util: list[list[float]], title: str) -> None:
+    """The routing heatmap: the mean routing probability of each expert (columns) at each segment (rows)."""
+    S, k = len(segment_util), len(segment_util[0])  # (S, k)
+    im = ax.imshow(segment_util, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for s, row in enumerate(segment_util):
+        for j, p in enumerate(row):
+            ax.text(j, s, f"{p:.2f}", ha="center", va="center", color="w" if p < 0.6 else "k")
+    ax.set(xticks=range(k), yticks=range(S), xlabel="expert", ylabel="segment", title=title)
+    ax.set_yticklabels([str(s + 1) for s in range(S)])
+    fig.colorbar(im, ax=ax, shrink=0.8)
+
+
+def plot_segment_util(segment_util: list[list[float]], path: str, title: str = "mean routing probability p") -> str:
+    """The routing heatmap (draw_segment_util) alone: what a tracker shows at each evaluation."""
+    from matplotlib.figure import Figure  # matplotlib only when there is something to draw
+
+    S, k = len(segment_util), len(segment_util[0])
+    fig = Figure(figsize=(1.8 + 0.7 * k, 1.3 + 0.4 * max(S, 4)), layout="constrained")
+    draw_segment_util(fig, fig.subplots(), segment_util, title)
+    fig.savefig(path, dpi=90)
+    return path

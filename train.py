@@ -18,7 +18,8 @@ $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123
 To shard the model over 8 GPUs instead of copying it to each (fine-tuning GPT-2 XL, say):
 $ torchrun --standalone --nproc_per_node=8 train.py config/finetune_shakespeare.py --init_from=gpt2-xl --parallel=fsdp
 
-The functions here (get_lr, BatchSampler, get_batch, estimate_loss, checkpoints) import without starting a run.
+The functions here (get_lr, the loop's steps, checkpoints) import without starting a run; reading data is
+data/loader.py's, evaluating evaluate.py's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -40,7 +40,6 @@ import torch
 from torch.distributed import destroy_process_group
 from tqdm import tqdm
 
-import gmm
 import hub
 import parallel
 from common import (
@@ -60,6 +59,8 @@ from common import (
 )
 from configurator import ConfigError, configure, explicit_keys
 from data.common import check_writable_dir, make_dir
+from data.loader import BatchSampler, check_tokens, ensure_data, episode_dir, get_batch, open_mask, open_split
+from evaluate import estimate_loss
 from model import CHECKPOINTING, GPT, GPT2_SIZES, GPTConfig
 from tokenizer import load_meta
 from tracking import TRACKERS, NoTracker, Tracker, log_record, open_tracker
@@ -191,39 +192,6 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-class BatchSampler:
-    """Draws the random offsets of training sequences from its own generator, whose state goes into checkpoints,
-    so a resumed run draws exactly the batches the uninterrupted run would have drawn. Every DDP rank draws the
-    whole global batch of a step and keeps its own share, so the ranks together see what one process would."""
-
-    def __init__(
-        self,
-        n_tokens: int,
-        seq_len: int,
-        seed: int,
-        align: int = 1,
-        generator: torch.Generator | None = None,
-        source: str = "the data",
-    ) -> None:
-        if n_tokens < seq_len + 1:
-            raise ValueError(f"{source} holds {n_tokens} tokens, fewer than one sequence of {seq_len} + 1")
-        self.n_tokens = n_tokens
-        self.seq_len = seq_len
-        self.align = align  # offsets are multiples of this: the episode length of an episode-aligned dataset
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
-
-    def draw(self, n: int) -> torch.Tensor:
-        """n sequence start offsets (n,), each leaving room for seq_len + 1 tokens (the last for the final target)."""
-        high = (self.n_tokens - self.seq_len - 1) // self.align + 1
-        return torch.randint(high, (n,), generator=self.generator) * self.align
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "seq_len": self.seq_len}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-
-
 EXIT_NONFINITE = 3  # the exit status of a run stopped by a non-finite loss or gradient norm; a run stopped by a
 # signal (SIGTERM from a scheduler, SIGINT from Ctrl-C) exits with 128 + its number, after writing a checkpoint
 
@@ -289,177 +257,6 @@ def rank_offsets(sampler: BatchSampler, accum_global: int, batch_size: int, rank
     accum_local = accum_global // world_size
     offsets = sampler.draw(accum_global * batch_size).view(accum_global, batch_size)  # (accum_global, B)
     return offsets[rank * accum_local : (rank + 1) * accum_local]  # (accum_local, B)
-
-
-def get_batch(
-    data: np.ndarray,
-    offsets: torch.Tensor,
-    seq_len: int,
-    device: str,
-    mask: np.ndarray | None = None,
-    vocab_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs x and next-token targets y, both (B, seq_len), from the uint16 token array at the given offsets.
-    With an answer mask (synthetic tasks), targets whose token is not an answer are -1: only answers count.
-    With vocab_size, a token id the model has no embedding for is a one-line ValueError here, on the CPU, rather
-    than an index error in the model (a device-side assert on a GPU)."""
-    rows = torch.stack([torch.from_numpy(data[i : i + seq_len + 1].astype(np.int64)) for i in offsets.tolist()])
-    if vocab_size is not None and int(rows.max()) >= vocab_size:
-        b, t = divmod(int(rows.argmax()), seq_len + 1)
-        raise out_of_vocabulary(data, int(rows.max()), int(offsets[b]) + t, vocab_size)
-    x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
-    if mask is not None:
-        answer = torch.stack([torch.from_numpy(mask[i + 1 : i + 1 + seq_len] != 0) for i in offsets.tolist()])
-        y = y.masked_fill(~answer, -1)
-    if device.startswith("cuda"):
-        # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
-
-
-def open_split(data_dir: str, split: str) -> np.memmap:
-    """The split's tokens as a read-only memory map (re-opened per use, which avoids a numpy memmap leak); a
-    missing, empty or odd-sized file is a one-line ValueError."""
-    path = os.path.join(data_dir, f"{split}.bin")
-    if not os.path.isfile(path):
-        raise ValueError(f"{path} not found: prepare the data again (see data/README.md)")
-    size = os.path.getsize(path)
-    if size == 0 or size % 2:
-        raise ValueError(
-            f"{path} holds {size} bytes: a token file holds uint16 ids, 2 bytes each, and at least one; it is "
-            "empty or cut short (prepare the data again)"
-        )
-    return np.memmap(path, dtype=np.uint16, mode="r")
-
-
-FULL_CHECK_TOKENS = 2**28  # token files up to this size (512 MB) are checked whole before training starts
-
-
-def check_tokens(data: np.memmap, vocab_size: int) -> np.memmap:
-    """data, once every token id in it is known to be < vocab_size; a ValueError naming the file otherwise. Files
-    larger than FULL_CHECK_TOKENS (openwebtext: 9B tokens) are not read whole here: get_batch checks each batch."""
-    if len(data) <= FULL_CHECK_TOKENS and int(data.max()) >= vocab_size:
-        first = int(np.argmax(data >= vocab_size))
-        raise out_of_vocabulary(data, int(data[first]), first, vocab_size)
-    return data
-
-
-def out_of_vocabulary(data: np.ndarray, token: int, position: int, vocab_size: int) -> ValueError:
-    return ValueError(
-        f"{getattr(data, 'filename', 'the data')} holds token id {token} (at token {position:,}), outside the "
-        f"model's vocabulary of {vocab_size}: the data was tokenized for another model; prepare it again, or "
-        "train a model of this data's vocab_size"
-    )
-
-
-def open_mask(data_dir: str, split: str) -> np.ndarray | None:
-    """The split's answer mask (uint8, 1 = a scored answer token) if the dataset has one, else None."""
-    path = os.path.join(data_dir, f"{split}_mask.bin")
-    return np.memmap(path, dtype=np.uint8, mode="r") if os.path.exists(path) else None
-
-
-@torch.no_grad()
-def estimate_loss(
-    model: GPT,
-    data_dir: str,
-    seq_len: int,
-    cfg: TrainConfig,
-    device: str,
-    dtype: str,
-    align: int = 1,
-    seg_len: int = 0,
-    splits: tuple[str, ...] = ("train", "val"),
-    positions: bool = False,
-) -> dict[str, Any]:
-    """Evaluate eval_iters batches of each split; the batches are the same at every evaluation (a fixed seed), so
-    successive estimates differ by the model alone. Losses are reported per chunk of seg_len positions (0 = the
-    model's block_size: its segments). Returns per split:
-    - split: the mean language-model loss (over answer tokens only where the dataset has an answer mask);
-    - split_seg_loss: that loss per segment index, a list of n_segments values;
-    - split_acc_token, split_acc_answer: with an answer mask, the share of answer tokens predicted right
-      (greedy) and of answers (all tokens of a sequence's answer) entirely right;
-    - split_load_balance, split_entropy: with memory of k > 1 experts, the unweighted auxiliary losses;
-    - split_util, split_hard_share, split_entropy_norm, split_consistency, split_segment_util: with k > 1 experts,
-      how the writes were routed (gmm.routing_stats: utilisation and top-expert share per expert, entropy over
-      log k, how often consecutive segments keep their top expert, mean routing probability per segment and expert:
-      the routing heatmap);
-    - split_pos_loss: with positions, the loss at each of the seq_len positions (where in a window context helps)."""
-    out: dict[str, Any] = {}
-    model.eval()
-    T = seg_len or model.config.block_size
-    n_seg = -(-seq_len // T)
-    for split in splits:
-        data, mask = open_split(data_dir, split), open_mask(data_dir, split)
-        sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1, align=align, source=str(data.filename))
-        seg_sum, seg_count = torch.zeros(n_seg), torch.zeros(n_seg)
-        pos_sum, pos_count = torch.zeros(seq_len), torch.zeros(seq_len)
-        sums = {"tok_right": 0.0, "tok": 0.0, "ans_right": 0.0, "ans": 0.0}
-        aux: dict[str, float] = {}
-        probs, gates = [], []  # (S, B, k) per batch: every write's routing, for the routing statistics
-        for _ in range(cfg.eval_iters):
-            X, Y = get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, mask, model.config.vocab_size)
-            with autocast(device, dtype):  # the logits are kept only where answers are scored (small vocabularies)
-                result = model.forward_segments(X, Y, keep_logits=mask is not None)
-            assert result.token_loss is not None
-            valid = Y != -1  # (B, L)
-            ce = result.token_loss.float()  # (B, L), 0 where there is no target
-            seg = torch.arange(seq_len, device=Y.device) // T  # (L,) segment index of each position
-            seg_sum += torch.zeros(n_seg, device=Y.device).index_add_(0, seg, (ce * valid).sum(0)).cpu()
-            seg_count += torch.zeros(n_seg, device=Y.device).index_add_(0, seg, valid.sum(0).float()).cpu()
-            if positions:
-                pos_sum += (ce * valid).sum(0).cpu()
-                pos_count += valid.sum(0).float().cpu()
-            if result.logits is not None:
-                hit = (result.logits.argmax(-1) == Y) & valid  # (B, L) answer tokens predicted right
-                has_answer = valid.any(dim=1)
-                sums["tok_right"] += hit.sum().item()
-                sums["tok"] += valid.sum().item()
-                sums["ans_right"] += ((hit | ~valid).all(dim=1) & has_answer).sum().item()
-                sums["ans"] += has_answer.sum().item()
-            for k, v in result.aux.items():
-                aux[f"{split}_{k}"] = aux.get(f"{split}_{k}", 0.0) + v.item() / cfg.eval_iters
-            if model.config.gmm_experts > 1:
-                probs.append(torch.stack([r.probs for r in result.routing]))
-                gates.append(torch.stack([r.gates for r in result.routing]))
-        out[split] = (seg_sum.sum() / seg_count.sum().clamp_min(1)).item()
-        out[f"{split}_seg_loss"] = [round(v, 5) for v in (seg_sum / seg_count.clamp_min(1)).tolist()]
-        if positions:
-            out[f"{split}_pos_loss"] = [round(v, 4) for v in (pos_sum / pos_count.clamp_min(1)).tolist()]
-        if mask is not None:
-            out[f"{split}_acc_token"] = sums["tok_right"] / max(1.0, sums["tok"])
-            out[f"{split}_acc_answer"] = sums["ans_right"] / max(1.0, sums["ans"])
-        out.update(aux)
-        if probs:
-            stats = gmm.routing_stats(torch.cat(probs, dim=1), torch.cat(gates, dim=1))
-            out.update({f"{split}_{k}": stats[k] for k in ("util", "hard_share", "entropy_norm", "consistency")})
-            out[f"{split}_segment_util"] = [[round(p, 4) for p in row] for row in stats["segment_util"]]
-    model.train()
-    return out
-
-
-def ensure_data(data_dir: str, dataset: str, prepare_args: list[str] | None = None) -> None:
-    """Run data/<dataset>/prepare.py (with prepare_args) when the bins are missing; its own message says what to do
-    if it cannot."""
-    if all(os.path.exists(os.path.join(data_dir, f)) for f in ("train.bin", "val.bin", "meta.json")):
-        return
-    script = ROOT / "data" / dataset / "prepare.py"
-    if not script.exists():
-        raise ValueError(
-            f"dataset '{dataset}': no train.bin/val.bin/meta.json in {data_dir} and no {script} to make them"
-        )
-    print(f"{data_dir} has no prepared data: running {script.relative_to(ROOT)}")
-    result = subprocess.run([sys.executable, str(script), *(prepare_args or []), "--out_dir", data_dir])
-    if result.returncode != 0:
-        raise ValueError(f"preparing dataset '{dataset}' failed (see the message above)")
-
-
-def episode_dir(data_dir: str, meta: dict[str, Any], n_segments: int, block_size: int) -> str:
-    """Where a run finds sequences of n_segments segments of block_size tokens. Text: the dataset's folder, cut
-    anywhere. An episode dataset (a synthetic task): its own folder if its episodes have that shape, else a sibling
-    folder `<folder>_s<n>_t<T>` holding the same task at that length, made by its prepare.py (see ensure_data)."""
-    if "episode_len" not in meta or (meta["n_segments"], meta["block_size"]) == (n_segments, block_size):
-        return data_dir
-    return f"{data_dir.rstrip(os.sep)}_s{n_segments}_t{block_size}"
 
 
 def append_metrics(out_dir: str, record: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ import torch
 import analyze
 import train
 from analyze import NO_KEY, collect, diagnose, expert_diversity, routing_mutual_information, smallest_keys
+from common import read_metrics
 from data.common import COPY, FILLER0, KEY0, N_KEYS, QUERY, VALUE0
 from gmm import routing_stats
 from model import GPT, GPTConfig
@@ -317,7 +318,7 @@ def gmm_run(shakespeare_char_data: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_training_logs_routing_statistics(gmm_run: Path) -> None:
-    evals = [r for r in analyze.read_metrics(str(gmm_run)) if r["event"] == "eval"]
+    evals = [r for r in read_metrics(str(gmm_run)) if r["event"] == "eval"]
     assert [r["iter"] for r in evals] == [0, 2, 4]
     for r in evals:
         assert len(r["val_util"]) == 3 and sum(r["val_util"]) == pytest.approx(1.0, abs=1e-5)
@@ -346,7 +347,7 @@ def test_cli_end_to_end(gmm_run: Path, capsys: pytest.CaptureFixture[str]) -> No
         assert line in report
     assert "routing vs smallest key" not in report  # text: no keys to label segments with
     result = json.loads((gmm_run / "analysis.json").read_text())
-    last = [r for r in analyze.read_metrics(str(gmm_run)) if r["event"] == "eval"][-1]
+    last = [r for r in read_metrics(str(gmm_run)) if r["event"] == "eval"][-1]
     assert result["util"] == pytest.approx(last["val_util"], rel=1e-5)
     assert result["hard_share"] == pytest.approx(last["val_hard_share"])
     assert result["entropy_norm"] == pytest.approx(last["val_entropy_norm"], rel=1e-5)

@@ -122,7 +122,7 @@ def test_bad_settings_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert not any(tmp_path.iterdir())  # nothing written
     # the command line a user types reaches the same check
     r = subprocess.run([sys.executable, "benchmark.py", "--variants=k0"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("error: variant 'k0' must be off, full, or k1..k8")
+    assert r.returncode == 2 and r.stderr.startswith("error: variant 'k0' must be off, full, xl, or k1..k8")
 
 
 def record(

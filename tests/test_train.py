@@ -50,7 +50,8 @@ from torch.nn import functional as F
 import model
 import train
 from common import load_checkpoint, save_checkpoint
-from train import BatchSampler, TrainConfig, get_batch, get_lr, open_split, rank_offsets
+from data.loader import BatchSampler, get_batch, open_split
+from train import TrainConfig, get_lr, rank_offsets
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared beside the project root (a device checkout may hold it at ./shared)

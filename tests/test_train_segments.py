@@ -23,8 +23,10 @@ import pytest
 import torch
 
 import train
+from data.loader import BatchSampler, episode_dir, get_batch
+from evaluate import estimate_loss
 from model import GPT, GPTConfig
-from train import BatchSampler, TrainConfig, episode_dir, estimate_loss, get_batch, segments_at
+from train import TrainConfig, segments_at
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=2",
