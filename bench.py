@@ -290,7 +290,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
         parallel.shard(raw_model, dtype)
     optimizer = raw_model.configure_optimizers(1e-1, 6e-4, (0.9, 0.95), device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    model = wrap(raw_model, compile, ranks, device_type, fsdp, say)
+    model = wrap(raw_model, compile, ranks, device_type, fsdp, say, cfg.n_segments)
     grad_bytes = 0  # this rank's gradients, as the first step held them
     next_batch = batches(cfg, model_cfg.vocab_size, seq_len, device)
 
@@ -365,15 +365,15 @@ def train_figures(
 
 
 def wrap(
-    model: GPT, compile: bool, ranks: Ranks, device_type: str, fsdp: bool, say: Callable[..., None]
+    model: GPT, compile: bool, ranks: Ranks, device_type: str, fsdp: bool, say: Callable[..., None], n_segments: int
 ) -> torch.nn.Module:
     """The model the steps call: compiled if asked, in DDP under torchrun without fsdp."""
-    memory = model.config.gmm_experts > 0
+    unused = parallel.unused_parameters(model.config, n_segments)
     if compile:
         say("compiling the model... (takes a ~minute)")
         model = torch.compile(model)  # type: ignore[assignment]
     if ranks.distributed and not fsdp:
-        return parallel.wrap_ddp(model, ranks, device_type, memory)
+        return parallel.wrap_ddp(model, ranks, device_type, unused)
     return model
 
 

@@ -33,7 +33,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import DTYPES
-from model import GPT
+from model import GPT, GPTConfig
 
 PARALLEL = ("ddp", "fsdp")
 
@@ -93,11 +93,21 @@ def sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def wrap_ddp(model: torch.nn.Module, ranks: Ranks, device_type: str, memory: bool) -> torch.nn.Module:
-    """DDP around the model. With memory, a sequence of one segment leaves the write path unused, which DDP must
-    be told of."""
+def wrap_ddp(model: torch.nn.Module, ranks: Ranks, device_type: str, find_unused: bool) -> torch.nn.Module:
+    """DDP around the model. find_unused: some step leaves parameters out of the graph (the memory's write path,
+    when a write reaches no loss: see unused_parameters), which DDP must then search for after every backward."""
     device_ids = [ranks.local_rank] if device_type == "cuda" else None
-    return DDP(model, device_ids=device_ids, find_unused_parameters=memory)
+    return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused)
+
+
+def unused_parameters(config: GPTConfig, fewest_segments: int, bptt_segments: int = 0) -> bool:
+    """Whether a step can leave memory parameters out of the graph, so that DDP must search for them: when no
+    write reaches a loss, because a sequence has one segment (the only write is the last), truncated BPTT detaches
+    every segment's memory (bptt_segments = 1), or the segments carry nothing (registers). Otherwise every
+    parameter takes part in every step and the search (a walk of the graph after each backward) is skipped."""
+    if config.gmm_experts == 0:
+        return False
+    return fewest_segments == 1 or bptt_segments == 1 or not config.gmm_carry
 
 
 def set_gradient_sync(model: torch.nn.Module, sync: bool) -> None:

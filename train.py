@@ -630,8 +630,9 @@ def start_run(run: Run) -> None:
         print0("compiling the model... (takes a ~minute)")
         run.model = torch.compile(run.model)  # type: ignore[assignment]
     if place.ranks.distributed and not place.fsdp:
-        memory = run.raw_model.config.gmm_experts > 0
-        run.model = parallel.wrap_ddp(run.model, place.ranks, place.device_type, memory)
+        fewest = min(cfg.segment_curriculum or [cfg.n_segments])
+        unused = parallel.unused_parameters(run.raw_model.config, fewest, cfg.bptt_segments)
+        run.model = parallel.wrap_ddp(run.model, place.ranks, place.device_type, unused)
     if place.master:
         kind = "wandb" if cfg.wandb_log else cfg.tracker
         project, name = cfg.tracker_project or cfg.wandb_project, cfg.tracker_run_name or cfg.wandb_run_name

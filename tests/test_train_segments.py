@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+import parallel
 import train
 from data.loader import BatchSampler, episode_dir, get_batch
 from evaluate import estimate_loss
@@ -35,6 +36,15 @@ TINY = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_emb
 
 def metrics(out_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ddp_searches_for_unused_parameters_only_when_a_write_reaches_no_loss() -> None:
+    memory = GPTConfig(gmm_experts=2)
+    assert not parallel.unused_parameters(GPTConfig(), 1)  # no memory: every parameter always takes part
+    assert not parallel.unused_parameters(memory, 2) and not parallel.unused_parameters(memory, 4, bptt_segments=2)
+    assert parallel.unused_parameters(memory, 1)  # a stage of one segment: its only write is the last
+    assert parallel.unused_parameters(memory, 4, bptt_segments=1)  # every write detached
+    assert parallel.unused_parameters(GPTConfig(gmm_experts=1, gmm_carry=False), 4)  # registers
 
 
 def test_segments_at_follows_the_curriculum() -> None:
@@ -210,11 +220,16 @@ def test_memory_run_with_curriculum_resumes_exactly(shakespeare_char_data: Path,
 
 
 @pytest.mark.slow
-def test_memory_under_ddp_equals_one_process(shakespeare_char_data: Path, tmp_path: Path) -> None:
-    """Two gloo processes train a GMM model with segments exactly as one process does (same losses, weights)."""
+@pytest.mark.parametrize("curriculum", [[], ["--segment_curriculum=[1,2]"]], ids=["2-segments", "1-then-2"])
+def test_memory_under_ddp_equals_one_process(
+    shakespeare_char_data: Path, tmp_path: Path, curriculum: list[str]
+) -> None:
+    """Two gloo processes train a GMM model with segments exactly as one process does (same losses, weights):
+    with 2 segments every parameter takes part and DDP searches for none unused (it would fail if one were); a
+    first stage of one segment leaves the write path out, and DDP is told to search."""
     args = [*TINY, f"--data_dir={shakespeare_char_data}", "--dataset=shakespeare_char", "--block_size=8",
             "--n_segments=2", "--gmm_experts=2", "--gradient_accumulation_steps=2", "--max_iters=3",
-            "--eval_interval=3", "--lr_decay_iters=3"]  # fmt: skip
+            "--eval_interval=3", "--lr_decay_iters=3", *curriculum]  # fmt: skip
     train.main([*args, f"--out_dir={tmp_path / 'one'}"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
