@@ -94,21 +94,35 @@ def stream(
     cache = None
     if use_cache and not model.carries:
         p = next(model.parameters())
-        cache = KVCache(model.config, idx.size(0), block_size, p.device, p.dtype)
+        cache = KVCache(model.config, idx.size(0), block_size, p.device, cache_dtype(p))
+    # the tokens so far live in one buffer, written in place, so a step costs no copy of the whole sequence
+    B, n = idx.shape
+    tokens = torch.cat([idx, idx.new_zeros(B, max_new_tokens)], dim=1)  # (B, n + max_new_tokens)
     logits = None
     for step in range(max_new_tokens):
-        if decoder is not None:
-            logits = decoder.feed(idx if step == 0 else idx[:, -1:])[:, [-1]]
+        seen = tokens[:, :n]  # (B, n) the prompt and the tokens sampled so far
+        if decoder is not None:  # the prompt in one call (the head only on its last position), then token by token
+            logits = decoder.feed(seen if step == 0 else seen[:, -1:], last_only=True)
         elif cache is None:
-            logits, _ = model(idx if model.carries else idx[:, -block_size:])
-        elif 0 < cache.pos < block_size and idx.size(1) == cache.pos + 1:
-            logits, _ = model(idx[:, -1:], kv_cache=cache)  # only the newest token goes through the model
+            logits, _ = model(seen if model.carries else seen[:, -block_size:])
+        elif 0 < cache.pos < block_size and n == cache.pos + 1:
+            logits, _ = model(seen[:, -1:], kv_cache=cache)  # only the newest token goes through the model
         else:  # first step, or the window slid: (re)fill the cache with the whole window
             cache.reset()
-            logits, _ = model(idx[:, -block_size:], kv_cache=cache)
+            logits, _ = model(seen[:, -block_size:], kv_cache=cache)
         token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
-        idx = torch.cat((idx, token), dim=1)
+        tokens[:, n] = token[:, 0]
+        n += 1
         yield token
+
+
+def cache_dtype(p: torch.Tensor) -> torch.dtype:
+    """What a KV cache holds: the autocast dtype where autocast is on (bfloat16 keys and values, half the memory of
+    float32 and no cast at every step), else the weights' dtype."""
+    device_type = p.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return p.dtype
 
 
 class SegmentDecoder:
@@ -125,9 +139,9 @@ class SegmentDecoder:
         self.model = model
         self.slots = model.memory.n_read if model.memory is not None else 0
         p = next(model.parameters())
-        self.cache = KVCache(cfg, batch_size, 2 * self.slots + cfg.block_size, p.device, p.dtype)
+        self.cache = KVCache(cfg, batch_size, 2 * self.slots + cfg.block_size, p.device, cache_dtype(p))
         if cfg.xl_attention:
-            self.cache = model.xl_cache(None, batch_size, p.device, p.dtype)
+            self.cache = model.xl_cache(None, batch_size, p.device, cache_dtype(p))
         self.memory = model.memory.initial(batch_size) if model.memory is not None else None
         self.t = 0  # text tokens in the current segment
         self.start_segment()
@@ -154,19 +168,23 @@ class SegmentDecoder:
             return
         self.start_segment()
 
-    def feed(self, idx: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, n) that continue the sequence -> their logits (B, n, vocab)."""
+    def feed(self, idx: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Tokens (B, n) that continue the sequence -> their logits (B, n, vocab), or with last_only the last
+        position's alone (B, 1, vocab): a prompt's other positions need no head."""
         T = self.model.config.block_size
         out, i = [], 0
         while i < idx.size(1):
             if self.t == T:
                 self.end_segment()
             take = min(idx.size(1) - i, T - self.t)
-            x = self.model.embed(idx[:, i : i + take], self.t)
-            out.append(self.model.lm_head(self.model.extend_cache(x, self.cache)))
+            h = self.model.extend_cache(self.model.embed(idx[:, i : i + take], self.t), self.cache)  # (B, take, D)
             self.t += take
             i += take
-        return torch.cat(out, dim=1)
+            if not last_only:
+                out.append(self.model.lm_head(h))
+            elif i == idx.size(1):
+                out.append(self.model.lm_head(h[:, -1:]))
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
 
 def sample_next(

@@ -453,7 +453,7 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         for s, start in enumerate(range(0, L, T)):
             if self.config.xl_attention:
                 p = self.lm_head.weight
-                cache = self.xl_cache(cache, B, p.device, p.dtype)
+                cache = self.xl_cache(cache, B, p.device, decode.cache_dtype(p))
             if self.memory is not None and s > 0 and not self.config.gmm_carry:
                 memory = self.memory.initial(B)  # registers: the slots are read, nothing is carried
             elif memory is not None and bptt_segments > 0 and s > 0 and s % bptt_segments == 0:

@@ -430,6 +430,21 @@ def test_read_gate_starts_as_memory_off(pos_emb: str) -> None:
         torch.testing.assert_close(gated(idx, idx)[0], sdpa, atol=1e-5, rtol=0)
 
 
+def test_a_prompt_needs_the_head_on_its_last_position_only() -> None:
+    """SegmentDecoder.feed(last_only=True) gives the last position's logits of feed() over several segments; under
+    bfloat16 autocast the KV cache holds bfloat16 (not float32 to be cast at every step) and generation runs."""
+    model = tiny(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True)
+    idx = torch.randint(V, (2, 2 * T + 3))
+    with torch.no_grad():
+        every = SegmentDecoder(model, 2).feed(idx)
+        last = SegmentDecoder(model, 2).feed(idx, last_only=True)
+        assert last.shape == (2, 1, V)
+        torch.testing.assert_close(last, every[:, -1:], atol=1e-6, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert SegmentDecoder(model, 2).cache.k[0].dtype == torch.bfloat16
+            assert model.generate(idx, 2 * T, temperature=0).shape == (2, 4 * T + 3)
+
+
 def test_registers_carry_nothing() -> None:
     """gmm_carry = False: every segment reads the initial memory, so a segment's logits are those of the same model
     (same weights) run on that segment alone, whatever came before; with the carry, segment 1 reaches segment 3."""
