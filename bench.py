@@ -68,6 +68,10 @@ QUICK_START_MODEL: dict[str, Any] = dict(n_layer=4, n_head=4, n_embd=128, block_
 LOGITS_BENCH: dict[str, Any] = dict(batch_size=8, n_segments=4, iters=3, warmup_iters=1)
 LOGITS_MODEL: dict[str, Any] = dict(n_layer=2, n_head=4, n_embd=128, block_size=256, gmm_experts=1, gmm_slots=8)
 MODES = ("train", "sample", "memory", "context", "parallel", "logits")
+# glibc keeps freed blocks in its arenas, so a CPU process's peak RSS counts memory no tensor holds any more (two runs
+# of one setting differed by 0.25 GiB); with these, blocks of 64 KiB and more are mapped and unmapped on their own
+# and trimmed at once, so the peak follows what tensors hold. Set for the processes that measure; no effect on CUDA
+EXACT_RSS = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 # -----------------------------------------------------------------------------
 
@@ -720,7 +724,7 @@ def train_in_new_process(cfg: BenchConfig, model_cfg: GPTConfig, nproc: int = 0)
         launcher = [sys.executable]
         if nproc:
             launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        done = subprocess.run([*launcher, os.path.abspath(__file__), *args])
+        done = subprocess.run([*launcher, os.path.abspath(__file__), *args], env={**os.environ, **EXACT_RSS})
         if done.returncode != 0:
             what = (
                 f"--parallel={cfg.parallel} on {nproc} processes" if nproc else f"--gmm_experts={model_cfg.gmm_experts}"

@@ -1,0 +1,121 @@
+"""What only a CUDA GPU can show, skipped elsewhere; gpu_check.py runs these beside the GPU benchmarks.
+
+- bfloat16 autocast computes the memory model's loss and gradients near float32;
+- float16 trains through train.py with the gradient scaler (the loss falls, no step skipped for good);
+- the flash kernel of scaled_dot_product_attention takes the model's attention (bfloat16, forced to it);
+- torch.compile gives eager's loss and gradients with memory on;
+- the memory's incremental decoding equals its forward on CUDA;
+- with gradient_checkpointing = 'segment', peak training memory is flat in the number of segments (<= 1.15x from
+  4 to 64 segments), where without it it grows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TRAIN
+
+import train
+from decode import SegmentDecoder
+from model import GPT, GPTConfig
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+MEMORY = dict(block_size=64, vocab_size=512, n_layer=4, n_head=4, n_embd=128, gmm_experts=4, gmm_slots=8,
+              gmm_top_k=2, gmm_shared_expert=True)  # fmt: skip
+
+
+def model_on_cuda(**overrides: object) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**MEMORY, **overrides})).cuda()  # type: ignore[arg-type]
+
+
+def batch(L: int, B: int = 4) -> torch.Tensor:
+    return torch.randint(MEMORY["vocab_size"], (B, L), device="cuda", generator=None)
+
+
+def test_bfloat16_is_near_float32() -> None:
+    model = model_on_cuda().train()
+    idx = batch(4 * 64)
+    _, loss32 = model(idx, idx)
+    assert loss32 is not None
+    grads32 = torch.autograd.grad(loss32, list(model.parameters()))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss16 = model(idx, idx)
+    assert loss16 is not None
+    grads16 = torch.autograd.grad(loss16, list(model.parameters()))
+    assert abs(loss16.item() - loss32.item()) < 2e-2
+    cos = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in grads16]).float(),
+                                                torch.cat([g.flatten() for g in grads32]), dim=0)  # fmt: skip
+    assert cos > 0.99
+
+
+def test_float16_trains_with_the_scaler(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    args = [a for a in TINY_TRAIN if not a.startswith(("--device", "--dtype"))]
+    train.main([*args, "--device=cuda", "--dtype=float16", f"--data_dir={shakespeare_char_data}",
+                "--dataset=shakespeare_char", f"--out_dir={tmp_path}", "--max_iters=40", "--eval_interval=40",
+                "--gmm_experts=2", "--n_segments=2"])  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["event"] == "train"]
+    assert steps[-1]["loss"] < steps[0]["loss"] and steps[-1]["skipped"] < 5
+
+
+def test_flash_attention_takes_the_attention() -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = model_on_cuda(gmm_read_gate=True).eval()
+    idx = batch(4 * 64)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        reference, _ = model(idx, idx)
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # raises if flash cannot run these calls
+            flash, _ = model(idx, idx)
+    torch.testing.assert_close(flash.float(), reference.float(), atol=5e-2, rtol=0)
+
+
+def test_compile_equals_eager_with_memory() -> None:
+    model = model_on_cuda().train()
+    idx = batch(4 * 64)
+    _, loss = model(idx, idx)
+    assert loss is not None
+    eager = torch.autograd.grad(loss, list(model.parameters()))
+    _, loss_c = torch.compile(model)(idx, idx)
+    assert loss_c is not None
+    compiled = torch.autograd.grad(loss_c, list(model.parameters()))
+    assert abs(loss_c.item() - loss.item()) < 1e-4
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_memory_decoding_equals_its_forward(pos_emb: str) -> None:
+    model = model_on_cuda(pos_emb=pos_emb).eval()
+    idx = batch(3 * 64 + 5, B=2)
+    with torch.no_grad():
+        full, _ = model(idx, idx)
+        decoder = SegmentDecoder(model, 2)
+        incremental = torch.cat([decoder.feed(idx[:, :70]), *(decoder.feed(t) for t in idx[:, 70:].split(1, 1))], 1)
+    torch.testing.assert_close(incremental, full, atol=1e-4, rtol=0)
+
+
+def peak_training_memory(n_segments: int, recompute: str) -> int:
+    """The allocator's peak over one training step, less what the model and its gradients hold."""
+    model = model_on_cuda().train()
+    model.gradient_checkpointing = recompute
+    idx = batch(n_segments * 64, B=8)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = model(idx, idx, keep_logits=False, details=True)
+    assert out.loss is not None
+    out.loss.backward()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def test_segment_recompute_keeps_training_memory_flat() -> None:
+    flat = [peak_training_memory(S, "segment") for S in (4, 64)]
+    grows = [peak_training_memory(S, "none") for S in (4, 64)]
+    assert flat[1] <= 1.15 * flat[0], flat
+    assert grows[1] > 4 * grows[0], grows
