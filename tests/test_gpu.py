@@ -7,6 +7,7 @@
 - the memory's incremental decoding equals its forward on CUDA;
 - with gradient_checkpointing = 'segment', peak training memory is flat in the number of segments (<= 1.15x from
   4 to 64 segments), where without it it grows.
+And, on any machine, that gpu_check.py --quick runs each of its parts into one JSON.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import train
 from decode import SegmentDecoder
 from model import GPT, GPTConfig
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 MEMORY = dict(block_size=64, vocab_size=512, n_layer=4, n_head=4, n_embd=128, gmm_experts=4, gmm_slots=8,
               gmm_top_k=2, gmm_shared_expert=True)  # fmt: skip
 
@@ -36,6 +37,8 @@ def batch(L: int, B: int = 4) -> torch.Tensor:
     return torch.randint(MEMORY["vocab_size"], (B, L), device="cuda", generator=None)
 
 
+@pytest.mark.gpu
+@gpu
 def test_bfloat16_is_near_float32() -> None:
     model = model_on_cuda().train()
     idx = batch(4 * 64)
@@ -52,6 +55,8 @@ def test_bfloat16_is_near_float32() -> None:
     assert cos > 0.99
 
 
+@pytest.mark.gpu
+@gpu
 def test_float16_trains_with_the_scaler(shakespeare_char_data: Path, tmp_path: Path) -> None:
     args = [a for a in TINY_TRAIN if not a.startswith(("--device", "--dtype"))]
     train.main([*args, "--device=cuda", "--dtype=float16", f"--data_dir={shakespeare_char_data}",
@@ -62,6 +67,8 @@ def test_float16_trains_with_the_scaler(shakespeare_char_data: Path, tmp_path: P
     assert steps[-1]["loss"] < steps[0]["loss"] and steps[-1]["skipped"] < 5
 
 
+@pytest.mark.gpu
+@gpu
 def test_flash_attention_takes_the_attention() -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -74,6 +81,8 @@ def test_flash_attention_takes_the_attention() -> None:
     torch.testing.assert_close(flash.float(), reference.float(), atol=5e-2, rtol=0)
 
 
+@pytest.mark.gpu
+@gpu
 def test_compile_equals_eager_with_memory() -> None:
     model = model_on_cuda().train()
     idx = batch(4 * 64)
@@ -88,6 +97,8 @@ def test_compile_equals_eager_with_memory() -> None:
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("pos_emb", ["learned", "rope"])
 def test_memory_decoding_equals_its_forward(pos_emb: str) -> None:
     model = model_on_cuda(pos_emb=pos_emb).eval()
@@ -114,8 +125,29 @@ def peak_training_memory(n_segments: int, recompute: str) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
+@pytest.mark.gpu
+@gpu
 def test_segment_recompute_keeps_training_memory_flat() -> None:
     flat = [peak_training_memory(S, "segment") for S in (4, 64)]
     grows = [peak_training_memory(S, "none") for S in (4, 64)]
     assert flat[1] <= 1.15 * flat[0], flat
     assert grows[1] > 4 * grows[0], grows
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_each_part(tmp_path: Path) -> None:
+    """gpu_check.py --quick, here on a CPU (the GPU tests skip themselves): every part runs and lands in one JSON."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "check.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "gpu_check.py", "--quick", f"--out={out}"], cwd=root, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert {k: v["exit"] for k, v in report.items() if k != "quick"} == dict.fromkeys(
+        ("tests", "train_gpt2", "context", "logits"), 0
+    )
+    assert report["train_gpt2"]["result"]["ms_per_iter"] > 0
+    assert len(report["context"]["result"]["rows"]) == 4 and report["logits"]["result"]["rows"]

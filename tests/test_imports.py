@@ -10,7 +10,16 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"train", "sample", "bench", "benchmark", "analyze", "dashboard", "export"}  # what `uv run X.py` starts
+SCRIPTS = {
+    "train",
+    "sample",
+    "bench",
+    "benchmark",
+    "analyze",
+    "dashboard",
+    "export",
+    "gpu_check",
+}  # what `uv run X.py` starts
 
 
 def project_modules() -> dict[str, Path]:
