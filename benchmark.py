@@ -87,8 +87,9 @@ FLAGS: dict[str, dict[str, Any]] = {
     "decaystates": {"decay_memory_states": True},
     "rope": {"pos_emb": "rope"},
     "gate": {"gmm_read_gate": True},  # the text reads the memory through a gate that starts shut
+    "warmup": {"window_warmup": True},  # full only: windows of 1, 2, 4, ... segments first (train_args sets them)
 }
-WHOLE_MODEL = ("rope",)  # flags that apply without memory too (off-rope, full-rope), as lr<x> does
+WHOLE_MODEL = ("rope", "warmup")  # flags that apply without memory too (off-rope, full-rope), as lr<x> does
 NUMBERED: dict[str, tuple[str, type]] = {
     "bptt": ("bptt_segments", int),
     "top": ("gmm_top_k", int),
@@ -243,6 +244,8 @@ def variant_settings(variant: str, text: bool) -> dict[str, Any]:
                 settings["min_lr"] = settings[key] / 10
         else:
             raise ValueError(f"variant '{variant}': unknown ablation '{mod}' (allowed: {ABLATIONS})")
+        if mod == "warmup" and head != "full":
+            raise ValueError(f"variant '{variant}': 'warmup' is full attention's sequence-length warm-up: full-warmup")
         if head in ("off", "full", "xl") and mod not in WHOLE_MODEL and not re.fullmatch(rf"lr{NUM}", mod):
             raise ValueError(f"variant '{variant}': '{mod}' needs memory: {head} takes rope and lr<x>; or use k1..k8")
     return settings
@@ -285,6 +288,7 @@ def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str
     text = task in TEXT
     settings = variant_settings(variant, text)
     full = settings.pop("full_attention", False)
+    warmup = settings.pop("window_warmup", False)
     common = {"seed": seed, "out_dir": run_dir, "device": cfg.device, "dtype": cfg.dtype, "compile": cfg.compile,
               "always_save_checkpoint": True, "wandb_log": False}  # fmt: skip
     if text:
@@ -294,6 +298,9 @@ def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str
             overrides.update(max_iters=cfg.text_max_iters, lr_decay_iters=cfg.text_max_iters)
         if full:  # the same tokens per sequence, in one segment that sees them all
             overrides.update(block_size=base["block_size"] * base["n_segments"], n_segments=1)
+        if warmup:  # windows of 1, 2, 4, ... of the config's segments first, the same tokens a step
+            windows = [base["block_size"] * 2**i for i in range(8) if 2**i < base["n_segments"]]
+            overrides["window_curriculum"] = str(windows).replace(" ", "")
         return [cfg.text_config_for(task), *(f"--{k}={v}" for k, v in {**overrides, **settings}.items())]
     dataset, folder = task_dataset(task)
     curriculum, _ = task_lengths(task, cfg)

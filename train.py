@@ -126,6 +126,10 @@ class TrainConfig:
     segment_curriculum: list[int] = field(default_factory=list)  # e.g. [2, 4, 6]: segments per sequence in equal
     # stages of the run (the last stage usually equals n_segments); empty = n_segments throughout
     curriculum_iters: int = 0  # iterations the curriculum's stages span; 0 = max_iters (like lr_decay_iters)
+    # e.g. [64, 128, 256]: a sequence-length warm-up for a model of one segment (full attention over a long window):
+    # windows of these many tokens in equal stages first, then block_size; the batch grows as the window shrinks, so
+    # every step holds the same tokens. Stages span curriculum_iters, as the segment curriculum's do
+    window_curriculum: list[int] = field(default_factory=list)
     decay_memory_states: bool = False  # True: weight decay on the memory's states and embeddings too (an ablation)
 
     def __post_init__(self) -> None:
@@ -139,6 +143,13 @@ class TrainConfig:
             raise ValueError(f"bptt_segments = {self.bptt_segments} must be >= 0 (0 = through all segments)")
         if any(n < 1 for n in self.segment_curriculum):
             raise ValueError(f"segment_curriculum = {self.segment_curriculum} must hold positive segment counts")
+        if self.window_curriculum and (self.n_segments != 1 or self.segment_curriculum):
+            raise ValueError(
+                f"window_curriculum = {self.window_curriculum} warms up a model of one segment: it needs "
+                f"n_segments = 1 and no segment_curriculum (not {self.n_segments} and {self.segment_curriculum})"
+            )
+        if any(w < 1 for w in self.window_curriculum) or self.window_curriculum != sorted(self.window_curriculum):
+            raise ValueError(f"window_curriculum = {self.window_curriculum} must hold growing positive lengths")
         if isinstance(self.gradient_checkpointing, bool):
             self.gradient_checkpointing = "block" if self.gradient_checkpointing else "none"
         if self.gradient_checkpointing not in CHECKPOINTING:
@@ -246,8 +257,22 @@ def segments_at(it: int, cfg: TrainConfig) -> int:
     stages = cfg.segment_curriculum
     if not stages:
         return cfg.n_segments
+    return stages[stage_at(it, cfg, len(stages))]
+
+
+def stage_at(it: int, cfg: TrainConfig, n_stages: int) -> int:
+    """Which of n_stages equal stages of curriculum_iters (0: max_iters) iteration it falls in; the last after."""
     span = cfg.curriculum_iters or cfg.max_iters
-    return stages[min(len(stages) - 1, it * len(stages) // max(1, span))]
+    return min(n_stages - 1, it * n_stages // max(1, span))
+
+
+def length_at(it: int, cfg: TrainConfig, block_size: int) -> int:
+    """Tokens per training sequence at iteration it: a window of the warm-up (window_curriculum), else the
+    segments of this stage."""
+    if cfg.window_curriculum:
+        windows = [*cfg.window_curriculum, block_size]
+        return windows[stage_at(it, cfg, len(windows))]
+    return block_size * segments_at(it, cfg)
 
 
 def rank_offsets(sampler: BatchSampler, accum_global: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
@@ -509,11 +534,11 @@ class Stage:
 def open_stages(
     cfg: TrainConfig, model_cfg: GPTConfig, meta: dict[str, Any], data_dir: str, place: Place
 ) -> tuple[dict[int, str], dict[int, Stage]]:
-    """Every segment count the run uses (n_segments and the curriculum's), with the folder its data lives in and
-    its training stage. An episode dataset (a synthetic task) holds one length per folder, prepared by rank 0 if
-    missing, and a sequence is exactly one episode; text is cut to any length from one folder. Token ids are
-    checked against the vocabulary. One generator draws every batch, whatever the stage, so its state alone makes
-    a resume exact."""
+    """Every segment count the run uses (n_segments and the curriculum's), with the folder its data lives in, and
+    every training stage, keyed by its sequence length in tokens (the warm-up's windows too). An episode dataset
+    (a synthetic task) holds one length per folder, prepared by rank 0 if missing, and a sequence is exactly one
+    episode; text is cut to any length from one folder. Token ids are checked against the vocabulary. One generator
+    draws every batch, whatever the stage, so its state alone makes a resume exact."""
     episodic = "episode_len" in meta
     T = model_cfg.block_size
     dirs = {n: episode_dir(data_dir, meta, n, T) for n in {cfg.n_segments, *cfg.segment_curriculum}}
@@ -521,14 +546,21 @@ def open_stages(
         for n, folder in dirs.items():
             ensure_data(folder, cfg.dataset, [*meta["prepare_args"], "--n_segments", str(n), "--block_size", str(T)])
     barrier(place)
+    bad = [w for w in cfg.window_curriculum if w >= T or T % w]
+    if bad or (cfg.window_curriculum and episodic):
+        raise ValueError(
+            f"window_curriculum = {cfg.window_curriculum}: each window must divide block_size = {T} and be shorter, "
+            "on a text dataset (an episode is one length)"
+        )
     generator = torch.Generator().manual_seed(cfg.seed)
     stages = {}
     for n, folder in dirs.items():
         check_tokens(open_split(folder, "val"), model_cfg.vocab_size)
         tokens = check_tokens(open_split(folder, "train"), model_cfg.vocab_size)
         align = T * n if episodic else 1
-        sampler = BatchSampler(len(tokens), T * n, cfg.seed, align, generator, source=str(tokens.filename))
-        stages[n] = Stage(sampler, tokens, open_mask(folder, "train"))
+        for length in (T * n, *(cfg.window_curriculum if n == 1 else [])):
+            sampler = BatchSampler(len(tokens), length, cfg.seed, align, generator, source=str(tokens.filename))
+            stages[length] = Stage(sampler, tokens, open_mask(folder, "train"))
     return dirs, stages
 
 
@@ -577,7 +609,7 @@ class Run:
             "config": asdict(self.cfg),
             "tokenizer_meta": self.meta,
             "rng": rng_state(),
-            "sampler": self.stages[self.cfg.n_segments].sampler.state_dict(),
+            "sampler": self.stages[self.seq_len].sampler.state_dict(),
             "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0], "commit": self.commit},
             "argv": self.argv,
         }
@@ -611,7 +643,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     what was logged after the checkpoint; ranks other than 0 reseed from the seed and the step."""
     parallel.load_optimizer_state_dict(run.raw_model, run.optimizer, ckpt["optimizer"])
     run.scaler.load_state_dict(ckpt["scaler"])
-    run.stages[run.cfg.n_segments].sampler.load_state_dict(ckpt["sampler"])
+    run.stages[run.seq_len].sampler.load_state_dict(ckpt["sampler"])
     run.iter_num, run.best_val_loss, run.tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
     run.skipped = ckpt.get("skipped_steps", 0)  # checkpoints from before the divergence guard have none
     run.argv = ckpt.get("argv", run.argv)  # the run's own command line, not the resume's
@@ -760,12 +792,13 @@ def forward_backward(run: Run) -> tuple[StepLoss, torch.Tensor, int]:
     micro-steps. Returns this rank's share of the step's losses, the gradient norm before clipping, and the step's
     tokens."""
     cfg, place, model = run.cfg, run.place, run.model
-    n_now = segments_at(run.iter_num, cfg)
-    train_len = run.raw_model.config.block_size * n_now
-    stage = run.stages[n_now]
+    train_len = length_at(run.iter_num, cfg, run.raw_model.config.block_size)
+    stage = run.stages[train_len]
+    # a warm-up's short windows come in proportionally more rows, so a step holds the same tokens
+    batch_size = cfg.batch_size * (run.seq_len // train_len if cfg.window_curriculum else 1)
     world = place.ranks.world_size
     accum = cfg.gradient_accumulation_steps // world  # each rank runs its share of the micro-steps
-    offsets = rank_offsets(stage.sampler, cfg.gradient_accumulation_steps, cfg.batch_size, place.ranks.rank,
+    offsets = rank_offsets(stage.sampler, cfg.gradient_accumulation_steps, batch_size, place.ranks.rank,
                            world)  # fmt: skip
     vocab = run.raw_model.config.vocab_size
     batches = [get_batch(stage.tokens, offsets[i], train_len, place.device, stage.mask, vocab) for i in range(accum)]
@@ -788,7 +821,7 @@ def forward_backward(run: Run) -> tuple[StepLoss, torch.Tensor, int]:
             aux[k] = aux.get(k, torch.zeros((), device=place.device)) + v.detach() / accum
         run.scaler.scale(loss).backward()  # with gradient scaling if training in fp16
     grad_norm = clip_gradients(model, run.optimizer, run.scaler, cfg.grad_clip)
-    return StepLoss(lm / world, aux), grad_norm, cfg.gradient_accumulation_steps * cfg.batch_size * train_len
+    return StepLoss(lm / world, aux), grad_norm, cfg.gradient_accumulation_steps * batch_size * train_len
 
 
 def update(run: Run, skip: bool, tokens: int) -> None:

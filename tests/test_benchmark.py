@@ -52,6 +52,11 @@ def test_variant_settings() -> None:
     assert variant_settings("k1-nocarry", text=True)["gmm_carry"] is False
     assert variant_settings("k4-lb0", text=True)["gmm_load_balance"] == 0.0
     assert variant_settings("k1-decaystates", text=True)["decay_memory_states"] is True
+    assert variant_settings("xl", text=True) == {"gmm_experts": 0, "pos_emb": "rope", "xl_attention": True}
+    args = benchmark.train_args("pycode_char", "full-rope-warmup", 1, GridConfig(tasks="pycode_char"), "/tmp/r")
+    assert "--window_curriculum=[64,128,256]" in args and "--block_size=512" in args  # 8 segments of 64
+    with pytest.raises(ValueError, match="full-warmup"):
+        variant_settings("k1-warmup", text=True)
     bad_names = [("k9", "k1..k8"), ("k4-fast", "unknown ablation 'fast'"), ("off-prob", "needs memory"),
                  ("", "must be off"), ("off-nocarry", "needs memory"),
                  ("k4-top", "unknown ablation 'top'"), ("k4-slots1.5", "'slots1.5' needs a whole number")]  # fmt: skip

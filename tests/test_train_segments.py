@@ -57,6 +57,35 @@ def test_segments_at_follows_the_curriculum() -> None:
     assert [segments_at(it, spanned) for it in range(3)] == [2, 2, 2]
 
 
+def test_a_window_warm_up_trains_short_windows_first_with_the_same_tokens(
+    shakespeare_char_data: Path, tmp_path: Path
+) -> None:
+    """window_curriculum = [4, 8] on a 16-token model: windows of 4, 8, then 16 tokens in equal thirds of the run,
+    each step holding the same 32 tokens (batch 8, 4, 2), and the run ends at its full length; a window that does
+    not divide block_size is one line."""
+    cfg = TrainConfig(max_iters=9, window_curriculum=[4, 8])
+    assert [train.length_at(it, cfg, 16) for it in range(10)] == [4, 4, 4, 8, 8, 8, 16, 16, 16, 16]
+    assert train.length_at(5, TrainConfig(n_segments=3, segment_curriculum=[1, 3], max_iters=10), 16) == 48
+    shapes: list[tuple[int, ...]] = []
+    forward = GPT.forward
+
+    def recording(self: GPT, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            shapes.append(tuple(args[0].shape))
+        return forward(self, *args, **kwargs)
+
+    out = tmp_path / "warm"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GPT, "forward", recording)
+        train.main([*TINY, f"--data_dir={shakespeare_char_data}", "--dataset=shakespeare_char", f"--out_dir={out}",
+                    "--block_size=16", "--max_iters=6", "--eval_interval=6", "--window_curriculum=[4,8]"])  # fmt: skip
+    assert shapes == [(8, 4), (8, 4), (4, 8), (4, 8), (2, 16), (2, 16)]
+    assert [r["tokens"] for r in metrics(out) if r["event"] == "eval"] == [0, 6 * 32]
+    with pytest.raises(SystemExit):
+        train.main([*TINY, f"--data_dir={shakespeare_char_data}", "--dataset=shakespeare_char",
+                    f"--out_dir={tmp_path / 'bad'}", "--block_size=16", "--window_curriculum=[6]"])  # fmt: skip
+
+
 def test_aligned_sampler_draws_whole_episodes() -> None:
     sampler = BatchSampler(n_tokens=10 * 8, seq_len=8, seed=0, align=8)
     offsets = sampler.draw(500)
