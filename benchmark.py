@@ -598,9 +598,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def variant_order(variant: str) -> tuple[int, int, str]:
-    """off first, then k1..k8 (each before its ablations), full last."""
+    """off first, then k1..k8 (each before its ablations), then xl and full."""
     head = variant.split("-")[0]
-    return (0, 0, variant) if head == "off" else (2, 0, variant) if head == "full" else (1, int(head[1:]), variant)
+    if head in ("off", "xl", "full"):
+        return ({"off": 0, "xl": 2, "full": 3}[head], 0, variant)
+    return (1, int(head[1:]), variant)
 
 
 def run_settings(rec: dict[str, Any]) -> dict[str, str]:

@@ -53,6 +53,15 @@ def test_variant_settings() -> None:
     assert variant_settings("k4-lb0", text=True)["gmm_load_balance"] == 0.0
     assert variant_settings("k1-decaystates", text=True)["decay_memory_states"] is True
     assert variant_settings("xl", text=True) == {"gmm_experts": 0, "pos_emb": "rope", "xl_attention": True}
+    order = ["full-rope", "xl", "k4-top2-shared", "off-rope", "k1-rope", "off"]
+    assert sorted(order, key=benchmark.variant_order) == [
+        "off",
+        "off-rope",
+        "k1-rope",
+        "k4-top2-shared",
+        "xl",
+        "full-rope",
+    ]
     args = benchmark.train_args("pycode_char", "full-rope-warmup", 1, GridConfig(tasks="pycode_char"), "/tmp/r")
     assert "--window_curriculum=[64,128,256]" in args and "--block_size=512" in args  # 8 segments of 64
     with pytest.raises(ValueError, match="full-warmup"):
