@@ -802,11 +802,15 @@ def forward_backward(run: Run) -> tuple[StepLoss, torch.Tensor, int]:
                            world)  # fmt: skip
     vocab = run.raw_model.config.vocab_size
     batches = [get_batch(stage.tokens, offsets[i], train_len, place.device, stage.mask, vocab) for i in range(accum)]
-    # the step's targets, a device tensor: counted without waiting for it
-    n_targets = torch.stack([(Y != -1).sum() for _, Y in batches]).sum().float()
-    if place.ranks.distributed:  # DDP averages gradients over ranks: divide by the mean count, i.e. global / world
-        torch.distributed.all_reduce(n_targets)
-    per_target = world / n_targets.clamp_min(1)
+    if stage.mask is None:  # text: every position is a target, so the step's count is known without a collective
+        per_target = torch.tensor(
+            world / (cfg.gradient_accumulation_steps * batch_size * train_len), device=place.device
+        )
+    else:  # an answer mask: count the step's targets on the device, without waiting for it
+        n_targets = torch.stack([(Y != -1).sum() for _, Y in batches]).sum().float()
+        if place.ranks.distributed:  # DDP averages gradients over ranks: divide by the mean count, global / world
+            torch.distributed.all_reduce(n_targets)
+        per_target = world / n_targets.clamp_min(1)
     lm = torch.zeros((), device=place.device)
     aux: dict[str, torch.Tensor] = {}
     for micro_step, (X, Y) in enumerate(batches):
