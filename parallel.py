@@ -17,23 +17,20 @@ and the reverse, exactly.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.distributed import init_process_group
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import DTYPES
 from model import GPT, GPTConfig
+
+# torch.distributed's fsdp, tensor and checkpoint packages take about a second to import, so only a sharded run
+# imports them (shard, and the state dicts of a sharded model). Until one of them is imported no FSDP module or
+# DTensor can exist, which is how the checks below answer without importing them (loaded).
 
 PARALLEL = ("ddp", "fsdp")
 
@@ -70,6 +67,8 @@ def shard(model: GPT, dtype: str) -> GPT:
     """FSDP2 in place: rank 0's weights, then each Block and the root sharded over the process group. Under
     bfloat16 the gathered weights compute in bfloat16 and gradients are reduced in float32 (the sharded weights
     stay float32). forward_segments (what evaluation calls) runs under the same hooks as forward."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
     with torch.no_grad():  # rank 0's weights everywhere first, as DDP does (each rank seeded its own init)
         for t in model.state_dict().values():
             torch.distributed.broadcast(t, src=0)
@@ -89,8 +88,15 @@ def check_dtype(fsdp: bool, dtype: str) -> None:
         raise ValueError("parallel = 'fsdp' trains in bfloat16 or float32 (float16's gradient scaling is DDP's only)")
 
 
+def loaded(module: str, name: str) -> type | None:
+    """The class module.name if that module has been imported (by this file or anyone), else None."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
+
+
 def sharded(model: torch.nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+    fsdp_module = loaded("torch.distributed.fsdp", "FSDPModule")
+    return fsdp_module is not None and isinstance(model, fsdp_module)
 
 
 def wrap_ddp(model: torch.nn.Module, ranks: Ranks, device_type: str, find_unused: bool) -> torch.nn.Module:
@@ -112,28 +118,38 @@ def unused_parameters(config: GPTConfig, fewest_segments: int, bptt_segments: in
 
 def set_gradient_sync(model: torch.nn.Module, sync: bool) -> None:
     """Reduce gradients across ranks after this micro-step's backward (the last of a step) or not (the others)."""
-    if isinstance(model, FSDPModule):
-        model.set_requires_gradient_sync(sync)
+    if sharded(model):
+        model.set_requires_gradient_sync(sync)  # type: ignore[operator]
     elif isinstance(model, DDP):
         model.require_backward_grad_sync = sync
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A plain tensor: a DTensor (fsdp: a sharded parameter, gradient or gradient norm) gathered whole."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    dtensor = loaded("torch.distributed.tensor", "DTensor")
+    return t.full_tensor() if dtensor is not None and isinstance(t, dtensor) else t  # type: ignore[attr-defined]
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
     """What this rank holds of a tensor: a DTensor's local shard, else the tensor."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    dtensor = loaded("torch.distributed.tensor", "DTensor")
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t  # type: ignore[attr-defined]
 
 
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU
+def full_options() -> Any:
+    """torch.distributed.checkpoint's options for whole tensors, on rank 0's CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def model_state_dict(model: torch.nn.Module) -> dict[str, Any]:
     """The model's state dict with whole tensors. Under fsdp every rank must call it; rank 0 gets the tensors."""
-    return dict(get_model_state_dict(model, options=FULL)) if sharded(model) else model.state_dict()
+    if not sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return dict(get_model_state_dict(model, options=full_options()))
 
 
 def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -141,7 +157,9 @@ def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimize
     call it; rank 0 gets the state, gathered whole and renumbered from parameter names to torch's usual indices."""
     if not sharded(model):
         return optimizer.state_dict()
-    by_name: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=FULL))
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    by_name: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=full_options()))
     if not by_name:  # ranks other than 0
         return {}
     index = names_to_indices(by_name["param_groups"])
@@ -155,6 +173,8 @@ def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Opt
     if not sharded(model):
         optimizer.load_state_dict(state)
         return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     # the names, in the optimizer's order: the same groups the checkpoint numbered, from this run's parameters
     names = {id(p): n for n, p in model.named_parameters()}
     order = [{"params": [names[id(p)] for p in g["params"]]} for g in optimizer.param_groups]

@@ -7,6 +7,8 @@ import is still a dependency), over the modules at the root and in data/.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +86,24 @@ def test_no_library_imports_a_script() -> None:
     graph = import_graph()
     wrong = {m: sorted(deps & SCRIPTS) for m, deps in graph.items() if m not in SCRIPTS and deps & SCRIPTS}
     assert wrong == {}
+
+
+# what only some runs need: sharding (torch.distributed's fsdp, tensor and checkpoint packages, about a second), the
+# trackers, transformers (GPT-2 weights and exports)
+OPTIONAL = ("torch.distributed.fsdp", "torch.distributed.checkpoint", "trackio", "wandb", "transformers")
+
+
+def test_a_plain_run_imports_nothing_only_some_runs_need() -> None:
+    """Importing train.py (what every run does first) leaves the optional packages unimported; shard() imports
+    fsdp when a run asks for it."""
+    code = (
+        "import sys, train\n"
+        f"print(' '.join(m for m in {OPTIONAL!r} if m in sys.modules))\n"
+        "import parallel, model\n"
+        "m = model.GPT(model.GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=16))\n"
+        "print(parallel.sharded(m), 'torch.distributed.fsdp' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    first, second = out.stdout.splitlines()
+    assert first == "", f"import train imported {first}"
+    assert second == "False False"
