@@ -16,7 +16,8 @@ The model's shape is GPTConfig's (GPT-2 124M by default) and is set by the same 
 Memory mode starts from the GMM quick start's shape instead (config/train_gmm_shakespeare.py, see QUICK_START_MODEL);
 parallel mode from GPT-2 124M with short sequences (PARALLEL_BENCH), where the weights and AdamW's state dominate.
 compile defaults to None = auto: on for training on CUDA, off otherwise, because on CPU and MPS the compile time
-dwarfs a short benchmark (and on CPU needs a C++ compiler), and in sample mode every new sequence length recompiles.
+dwarfs a short benchmark (and on CPU needs a C++ compiler). What compiles is each Block (GPT.compile_blocks), in
+sample mode with dynamic shapes so that a growing sequence does not recompile.
 """
 
 from __future__ import annotations
@@ -374,8 +375,8 @@ def wrap(
     """The model the steps call: compiled if asked, in DDP under torchrun without fsdp."""
     unused = parallel.unused_parameters(model.config, n_segments)
     if compile:
-        say("compiling the model... (takes a ~minute)")
-        model = torch.compile(model)  # type: ignore[assignment]
+        say("compiling the model's blocks... (takes a ~minute)")
+        model.compile_blocks()
     if ranks.distributed and not fsdp:
         return parallel.wrap_ddp(model, ranks, device_type, unused)
     return model
@@ -445,7 +446,7 @@ def bench_sample(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     model = GPT(model_cfg).to(device)
     model.eval()
     if compile:
-        model.compile(dynamic=True)  # compiles __call__ in place, which generate's steps go through
+        model.compile_blocks(dynamic=True)  # every step, prefill and memory decoding included, runs the blocks
     prompt = torch.randint(model_cfg.vocab_size, (cfg.batch_size, cfg.prompt_len), device=device)
     print(f"sample: {model.get_num_params() / 1e6:.2f}M params, batch {cfg.batch_size}, ", end="")
     print(f"prompt {cfg.prompt_len} + {cfg.new_tokens} new tokens, greedy, {device} {dtype}, ", end="")

@@ -581,6 +581,13 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         out: torch.Tensor = self.transformer.drop(x)
         return out
 
+    def compile_blocks(self, **options: Any) -> None:
+        """torch.compile each Block in place (options go to torch.compile). The compiled unit is the block, which
+        every segment, every curriculum stage and the decoders call: its graph does not grow with n_segments, a
+        new segment count compiles nothing, and decoding with memory runs compiled. State dict keys are unchanged."""
+        for block in self.transformer.h:
+            block.compile(**options)
+
     def attentions(self) -> list[CausalSelfAttention]:
         """Each block's attention, in order."""
         return [block.attn for block in self.transformer.h if isinstance(block, Block)]

@@ -53,7 +53,7 @@ class SampleConfig:
     seed: int = 1337
     device: str = "auto"  # 'auto' = cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = "auto"  # 'auto' = bfloat16/float16 on CUDA, float32 elsewhere; or 'float32', 'bfloat16', 'float16'
-    compile: bool = False  # compile the model's forward (recompiles for new sequence lengths: worth it for long runs)
+    compile: bool = False  # compile the blocks (dynamic shapes: one compile for every length; pays on long runs)
     kv_cache: bool = True  # each new token costs one position through a KV cache instead of the whole context
     stream: bool = True  # print text as tokens are generated, else each sample when it is complete
 
@@ -123,7 +123,7 @@ def load_model(cfg: SampleConfig, model_args: dict[str, Any] | None = None) -> t
     model.eval()
     model.to(device)
     if cfg.compile:
-        model.compile()  # compiles __call__ in place, so model.stream's calls use it
+        model.compile_blocks(dynamic=True)  # what every decoding step runs, with memory or without
     return model, tokenizer
 
 

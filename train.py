@@ -115,7 +115,7 @@ class TrainConfig:
     # system
     device: str = "auto"  # 'auto' = cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = "auto"  # 'auto' = bfloat16/float16 on CUDA, float32 elsewhere; or 'float32', 'bfloat16', 'float16'
-    compile: bool = True  # use PyTorch 2.0 to compile the model to be faster
+    compile: bool = True  # torch.compile each Block (GPT.compile_blocks): one graph whatever the segments
     # recompute activations in backward (less memory, ~30% more compute): 'block' (or True) keeps each block's
     # input; 'segment' keeps only the memory between segments, so memory stays flat in n_segments; 'none' (False)
     gradient_checkpointing: bool | str = "none"
@@ -571,7 +571,7 @@ class Run:
     cfg: TrainConfig
     place: Place
     raw_model: GPT  # sharded in place under fsdp
-    model: torch.nn.Module  # what the steps call: raw_model, compiled and/or wrapped in DDP (start_run)
+    model: torch.nn.Module  # what the steps call: raw_model (blocks compiled if compile), or DDP around it
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler  # a no-op unless training in float16
     stages: dict[int, Stage]
@@ -659,8 +659,8 @@ def start_run(run: Run) -> None:
     """Compile and wrap the model for the loop (DDP under torchrun without fsdp); on rank 0, open the tracker."""
     cfg, place = run.cfg, run.place
     if cfg.compile:
-        print0("compiling the model... (takes a ~minute)")
-        run.model = torch.compile(run.model)  # type: ignore[assignment]
+        print0("compiling the model's blocks... (takes a ~minute)")
+        run.raw_model.compile_blocks()
     if place.ranks.distributed and not place.fsdp:
         fewest = min(cfg.segment_curriculum or [cfg.n_segments])
         unused = parallel.unused_parameters(run.raw_model.config, fewest, cfg.bptt_segments)

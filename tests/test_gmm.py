@@ -597,7 +597,8 @@ def test_memory_state_is_explicit() -> None:
 
 @pytest.mark.slow
 def test_compiled_memory_model_equals_eager() -> None:
-    """torch.compile keeps working with memory on: the same loss and gradients as eager mode."""
+    """torch.compile keeps working with memory on: compiled block by block (GPT.compile_blocks, what train.py's
+    compile does), the same loss and gradients as eager mode, and the same state dict keys."""
     model = tiny(gmm_experts=4)
     model.train()
     idx = torch.randint(V, (2, 2 * T))
@@ -606,13 +607,43 @@ def test_compiled_memory_model_equals_eager() -> None:
     loss.backward()
     eager = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    _, loss_c = torch.compile(model)(idx, idx)
+    keys = list(model.state_dict())
+    model.compile_blocks()
+    _, loss_c = model(idx, idx)
     assert loss_c is not None
     loss_c.backward()
     assert torch.allclose(loss_c, loss, atol=1e-5)
     for name, p in model.named_parameters():
         if p.grad is not None:
             assert torch.allclose(p.grad, eager[name], atol=1e-5), name
+    assert list(model.state_dict()) == keys  # compiled in place: checkpoints keep their keys
+
+
+def test_compiled_blocks_do_not_recompile_for_more_segments() -> None:
+    """compile_blocks compiles the unit every segment calls: a sequence of 2 segments and then one of 4 (a
+    segment curriculum's next stage), forward and backward, compile nothing new; the whole model compiled does
+    (its graph unrolls the segment loop)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    short, long = torch.randint(V, (2, 2 * T)), torch.randint(V, (2, 4 * T))
+    counts = {}
+    for unit in ("blocks", "model"):
+        model, counter = tiny(gmm_experts=2), CompileCounter()
+        model.train()
+        if unit == "blocks":
+            model.compile_blocks(backend=counter)
+            step: torch.nn.Module = model
+        else:
+            step = torch.compile(model, backend=counter)
+        for idx in (short, long):
+            _, loss = step(idx, idx)
+            assert loss is not None
+            loss.backward()
+            counts[unit, idx.size(1)] = counter.frame_count
+        torch._dynamo.reset()
+    assert counts["blocks", 4 * T] == counts["blocks", 2 * T] > 0
+    assert counts["model", 4 * T] > counts["model", 2 * T]
 
 
 @pytest.mark.parametrize("k", [0, 1])
