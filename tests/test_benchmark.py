@@ -245,7 +245,7 @@ def test_grid_end_to_end_where_memory_learns_recall_and_no_memory_cannot(
     curriculum 1 -> 2 -> 3 -> 4 segments) with the shipped mixture (k=4, top-2 and a shared bank, as the quick start
     sets it), 2000 iterations instead of 3000: at least 90% answer accuracy on 512 validation episodes at 4
     segments, while memory off stays within 5 points of chance. Seed 1; at 2000 iterations every seed of the
-    reliability study reaches 1.00 (README, Results). Two runs side by side, about 2 minutes on a 2-core CPU. The
+    reliability study reaches 1.00 (RESULTS.md). Two runs side by side, about 2 minutes on a 2-core CPU. The
     same grid checks what benchmark.py writes, that it reuses it, and that with tracker=trackio every run logs into
     one project, grouped by task."""
     out = tmp_path / "results"

@@ -1,6 +1,6 @@
-"""The README's commands run as written, with small overrides, so the documentation cannot rot.
+"""The README's and RESULTS.md's commands run as written, with small overrides, so the documentation cannot rot.
 
-Every `uv run ...` and `torchrun ...` line in the README's bash blocks is executed in order, as a subprocess from
+Every `uv run ...` and `torchrun ...` line in their bash blocks (the README's first) is executed in order, as a subprocess from
 the repo root, with overrides that make it tiny and offline: a 1-layer model, 2 iterations, CPU, outputs in a
 temporary directory, data prepared from ../shared instead of downloaded, a random local GPT-2 instead of OpenAI's
 weights, 2 CPU processes instead of 8 GPUs, an export without its upload to the Hub, and a dashboard stopped once
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = next((p for p in (ROOT.parent / "shared", ROOT / "shared") if p.is_dir()), ROOT.parent / "shared")
 SHAKESPEARE_TXT = SHARED / "data" / "tinyshakespeare" / "input.txt"
 
+DOCS = ("README.md", "RESULTS.md")  # whose commands run
 TINY_MODEL = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16"]
 TRAIN = ["--device=cpu", "--compile=False", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
          "--log_interval=1", "--batch_size=2", "--gradient_accumulation_steps=2", "--wandb_log=False"]  # fmt: skip
@@ -34,8 +35,8 @@ BENCH = ["--device=cpu", "--batch_size=2", "--iters=2", "--warmup_iters=1", "--n
 
 
 def readme_commands() -> list[str]:
-    """The command lines of the README's bash blocks, comments stripped, in order."""
-    text = (ROOT / "README.md").read_text()
+    """The command lines of the bash blocks of the README, then RESULTS.md, comments stripped, in order."""
+    text = "\n".join((ROOT / name).read_text() for name in DOCS)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
