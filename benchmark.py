@@ -24,8 +24,9 @@ a segment curriculum; a text task trains its config (TEXT: shakespeare_char the 
 8-segment sibling on Python source) and is evaluated on val at every position. Writes, under out_dir:
 - runs/<task>/<variant>/seed<S>/: train.py's out_dir (ckpt.pt, metrics.jsonl) and train.log;
 - <task>_<variant>_seed<S>.json: one record per run (settings, accuracy and loss at each segment count, curve);
-- table.md (mean +- sample std over seeds), summary.json, accuracy_vs_segments.png, <task>_loss.png (text: loss
-  per segment and per position).
+- table.md (mean +- sample std over seeds; text: also each variant minus no memory with the same positions, seed
+  by seed, and the share of the gap to full attention it closes), summary.json, accuracy_vs_segments.png,
+  <task>_loss.png (text: loss per segment and per position).
 A run whose record exists with the same settings is not run again, so an interrupted grid continues where it stopped
 and a larger grid reuses the cells it shares with a smaller one.
 """
@@ -650,13 +651,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 cell["loss"] = mean_std([r["eval"][n]["loss"] for r in runs])
                 later = per_seg[:, 1:].mean(axis=1)  # segments 2..S: where memory can help
                 cell["later_loss"] = mean_std(list(later))
-                cell["later_by_seed"] = {str(r["seed"]): float(v) for r, v in zip(runs, later, strict=True)}
+                cell["later_by_seed"] = by_seed(runs, later)
+                cell["first_by_seed"] = by_seed(runs, per_seg[:, 0])
                 if all("pos_loss" in r["eval"][n] for r in runs):
                     pos = np.array([r["eval"][n]["pos_loss"] for r in runs])  # (seeds, L)
                     cell["pos_loss"] = pos.mean(axis=0).round(4).tolist()
-                    starts = segment_starts(pos, per_seg.shape[1])
-                    cell["start_loss"] = mean_std(list(starts))
-                    cell["start_by_seed"] = {str(r["seed"]): float(v) for r, v in zip(runs, starts, strict=True)}
+                    starts, rest = segment_starts(pos, per_seg.shape[1])
+                    cell["start_loss"], cell["rest_loss"] = mean_std(list(starts)), mean_std(list(rest))
+                    cell["start_by_seed"], cell["rest_by_seed"] = by_seed(runs, starts), by_seed(runs, rest)
                 cell["iters"] = runs[0].get("iters")
                 if all("tokens_seen" in r for r in runs):  # over the run's wall time, evaluations and start-up included
                     cell["tokens_per_s"] = float(np.median([r["tokens_seen"] / r["train_seconds"] for r in runs]))
@@ -671,13 +673,20 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def segment_starts(pos_loss: np.ndarray, S: int) -> np.ndarray:
-    """Per row of (runs, L) losses per position: the mean over segments 2..S of each one's first eighth of
-    positions, which see the fewest tokens of their own segment: where carried context should help most."""
+def by_seed(runs: list[dict[str, Any]], values: np.ndarray) -> dict[str, float]:
+    """{seed: value} for one value per run, in the runs' order (what paired comparisons match on)."""
+    return {str(r["seed"]): float(v) for r, v in zip(runs, values, strict=True)}
+
+
+def segment_starts(pos_loss: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of (runs, L) losses per position, over segments 2..S: the mean of each segment's first eighth of
+    positions, which see the fewest tokens of their own segment (where carried context should help most), and the
+    mean of the rest of their positions."""
     T = pos_loss.shape[1] // S
-    starts = [pos_loss[:, s * T : s * T + max(1, T // 8)] for s in range(1, S)]
-    means: np.ndarray = np.concatenate(starts, axis=1).mean(axis=1)
-    return means
+    head = max(1, T // 8)
+    starts = np.concatenate([pos_loss[:, s * T : s * T + head] for s in range(1, S)], axis=1)
+    rest = np.concatenate([pos_loss[:, s * T + head : (s + 1) * T] for s in range(1, S)], axis=1)
+    return starts.mean(axis=1), (rest.mean(axis=1) if rest.size else starts.mean(axis=1))
 
 
 def format_tables(summary: dict[str, Any]) -> str:
@@ -735,52 +744,111 @@ def accuracy_row(variant: str, cell: dict[str, Any], key: str) -> str:
 
 
 def text_table(task: str, cells: dict[str, Any]) -> list[str]:
-    """Loss per segment, and how much of the gap between no memory and full attention each variant closes on
-    segments 2..S (segment 1 has no earlier context in any variant)."""
+    """Two tables: the loss per segment of every variant; then each variant against no memory with the same
+    positions (off, or off-rope for a rope variant and xl), paired by seed, and the share it closes of the gap
+    between that no-memory model and its best full-attention model (the bound)."""
     S = len(next(iter(cells.values()))["seg_loss"])
-    off, full = cells.get("off"), cells.get("full")
     lines = [f"### {task}: val loss per segment (mean ± std over seeds)", "",
-             "| variant | params | " + " | ".join(f"seg {i + 1}" for i in range(S)) + " | segs 2-S | below off "
-             "| gap closed | starts 2-S | tokens/s |", "|---|---|" + "---|" * (S + 5)]  # fmt: skip
+             "| variant | params | " + " | ".join(f"seg {i + 1}" for i in range(S)) + " | segs 2-S | starts 2-S "
+             "| rest 2-S | tokens/s |", "|---|---|" + "---|" * (S + 4)]  # fmt: skip
     for variant, cell in cells.items():
         segs = [f"{m:.3f} ± {s:.3f}" for m, s in cell["seg_loss"]]
-        later, later_std = cell["later_loss"]
-        gap = "-"
-        if off is not None and full is not None and off["later_loss"][0] - full["later_loss"][0] > 0:
-            closed = (off["later_loss"][0] - later) / (off["later_loss"][0] - full["later_loss"][0])
-            gap = f"{100 * closed:.0f}%"
-        below = "-"
-        if off is not None and variant != "off":
-            below = ", ".join(paired_wins(cell, off, key) for key in ("later_by_seed", "start_by_seed"))
         speed = f"{cell['tokens_per_s']:,.0f}" if "tokens_per_s" in cell else "-"
-        starts = "{:.3f} ± {:.3f}".format(*cell["start_loss"]) if "start_loss" in cell else "-"
-        lines.append(f"| {variant} | {cell['params'] / 1e6:.2f}M | " + " | ".join(segs) + f" | {later:.3f} ± "
-                     f"{later_std:.3f} | {below} | {gap} | {starts} | {speed} |")  # fmt: skip
-    if off is not None and full is not None and off["later_loss"][0] <= full["later_loss"][0]:
-        lines += ["", "full attention is no better than no memory at this budget: there is no gap to close"]
+        parts = [pm(cell.get(k)) for k in ("later_loss", "start_loss", "rest_loss")]
+        lines.append(f"| {variant} | {cell['params'] / 1e6:.2f}M | " + " | ".join([*segs, *parts, speed]) + " |")
     seeds = sorted({seed for cell in cells.values() for seed in cell["seeds"]})
     iters = sorted({cell["iters"] for cell in cells.values() if cell.get("iters")})
+    lines += ["", f"seeds {seeds} (a cell with ± 0.000 has one); iterations {iters}. starts 2-S: the loss on the "
+              "first eighth of each of segments 2-S, which sees least of its own segment; rest 2-S: the other "
+              "seven eighths. tokens/s: training tokens over the run's wall time (evaluations included, the grid's "
+              "runs sharing the machine), median over seeds", ""]  # fmt: skip
+    return lines + paired_table(task, cells)
+
+
+def paired_table(task: str, cells: dict[str, Any]) -> list[str]:
+    """Each variant minus its no-memory baseline, seed by seed (the same batches in the same order): mean ± std of
+    the differences, and how many seeds are below; the gap closed on segments 2-S and on their starts."""
+    rows = []
+    for variant, cell in cells.items():
+        base = baseline(variant, cells)
+        if base is None:
+            continue
+        bound = upper_bound(variant, cells)
+        row = [variant, base]
+        for key in ("first_by_seed", "later_by_seed", "start_by_seed", "rest_by_seed"):
+            row.append(paired_difference(cell, cells[base], key))
+        row += [
+            gap_closed(cell, cells[base], cells[bound] if bound else None, k)
+            for k in ("later_by_seed", "start_by_seed")
+        ]
+        rows.append("| " + " | ".join(row) + " |")
+    if not rows:
+        return []
     return [
-        *lines,
+        f"### {task}: against no memory, paired by seed (variant minus baseline; negative is better)",
         "",
-        f"seeds {seeds} (a cell with ± 0.000 has one); iterations {iters}. below off: the seeds whose loss on "
-        "segments 2-S, then on their starts, is below no memory's with the same seed (the same batches in the same "
-        "order). gap closed: "
-        "the share of the difference between no memory and full attention on segments 2-S. starts 2-S: the loss "
-        "on the first eighth of each of segments 2-S, which sees least of its own segment. tokens/s: training "
-        "tokens over the run's wall time (evaluations included, the grid's runs sharing the machine), median over "
-        "seeds",
+        "| variant | baseline | seg 1 | segs 2-S | starts 2-S | rest 2-S | gap closed, segs 2-S | gap closed, starts |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "each difference: mean ± std over the seeds both have, then [seeds below the baseline / seeds]. baseline: "
+        "no memory with the same positions. gap closed: (baseline - variant) / (baseline - bound), the bound being "
+        "the best full-attention variant with the same positions; '-' where there is none or it is no better than "
+        "the baseline",
         "",
     ]
 
 
-def paired_wins(cell: dict[str, Any], off: dict[str, Any], key: str) -> str:
-    """'wins/seeds': the seeds whose loss (key: per seed) is below no memory's with the same seed; '-' if either
-    lacks it."""
-    if key not in cell or key not in off:
+def positions(variant: str) -> str:
+    """A variant's position embeddings: 'rope' (the rope flag, and xl, which always has it) or 'learned'."""
+    parts = variant.split("-")
+    return "rope" if "rope" in parts or parts[0] == "xl" else "learned"
+
+
+def baseline(variant: str, cells: dict[str, Any]) -> str | None:
+    """The no-memory variant a variant is compared with: an 'off' one with the same positions, the plainest (fewest
+    flags) if several; None for that variant itself and where there is none."""
+    offs = [v for v in cells if v.split("-")[0] == "off" and positions(v) == positions(variant)]
+    best = min(offs, key=lambda v: len(v.split("-")), default=None)
+    return None if best == variant else best
+
+
+def upper_bound(variant: str, cells: dict[str, Any]) -> str | None:
+    """The full-attention variant with the same positions and the lowest loss on segments 2-S, or None."""
+    fulls = [v for v in cells if v.split("-")[0] == "full" and positions(v) == positions(variant)]
+    return min(fulls, key=lambda v: cells[v]["later_loss"][0], default=None)
+
+
+def paired_difference(cell: dict[str, Any], base: dict[str, Any], key: str) -> str:
+    """'+0.012 ± 0.004 [1/5]': the mean ± std over shared seeds of cell minus base (key: a value per seed), and the
+    seeds where cell is below; '-' if either lacks it."""
+    if key not in cell or key not in base:
         return "-"
-    paired = [seed for seed in cell[key] if seed in off[key]]
-    return f"{sum(cell[key][seed] < off[key][seed] for seed in paired)}/{len(paired)}"
+    seeds = [s for s in cell[key] if s in base[key]]
+    if not seeds:
+        return "-"
+    diffs = [cell[key][s] - base[key][s] for s in seeds]
+    mean, std = mean_std(diffs)
+    return f"{mean:+.3f} ± {std:.3f} [{sum(d < 0 for d in diffs)}/{len(diffs)}]"
+
+
+def gap_closed(cell: dict[str, Any], base: dict[str, Any], bound: dict[str, Any] | None, key: str) -> str:
+    """The share of the baseline -> bound difference that cell closes (key: a value per seed; each difference is
+    the mean over the seeds its two sides share), or '-'."""
+    if bound is None or key not in cell or key not in base or key not in bound:
+        return "-"
+
+    def gain(other: dict[str, Any]) -> float:
+        seeds = [s for s in other[key] if s in base[key]]
+        return float(np.mean([base[key][s] - other[key][s] for s in seeds])) if seeds else float("nan")
+
+    gap = gain(bound)
+    return f"{100 * gain(cell) / gap:.0f}%" if gap > 0 else "-"
+
+
+def pm(stat: Any) -> str:
+    """'mean ± std' of a (mean, std) pair, '-' for None."""
+    return "-" if stat is None else f"{stat[0]:.3f} ± {stat[1]:.3f}"
 
 
 def plot(summary: dict[str, Any], out_dir: str) -> list[str]:

@@ -219,22 +219,44 @@ def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:
     assert k4["learned_at"] == [250, None]  # seed 2 never reached 0.9
     assert "| k4 | 0.001M | 0.900 ± 0.141 (1.00) | 0.700 ± 0.283 (0.90) | 1/2, median step 250 |" in table
     assert "| off | 0.001M | 0.060 ± 0.014 (0.07) | 0.060 ± 0.014 (0.07) | 0/2 |" in table
-    assert (
-        "| k4 | 0.00M | 2.300 ± 0.000 | 1.900 ± 0.000 | 1.700 ± 0.000 | 1.800 ± 0.000 | 1/1, - | 40% | - | - |" in table
-    )
+    assert "| k4 | 0.00M | 2.300 ± 0.000 | 1.900 ± 0.000 | 1.700 ± 0.000 | 1.800 ± 0.000 | - | - | - |" in table
+    # against no memory, seed by seed: segment 1 equal, segments 2-3 0.2 lower, 40% of off -> full's 0.5
+    assert "| k4 | off | +0.000 ± 0.000 [0/1] | -0.200 ± 0.000 [1/1] | - | - | 40% | - |" in table
     assert "recall: answer-token accuracy" not in table  # one answer token: exact match says it all
-    assert (
-        "| full |" in table and "| 1.500 ± 0.000 | 1/1, - | 100% |" in table and "| 2.000 ± 0.000 | - | 0% |" in table
-    )
+    assert "| full | off | +0.000 ± 0.000 [0/1] | -0.500 ± 0.000 [1/1] | - | - | 100% | - |" in table
+    assert "| off | off |" not in table  # the baseline has no row of its own
     # segment 2's first eighth of 2 positions is its first: 2.5 (seed 1), 1.5 (seed 2)
     assert pycode["start_loss"] == (pytest.approx(2.0), pytest.approx(0.7071068))
-    assert "| off | 0.00M | 2.000 ± 0.000 | 2.000 ± 0.000 | 2.000 ± 0.000 | - | - | 2.000 ± 0.707 | 1,500 |" in table
+    # and the rest of segment 2 is its second position: 1.5 (seed 1), 2.5 (seed 2)
+    assert pycode["rest_by_seed"] == {"1": 1.5, "2": 2.5}
+    assert (
+        "| off | 0.00M | 2.000 ± 0.000 | 2.000 ± 0.000 | 2.000 ± 0.000 | 2.000 ± 0.707 | 2.000 ± 0.707 | 1,500 |"
+        in table
+    )
     assert "seeds [1, 2] (a cell with ± 0.000 has one); iterations [10]" in table
     # the plots: a panel per synthetic task in one figure; per text task, loss per segment (and per position)
     paths = benchmark.plot(summary, str(tmp_path))
     assert [os.path.basename(p) for p in paths] == [
         "accuracy_vs_segments.png", "pycode_char_loss.png", "shakespeare_char_loss.png"]  # fmt: skip
     assert all(os.path.getsize(p) > 10_000 for p in paths)
+
+
+def test_each_variant_is_compared_with_no_memory_and_full_attention_of_its_own_positions() -> None:
+    """A rope variant (and xl, which has rope) is measured against off-rope and the best rope full attention, a
+    learned-position one against off and full; paired differences and the gap use the seeds both sides have."""
+    names = ["off", "off-rope", "k1", "k1-rope", "k1-rope-gate", "xl", "full", "full-rope", "full-rope-warmup"]
+    cells = {v: {"later_loss": (1.0 if v != "full-rope-warmup" else 0.5, 0.0)} for v in names}
+    assert [benchmark.baseline(v, cells) for v in names] == [None, None, "off", "off-rope", "off-rope", "off-rope",
+                                                             "off", "off-rope", "off-rope"]  # fmt: skip
+    assert benchmark.upper_bound("k1-rope", cells) == benchmark.upper_bound("xl", cells) == "full-rope-warmup"
+    assert benchmark.upper_bound("k1", cells) == "full" and benchmark.upper_bound("k1", {"off": {}}) is None
+    base = {"later_by_seed": {"1": 2.0, "2": 2.0, "3": 2.0}}
+    bound = {"later_by_seed": {"1": 1.0, "2": 1.0}}
+    cell = {"later_by_seed": {"1": 1.8, "2": 2.1, "4": 0.0}}  # seed 4 has no baseline: left out
+    assert benchmark.paired_difference(cell, base, "later_by_seed") == "-0.050 ± 0.212 [1/2]"
+    assert benchmark.gap_closed(cell, base, bound, "later_by_seed") == "5%"
+    assert benchmark.gap_closed(cell, base, None, "later_by_seed") == "-"
+    assert benchmark.gap_closed(cell, base, {"later_by_seed": {"1": 2.5}}, "later_by_seed") == "-"  # no gap
 
 
 @pytest.mark.slow
