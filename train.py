@@ -237,19 +237,40 @@ def clip_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sca
     return parallel.full_tensor(norm)  # under fsdp the norm of the sharded gradients is itself a DTensor
 
 
-def check_step(
-    loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.GradScaler, distributed: bool, signum: int
-) -> tuple[str, int]:
-    """What every rank agrees on before the optimizer step: what of it is not finite ('loss', 'gradient norm', or
-    '' when all is well) and the stop signal any rank has received (0 for none). Under fp16 gradient scaling an
-    inf gradient is the scaler's to handle (it skips the step and lowers the scale), so only the loss counts
-    there. One host sync per step, and under torchrun one small all-reduce."""
-    flags = [~torch.isfinite(loss), ~torch.isfinite(grad_norm) & (not scaler.is_enabled())]
-    checks = torch.stack([*(f.float() for f in flags), torch.tensor(float(signum), device=loss.device)])
+def note_step(
+    pending: torch.Tensor | None, it: int, loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.GradScaler
+) -> torch.Tensor:
+    """The divergence guard's running record, kept on the device so that a step need not wait for the host: the
+    first iteration since the last check (check_step) whose loss, then whose gradient norm, was not finite (inf
+    for none), as a (2,) float tensor. Under fp16 gradient scaling an inf gradient is the scaler's to handle (it
+    skips the step and lowers the scale), so only the loss counts there."""
+    inf = torch.full((), math.inf, device=loss.device)
+    bad = [~torch.isfinite(loss), ~torch.isfinite(grad_norm) & (not scaler.is_enabled())]
+    flags = torch.stack([torch.where(b, float(it), inf) for b in bad])
+    return flags if pending is None else torch.minimum(pending, flags)
+
+
+def check_step(pending: torch.Tensor, distributed: bool, signum: int) -> tuple[str, int, int]:
+    """What every rank agrees on at a check: what was not finite since the last one ('loss', 'gradient norm', or
+    '' when all was well), the first iteration it was not (-1 for none), and the stop signal any rank has received
+    (0 for none). One host sync, and under torchrun one small all-reduce."""
+    checks = torch.cat([pending, torch.tensor([-float(signum)], device=pending.device)])
     if distributed:
-        torch.distributed.all_reduce(checks, op=torch.distributed.ReduceOp.MAX)  # every rank acts as one
-    loss_bad, grad_bad, sig = checks.tolist()
-    return ("loss" if loss_bad else "gradient norm" if grad_bad else ""), int(sig)
+        torch.distributed.all_reduce(checks, op=torch.distributed.ReduceOp.MIN)  # every rank acts as one
+    loss_at, grad_at, sig = checks.tolist()
+    bad = "loss" if math.isfinite(loss_at) else "gradient norm" if math.isfinite(grad_at) else ""
+    return bad, int(min(loss_at, grad_at)) if bad else -1, int(-sig)
+
+
+def check_due(run: Run, signum: int) -> bool:
+    """Whether this step ends with a check (check_step) rather than only noting its flags: with nonfinite = 'skip'
+    (each step is decided on its own) or fp16's scaler (whose step syncs anyway) always; otherwise before a log
+    line, an evaluation (which may save a checkpoint) or the end, and when this process has a stop signal. So
+    between checks a step never waits for the device, and every checkpoint is of steps checked finite."""
+    cfg, nxt = run.cfg, run.iter_num + 1
+    every = cfg.nonfinite == "skip" or run.scaler.is_enabled()
+    due = nxt % cfg.log_interval == 0 or nxt % cfg.eval_interval == 0 or nxt >= cfg.max_iters
+    return every or due or bool(signum)
 
 
 def segments_at(it: int, cfg: TrainConfig) -> int:
@@ -704,6 +725,7 @@ def run_loop(run: Run) -> None:
     cfg = run.cfg
     stop = StopSignals()
     meter = Meter(run)
+    pending: torch.Tensor | None = None  # the divergence guard's flags since the last check (note_step)
     while True:
         lr = get_lr(run.iter_num, cfg)
         for param_group in run.optimizer.param_groups:
@@ -717,14 +739,13 @@ def run_loop(run: Run) -> None:
         if run.iter_num >= cfg.max_iters or cfg.eval_only:
             break
         step_loss, grad_norm, tokens_per_iter = forward_backward(run)
-        bad, stop_signal = check_step(step_loss.lm, grad_norm, run.scaler, run.place.ranks.distributed, stop.signum)
-        if bad and cfg.nonfinite == "stop":
-            meter.progress.close()
-            if run.place.master:
-                kept = f"the last checkpoint in {cfg.out_dir} is kept (--nonfinite=skip skips such steps)"
-                print(f"error: iteration {run.iter_num}: the {bad} is not finite; stopped before the step, {kept}",
-                      file=sys.stderr)  # fmt: skip
-            end_run(run, meter, stop, EXIT_NONFINITE)
+        pending = note_step(pending, run.iter_num, step_loss.lm, grad_norm, run.scaler)
+        bad, stop_signal = "", 0
+        if check_due(run, stop.signum):
+            bad, first_bad, stop_signal = check_step(pending, run.place.ranks.distributed, stop.signum)
+            pending = None
+            if bad and cfg.nonfinite == "stop":
+                stop_nonfinite(run, meter, stop, bad, first_bad)
         update(run, skip=bool(bad), tokens=tokens_per_iter)
         meter.progress.update(1)
         if run.iter_num % cfg.log_interval == 0:
@@ -738,6 +759,17 @@ def run_loop(run: Run) -> None:
                       "continue with --init_from=resume")  # fmt: skip
             end_run(run, meter, stop, 128 + stop_signal)
     end_run(run, meter, stop)
+
+
+def stop_nonfinite(run: Run, meter: Meter, stop: StopSignals, bad: str, first_bad: int) -> None:
+    """End the run for a non-finite step (nonfinite = 'stop'), before this step's update; the checkpoint on disk
+    is the last one, written from steps that were checked finite."""
+    meter.progress.close()
+    if run.place.master:
+        kept = f"the last checkpoint in {run.cfg.out_dir} is kept (--nonfinite=skip skips such steps)"
+        when = "before the step" if first_bad == run.iter_num else f"at iteration {run.iter_num}, the next check"
+        print(f"error: iteration {first_bad}: the {bad} is not finite; stopped {when}, {kept}", file=sys.stderr)
+    end_run(run, meter, stop, EXIT_NONFINITE)
 
 
 def evaluate(run: Run, lr: float, progress: tqdm) -> None:

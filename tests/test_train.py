@@ -513,6 +513,37 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_checkpoint(
     assert all(r["grad_norm"] > 0 and math.isfinite(r["grad_norm"]) for r in records if r["event"] == "train")
 
 
+def test_the_guard_waits_for_the_device_only_at_log_lines_evaluations_and_the_end(
+    shakespeare_char_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Between checks a step only notes its flags on the device (no host sync); the check before a log line
+    finds the first non-finite iteration, stops the run and keeps the last checkpoint, which an evaluation wrote
+    after a check. Logging every 3 steps and evaluating every 6, 9 steps make 3 checks, not 9."""
+    checks = []
+    check_step = train.check_step
+
+    def counted(*args: Any) -> tuple[str, int, int]:
+        checks.append(1)
+        return check_step(*args)
+
+    monkeypatch.setattr(train, "check_step", counted)
+    out = tmp_path / "run"
+    run_train(shakespeare_char_data, out, "--max_iters=9", "--eval_interval=6", "--log_interval=3")
+    assert len(checks) == 3  # before the log lines at 3 and 6 (and the evaluation at 6) and the end at 9
+    checks.clear()
+    poison_training_steps(monkeypatch, {6})
+    with pytest.raises(SystemExit) as e:
+        run_train(shakespeare_char_data, tmp_path / "bad", "--max_iters=12", "--eval_interval=6", "--log_interval=4")
+    assert e.value.code == train.EXIT_NONFINITE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: iteration 6: the loss is not finite; stopped at iteration 7, the next check, the last "
+                   f"checkpoint in {tmp_path / 'bad'} is kept (--nonfinite=skip skips such steps)"]  # fmt: skip
+    ckpt = load_checkpoint(str(tmp_path / "bad" / "ckpt.pt"))
+    assert ckpt["iter_num"] == 6  # the evaluation at 6 saved what the check before it found finite
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert len(checks) == 3  # after the steps of iterations 3 and 5 (before a log line, an evaluation), then 7
+
+
 def test_nonfinite_skip_skips_the_step_and_counts_it(
     shakespeare_char_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
