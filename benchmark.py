@@ -626,6 +626,13 @@ def accuracy_stats(runs: list[dict[str, Any]], n: str, key: str) -> dict[str, An
     return {"mean": mean, "std": std, "min": min(accs), "max": max(accs), "values": accs}
 
 
+def stored_pairs(n_pairs: int, n_values: int, accuracy: float) -> float:
+    """How many of n_pairs key-value pairs a model holds, from its accuracy per value over n_values possible values
+    (ARMT's estimator, arXiv 2407.04841): if s pairs are stored and the others guessed at random, accuracy is
+    (s + (n - s) / v) / n, so s = n (v a - 1) / (v - 1): 0 at chance, n when every value is right."""
+    return n_pairs * (n_values * accuracy - 1) / (n_values - 1)
+
+
 def multi_token(cells: dict[str, Any]) -> bool:
     """Whether a task's answers have several tokens (copy): then per-token accuracy says more than exact match."""
     first = next(iter(cells.values()))
@@ -734,7 +741,32 @@ def format_tables(summary: dict[str, Any]) -> str:
                 *(accuracy_row(variant, cell, "acc_token") for variant, cell in cells.items()),
                 "",
             ]
+        if (P := mqar_pairs(task)) is not None and all("acc_token" in c for c in cells.values()):
+            lines += capacity_table(task, P, round(1 / first["chance"]), cells, trained)
     return "\n".join(lines)
+
+
+def capacity_table(task: str, P: int, n_values: int, cells: dict[str, Any], trained: str) -> list[str]:
+    """mqar: the pairs each variant stores (stored_pairs of each seed's per-value accuracy), mean ± std over seeds
+    and the best seed, at every evaluated segment count."""
+    first = next(iter(cells.values()))
+    counts = list(first["acc_token"])
+    rows = []
+    for variant, cell in cells.items():
+        stats = [[stored_pairs(P, n_values, a) for a in cell["acc_token"][n]["values"]] for n in counts]
+        row = [f"{mean_std(s)[0]:.2f} ± {mean_std(s)[1]:.2f} ({max(s):.2f})" for s in stats]
+        rows.append(f"| {variant} | " + " | ".join(row) + " |")
+    return [
+        f"### {task}: pairs stored, of {P} (ARMT's estimator from the per-value accuracy, {n_values} values; mean ± "
+        "std over seeds, best seed in brackets)",
+        "",
+        trained,
+        "",
+        "| variant | " + " | ".join(f"{n} seg" for n in counts) + " |",
+        "|---|" + "---|" * len(counts),
+        *rows,
+        "",
+    ]
 
 
 def accuracy_row(variant: str, cell: dict[str, Any], key: str) -> str:

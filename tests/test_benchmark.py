@@ -169,6 +169,20 @@ def test_multi_token_answers_get_a_per_token_table() -> None:
     assert "answer-token accuracy by segments {4: 0.400}" in benchmark.describe(recs[1], GridConfig())
 
 
+def test_mqar_reports_the_pairs_each_variant_stores() -> None:
+    """ARMT's capacity estimator: 0 pairs at chance, all of them at accuracy 1, linear between; an mqar grid's
+    table.md gets it per variant and segment count."""
+    assert benchmark.stored_pairs(4, 16, 1.0) == 4 and benchmark.stored_pairs(4, 16, 1 / 16) == 0
+    assert benchmark.stored_pairs(4, 16, 0.5) == pytest.approx(4 * 7 / 15)  # 1.87: about 2 of 4 pairs
+    recs = [
+        {**record("mqar4", "k1", seed, {"4": {"acc_answer": 0.0, "acc_token": a}}), "chance_exact": 0.0625**4}
+        for seed, a in [(1, 1.0), (2, 0.5)]
+    ]
+    table = format_tables(summarize(recs))
+    assert "### mqar4: pairs stored, of 4 (ARMT's estimator from the per-value accuracy, 16 values" in table
+    assert "| k1 | 2.93 ± 1.51 (4.00) |" in table  # 4 and 1.87
+
+
 def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:
     cfg = GridConfig(tasks="recall,shakespeare_char", variants="off,k4,full")
     assert cfg.variants_for("recall") == ["off", "k4"] and cfg.variants_for("shakespeare_char") == ["off", "k4", "full"]
