@@ -15,7 +15,8 @@ written, and reports:
 - load balance: the Switch loss k * sum_j f_j P_j that training adds (1 = balanced, k = one expert takes all);
 - consistency: how often consecutive segments of a sequence keep the same top expert, beside the rate that routing
   independent from segment to segment would give with the same hard shares (sum_j f_j^2);
-- diversity: the cosine similarity of every pair of experts' states, after each write of real data;
+- diversity: the cosine similarity of every pair of experts' states, after each write of real data, and their
+  spread per segment (expert_spread: whether writing pulls them together);
 - specialisation: the mutual information, in bits, between each write's top expert and a property of the segment it
   wrote (its index 1..S; on a synthetic key/value task also the smallest key the segment holds), beside the same with
   the top experts shuffled across writes (the bias floor of the estimate) and the p-value of that permutation test;
@@ -111,6 +112,17 @@ def expert_diversity(experts: torch.Tensor) -> torch.Tensor:
     flat = experts.float().reshape(-1, k, experts.size(-2) * experts.size(-1))  # (n, k, M*D)
     unit = F.normalize(flat, dim=-1)
     return (unit @ unit.transpose(1, 2)).mean(dim=0)  # (n, k, k) -> (k, k)
+
+
+def expert_spread(experts: torch.Tensor) -> torch.Tensor:
+    """How far apart the k experts' states are, relative to their size, per sample of experts (..., k, M, D) ->
+    (...): the norm of their deviations from the experts' mean over the norm of the states. 0 when every expert
+    holds the same state; sqrt(1 - 1/k) (0.87 at k = 4) for orthogonal states of equal norm. Where cosine similarity
+    says whether the experts point the same way, this says whether writing has pulled them together."""
+    flat = experts.float().flatten(-2)  # (..., k, M*D)
+    deviation = flat - flat.mean(dim=-2, keepdim=True)
+    spread: torch.Tensor = deviation.norm(dim=(-2, -1)) / flat.norm(dim=(-2, -1)).clamp_min(1e-12)
+    return spread
 
 
 def off_diagonal_mean(matrix: torch.Tensor) -> float:
@@ -242,6 +254,7 @@ class Trace(NamedTuple):
     probs: torch.Tensor  # (S, N, k) routing probabilities of each segment's write
     gates: torch.Tensor  # (S, N, k) mean write strength of each expert in each write
     diversity: torch.Tensor  # (k, k) expert_diversity of the states after every write
+    spread: list[float]  # expert_spread after each segment's write, averaged over sequences (empty for k <= 1)
     seg_loss: list[float]  # the language-model loss per segment (over targets != -1)
     tokens: torch.Tensor  # (N, L) the input tokens of each sequence; segment s wrote tokens[:, s*T : (s+1)*T]
 
@@ -254,6 +267,7 @@ def collect(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
     model.eval()
     T, k = model.config.block_size, model.config.gmm_experts
     probs, gates, tokens, diversity, n = [], [], [], torch.zeros(k, k), 0
+    spread: torch.Tensor | None = None  # (S,) summed over sequences
     loss_sum: torch.Tensor | None = None
     count: torch.Tensor | None = None
     for X, Y in batches:
@@ -276,6 +290,8 @@ def collect(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
             probs.append(torch.stack(p))  # (S, B, k)
             gates.append(torch.stack(g))
             diversity += expert_diversity(torch.stack(experts)) * X.size(0)  # (S, B, k, M, D) -> (k, k)
+            batch_spread = expert_spread(torch.stack(experts)).sum(dim=1)  # (S, B) -> (S,)
+            spread = batch_spread if spread is None else spread + batch_spread
         tokens.append(X.cpu())
         n += X.size(0)
     if loss_sum is None or count is None:
@@ -286,6 +302,7 @@ def collect(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], de
         torch.cat(probs, dim=1) if probs else empty,
         torch.cat(gates, dim=1) if gates else empty,
         diversity / max(1, n),
+        (spread / max(1, n)).tolist() if spread is not None and k > 1 else [],
         (loss_sum / count.clamp_min(1)).tolist(),
         torch.cat(tokens),
     )
@@ -487,6 +504,7 @@ def analyze(cfg: AnalyzeConfig, progress: bool = True) -> dict[str, Any]:
         result.update(stats)
         result["diversity"] = trace.diversity.tolist()
         result["diversity_mean"] = off_diagonal_mean(trace.diversity)
+        result["spread"] = trace.spread
         # does the top expert of a write depend on what was written? (a synthetic task's keys are known token ids)
         synthetic = (ckpt.get("tokenizer_meta") or {}).get("tokenizer") == "synthetic"
         top = trace.probs.argmax(dim=-1)  # (S, N)
@@ -558,6 +576,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"consistency       {consistency}  (consecutive segments keep their top expert; "
         f"{r['consistency_chance']:.3f} if independent)",
         f"expert diversity  mean pairwise cosine similarity {r['diversity_mean']:.3f}  (1 = identical, 0 = orthogonal)",
+        f"expert spread     after each segment's write {' '.join(f'{v:.3f}' for v in r['spread'])}  (0 = the "
+        f"same state, {math.sqrt(1 - 1 / k):.2f} = orthogonal states of equal size)",
         "expert " + "".join(f"{j:>7}" for j in range(k)),
         *(f"{i:<7}" + "".join(f"{v:>7.3f}" for v in row) for i, row in enumerate(r["diversity"])),
         "",

@@ -32,7 +32,15 @@ import torch
 
 import analyze
 import train
-from analyze import NO_KEY, collect, diagnose, expert_diversity, routing_mutual_information, smallest_keys
+from analyze import (
+    NO_KEY,
+    collect,
+    diagnose,
+    expert_diversity,
+    expert_spread,
+    routing_mutual_information,
+    smallest_keys,
+)
 from common import read_metrics
 from data.common import COPY, FILLER0, KEY0, N_KEYS, QUERY, VALUE0
 from gmm import routing_stats
@@ -85,6 +93,16 @@ def test_routing_stats_by_hand() -> None:
     torch.testing.assert_close(torch.tensor(s["segment_util"]), torch.tensor([[0.6, 0.4], [0.4, 0.6], [0.25, 0.75]]))
     torch.testing.assert_close(torch.tensor(s["segment_gate"]), torch.tensor([[0.35, 0.25], [0.3, 0.15], [0.1, 0.4]]))
     assert routing_stats(PROBS[:1], GATES[:1])["consistency"] is None  # one segment: no consecutive pair
+
+
+def test_expert_spread() -> None:
+    """0 for identical experts, sqrt(1 - 1/k) for orthogonal ones of equal norm, per sample; scale-free."""
+    same = torch.randn(1, 2, 3).expand(4, 2, 3)  # (k, M, D): four copies of one state
+    assert expert_spread(same).item() == pytest.approx(0.0, abs=1e-6)
+    orth = torch.eye(4).view(4, 1, 4) * 3.0  # four orthogonal states of norm 3
+    assert expert_spread(orth).item() == pytest.approx((1 - 1 / 4) ** 0.5)
+    both = expert_spread(torch.stack([same[:, :1, :], orth[:, :, :3] + orth[:, :, 1:]]))  # (2, k, 1, 3): per sample
+    assert both.shape == (2,) and both[0].item() == pytest.approx(0.0, abs=1e-6) and both[1].item() > 0.5
 
 
 def test_expert_diversity() -> None:
@@ -354,6 +372,8 @@ def test_cli_end_to_end(gmm_run: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert result["consistency"] == pytest.approx(last["val_consistency"])
     assert result["seg_loss"] == pytest.approx(last["val_seg_loss"], rel=1e-4)
     assert (result["sequences"], result["segments"], len(result["diversity"])) == (8, 3, 3)
+    assert len(result["spread"]) == 3 and all(0 <= v <= 1 for v in result["spread"])  # after each segment's write
+    assert "expert spread     after each segment's write" in report
     (name, mi), *rest = result["routing_mi"].items()
     assert name == "segment_index" and rest == []
     assert (mi["writes"], mi["label_values"], mi["shuffles"]) == (24, 3, 200)
