@@ -14,7 +14,8 @@ training length measure length generalisation. A variant is `off` (no memory), `
 the RMT baseline), optionally followed by ablations joined with '-': `projected` (gmm_candidate), `prob`
 (gmm_write_scale), `read` (gmm_routing), `learnedwrite` (gmm_write_input=learned: the write tokens do not start from
 the read memory), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x), `nocarry` (registers: the same read
-slots, nothing carried), `rope` (rotary positions), `gate` (gmm_read_gate: the read starts as a no-op). On a text
+slots, nothing carried), `rope` (rotary positions), `gate` (gmm_read_gate: the read starts as a no-op),
+`noinitread` (gmm_read_initial=False: segment 1 has no read slots, since nothing has been written yet). On a text
 task, `full` is the upper bound: no memory and one segment of n_segments * block_size tokens, so every token sees
 the whole context (the grid runs it on text tasks only). `xl` is Transformer-XL: no memory, rope, and attention to
 the previous segment's cached keys and values. off, full and xl take only `rope` and `lr<x>`.
@@ -88,6 +89,7 @@ FLAGS: dict[str, dict[str, Any]] = {
     "decaystates": {"decay_memory_states": True},
     "rope": {"pos_emb": "rope"},
     "gate": {"gmm_read_gate": True},  # the text reads the memory through a gate that starts shut
+    "noinitread": {"gmm_read_initial": False},  # segment 1 reads nothing: the memory is empty until written
     "warmup": {"window_warmup": True},  # full only: windows of 1, 2, 4, ... segments first (train_args sets them)
 }
 WHOLE_MODEL = ("rope", "warmup")  # flags that apply without memory too (off-rope, full-rope), as lr<x> does
@@ -160,6 +162,7 @@ class GridConfig:
     dtype: str = "auto"
     compile: bool = False
     jobs: int = 0  # runs at a time; 0 = one per CPU core on a CPU (each single-threaded), 1 on a GPU
+    threads: int = 0  # torch threads per run; 0 = the CPU's cores shared among the jobs (1 each when several)
     # experiment tracking of every run (tracking.py): with trackio, the grid is one project in out_dir/trackio (or
     # $TRACKIO_DIR), runs grouped by task and named task-variant-seed<S>: `python dashboard.py
     # --trackio_dir=<out_dir>/trackio` overlays them as they train. Not part of a run's settings: turning it on
@@ -174,6 +177,10 @@ class GridConfig:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
         if not self.seeds:
             raise ValueError("seeds = [] must name at least one seed, e.g. --seeds=1,2,3")
+        if self.jobs < 0 or self.threads < 0:
+            raise ValueError(
+                f"jobs = {self.jobs} and threads = {self.threads} must be >= 0 (0 = chosen for the machine)"
+            )
         if not self.eval_segments or min(self.eval_segments) < 1:
             raise ValueError(f"eval_segments = {self.eval_segments} must be positive segment counts")
         for task in self.task_list:
@@ -452,7 +459,7 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
     check_writable_dir(cfg.data_dir, "data_dir")
     on_cpu = device == "cpu"
     jobs = cfg.jobs or (os.cpu_count() or 1 if on_cpu else 1)
-    threads = 1 if on_cpu and jobs > 1 else max(1, (os.cpu_count() or 1) // jobs)
+    threads = cfg.threads or (1 if on_cpu and jobs > 1 else max(1, (os.cpu_count() or 1) // jobs))
     os.makedirs(cfg.out_dir, exist_ok=True)
     records, todo = plan_runs(cfg, prepare_data(cfg), threads)
     print(

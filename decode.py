@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch.nn import functional as F
 
-from gmm import GatedMemoryMixture
+from gmm import GatedMemoryMixture, Memory
 
 # model.py imports this module (GPT.generate, GPT.stream, its KV cache), so what decoding needs of a GPT is named
 # here as protocols, not imported from there
@@ -27,6 +27,7 @@ class ModelShape(Protocol):
     n_embd: int
     xl_attention: bool
     gmm_carry: bool
+    gmm_read_initial: bool
 
 
 class Decodable(Protocol):
@@ -149,8 +150,12 @@ class SegmentDecoder:
     def start_segment(self) -> None:
         self.cache.reset()
         self.t = 0
-        if self.model.memory is not None and self.memory is not None:
+        if self.model.memory is not None and self.memory is not None and self.reads(self.memory):
             self.model.extend_cache(self.model.memory.read(self.memory), self.cache)
+
+    def reads(self, memory: Memory) -> bool:
+        """Whether a segment starts with read slots: unless the memory is empty and gmm_read_initial is off."""
+        return not memory.empty or self.model.config.gmm_read_initial
 
     def end_segment(self) -> None:
         memory_module = self.model.memory

@@ -51,6 +51,7 @@ class Memory(NamedTuple):
 
     experts: torch.Tensor  # (B, banks, M, D) the expert banks: k routed ones, then the shared one if any
     route: torch.Tensor  # (B, k) the read weights the write that produced them left (uniform before the first write)
+    empty: bool = False  # nothing has been written yet: the initial states (what gmm_read_initial = False skips)
 
 
 class Routing(NamedTuple):
@@ -213,7 +214,7 @@ class GatedMemoryMixture(nn.Module):
         states = self.init_states * mask + self.init_states.detach() * (1 - mask)  # fixed experts get no gradient
         experts = states.unsqueeze(0).expand(batch_size, -1, -1, -1)  # (B, banks, M, D)
         route = torch.full((batch_size, self.n_experts), 1.0 / self.n_experts, device=states.device)
-        return Memory(experts, route.to(states.dtype))
+        return Memory(experts, route.to(states.dtype), empty=True)
 
     def read(self, memory: Memory) -> torch.Tensor:
         """memory -> the read slots' input embeddings (B, R, D)"""

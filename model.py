@@ -81,6 +81,10 @@ class GPTConfig:
     # a per-head gate tanh(g), g = 0 at first: a fresh model's text ignores the memory exactly (as with memory off)
     # and can only learn to use it. False: the read slots are keys like any other (RMT)
     gmm_read_gate: bool = False
+    # False: a memory nothing has been written to is not read: the first segment has no read slots, its text first
+    # and its write tokens after it (an empty memory, as ARMT starts from), so segment 1 runs as without memory.
+    # True: every segment reads, the first one the learned initial states (RMT)
+    gmm_read_initial: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "gmm_slots"):
@@ -125,7 +129,13 @@ class GPTConfig:
         if self.gmm_experts <= 1:  # one bank or none: nothing to route, so a config's mixture settings do not apply
             self.gmm_top_k, self.gmm_shared_expert = 0, False
         if self.gmm_experts == 0:
-            self.gmm_read_gate = False
+            self.gmm_read_gate, self.gmm_read_initial = False, True
+        if not self.gmm_read_initial and (self.gmm_read_gate or not self.gmm_carry):
+            raise ValueError(
+                "gmm_read_initial = False leaves the first segment without read slots: it needs gmm_carry = True "
+                "(registers read the initial memory in every segment) and gmm_read_gate = False (the gate takes "
+                "the first positions for read slots)"
+            )
         if self.gmm_init_scale < 0 or self.gmm_read_scale < 0:
             raise ValueError(
                 f"gmm_init_scale = {self.gmm_init_scale} and gmm_read_scale = {self.gmm_read_scale} must be >= 0"
@@ -457,7 +467,7 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
             if self.memory is not None and s > 0 and not self.config.gmm_carry:
                 memory = self.memory.initial(B)  # registers: the slots are read, nothing is carried
             elif memory is not None and bptt_segments > 0 and s > 0 and s % bptt_segments == 0:
-                memory = Memory(memory.experts.detach(), memory.route.detach())
+                memory = memory._replace(experts=memory.experts.detach(), route=memory.route.detach())
             chunk = idx[:, start : start + T]
             if targets is None:
                 skip = start + T < L  # without targets only the final segment's logits are used
@@ -565,6 +575,10 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
             return h, None, None
         R, T = self.memory.n_read, idx.size(1)
         read = self.memory.read(memory).to(x.dtype)  # (B, R, D)
+        if memory.empty and not self.config.gmm_read_initial:  # nothing to read yet: [tokens][write tokens]
+            h = self.transformer.ln_f(self.run_blocks(torch.cat([x, self.memory.write_tokens(read)], dim=1)))
+            memory, routing = self.memory.write(memory, h[:, T:])
+            return h[:, :T], memory, routing
         x = torch.cat([read, x, self.memory.write_tokens(read)], dim=1)  # (B, R + T + R, D)
         h = self.transformer.ln_f(self.run_blocks(x))
         memory, routing = self.memory.write(memory, h[:, R + T :])

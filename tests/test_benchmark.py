@@ -52,6 +52,7 @@ def test_variant_settings() -> None:
     assert variant_settings("k1-nocarry", text=True)["gmm_carry"] is False
     assert variant_settings("k4-lb0", text=True)["gmm_load_balance"] == 0.0
     assert variant_settings("k1-decaystates", text=True)["decay_memory_states"] is True
+    assert variant_settings("k1-rope-noinitread", text=True)["gmm_read_initial"] is False
     assert variant_settings("xl", text=True) == {"gmm_experts": 0, "pos_emb": "rope", "xl_attention": True}
     order = ["full-rope", "xl", "k4-top2-shared", "off-rope", "k1-rope", "off"]
     assert sorted(order, key=benchmark.variant_order) == [
@@ -123,6 +124,7 @@ def test_bad_settings_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
         ("--tasks=mqar17", "mqar<P> takes 1 <= P <= 16 pairs"),
         ("--seeds=[]", "at least one seed"),
         ("--eval_segments=[0,2]", "positive segment counts"),
+        ("--threads=-1", "must be >= 0 (0 = chosen for the machine)"),
         ("--max_iter=3", "did you mean 'max_iters'"),
     ]:
         with pytest.raises(SystemExit) as exit_info:

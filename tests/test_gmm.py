@@ -345,6 +345,8 @@ def test_initial_states() -> None:
         dict(gmm_experts=1, gmm_read_gate=True),
         dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, gmm_read_gate=True, pos_emb="rope"),
         dict(gmm_experts=4, gmm_read="concat", gmm_read_gate=True),
+        dict(gmm_experts=1, gmm_read_initial=False, pos_emb="rope"),
+        dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, gmm_read_initial=False),
     ],
     ids=mode_id,
 )
@@ -396,6 +398,33 @@ def test_xl_attention_is_causal_attention_over_two_segments() -> None:
         GPTConfig(xl_attention=True)
     with pytest.raises(ValueError, match="gmm_experts = 0"):
         GPTConfig(xl_attention=True, pos_emb="rope", gmm_experts=1)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_an_empty_memory_is_not_read(pos_emb: str) -> None:
+    """gmm_read_initial = False: segment 1 (nothing written yet) has no read slots, so its logits are those of memory
+    off with the same weights; it still writes, segment 2 reads it (segment 1's tokens reach segment 2), and the
+    gradient reaches the initial states through the write tokens. Combinations that need segment 1's read slots
+    are refused."""
+    mode = dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, pos_emb=pos_emb)
+    model, off = tiny(**mode, gmm_read_initial=False), tiny(pos_emb=pos_emb)
+    off.load_state_dict({k: v for k, v in model.state_dict().items() if k in off.state_dict()})
+    idx = torch.randint(V, (2, 2 * T))
+    changed = idx.clone()
+    changed[:, :T] = (changed[:, :T] + 7) % V
+    with torch.no_grad():
+        logits = model(idx, idx)[0]
+        torch.testing.assert_close(logits[:, :T], off(idx, idx)[0][:, :T], atol=1e-6, rtol=0)
+        assert (logits[:, T:] - model(changed, changed)[0][:, T:]).abs().max() > 1e-4
+    model.train()
+    loss = model(idx, idx)[1]
+    assert loss is not None and model.memory is not None
+    (grad,) = torch.autograd.grad(loss, [model.memory.init_states])
+    assert grad.abs().sum() > 0
+    for bad in (dict(gmm_carry=False), dict(gmm_read_gate=True)):
+        with pytest.raises(ValueError, match="gmm_read_initial = False leaves the first segment without read slots"):
+            GPTConfig(gmm_experts=1, gmm_read_initial=False, **bad)  # type: ignore[arg-type]
+    assert GPTConfig(gmm_experts=0, gmm_read_initial=False).gmm_read_initial  # no memory: nothing to skip
 
 
 @pytest.mark.parametrize("pos_emb", ["learned", "rope"])
@@ -499,17 +528,19 @@ def test_truncated_bptt_stops_gradient() -> None:
 
 @pytest.mark.parametrize("mode", ["block", "segment"])
 @pytest.mark.parametrize("loss_chunk", [0, 3 * V])
+@pytest.mark.parametrize("read_initial", [True, False])
 def test_gradient_checkpointing_with_memory_gives_same_gradients(
-    mode: str, loss_chunk: int, monkeypatch: pytest.MonkeyPatch
+    mode: str, loss_chunk: int, read_initial: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Recomputing each block, or each whole segment (only the memory between segments kept), in backward gives
     plain backprop's loss and gradients, with dropout on (the recompute replays the same masks), with the logits
-    not kept, and with the head's loss in chunks of 3 rows (each chunk recomputed in backward)."""
+    not kept, and with the head's loss in chunks of 3 rows (each chunk recomputed in backward); segment 1 with read
+    slots or without (gmm_read_initial)."""
     if loss_chunk:
         monkeypatch.setattr(model_module, "LOSS_CHUNK", loss_chunk)
     results = []
     for ckpt, keep in (("none", True), (mode, False)):
-        model = tiny(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, dropout=0.1)
+        model = tiny(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, dropout=0.1, gmm_read_initial=read_initial)
         model.train()
         model.gradient_checkpointing = ckpt
         idx = torch.randint(V, (2, 3 * T), generator=torch.Generator().manual_seed(3))
