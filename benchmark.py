@@ -20,8 +20,9 @@ task, `full` is the upper bound: no memory and one segment of n_segments * block
 the whole context (the grid runs it on text tasks only). `xl` is Transformer-XL: no memory, rope, and attention to
 the previous segment's cached keys and values. off, full and xl take only `rope` and `lr<x>`.
 
-Synthetic tasks (recall, copy, needle: data/<task>/prepare.py) train the small model set by the fields below with
-a segment curriculum; a text task trains its config (TEXT: shakespeare_char the quick start, pycode_char its
+Synthetic tasks (recall, copy, needle, mqar<P>: P pairs asked at once, spread: one pair a segment, rewrite<K>: K
+keys written again and again; data/<task>/prepare.py) train the small model set by the fields below with a segment
+curriculum, and the tasks with pairs also get a table of the pairs each variant stores (stored_pairs); a text task trains its config (TEXT: shakespeare_char the quick start, pycode_char its
 8-segment sibling on Python source) and is evaluated on val at every position. Writes, under out_dir:
 - runs/<task>/<variant>/seed<S>/: train.py's out_dir (ckpt.pt, metrics.jsonl) and train.log;
 - <task>_<variant>_seed<S>.json: one record per run (settings, accuracy and loss at each segment count, curve);
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -113,22 +115,43 @@ def mqar_pairs(task: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def spread_keys(task: str) -> int | None:
+    """For the spread tasks (data/spread): 0 for spread (one new key a segment, all asked), K for rewrite<K> (K keys
+    written again and again, the latest value asked); None for other tasks."""
+    if task == "spread":
+        return 0
+    match = re.fullmatch(r"rewrite([1-9]\d*)", task)
+    return int(match.group(1)) if match else None
+
+
 def is_synthetic(task: str) -> bool:
-    return task in SYNTHETIC or mqar_pairs(task) is not None
+    return task in SYNTHETIC or mqar_pairs(task) is not None or spread_keys(task) is not None
 
 
 def task_order(task: str) -> tuple[int, int, str]:
-    """recall, copy, needle, mqar by P, then text."""
+    """recall, copy, needle, mqar by P, spread, rewrite by K, then text."""
     if task in TEXT:
-        return (2, 0, task)
+        return (3, 0, task)
+    if (K := spread_keys(task)) is not None:
+        return (2, K, task)
     P = mqar_pairs(task)
     return (1, P, task) if P is not None else (0, SYNTHETIC.index(task) if task in SYNTHETIC else 0, task)
+
+
+def pairs_asked(task: str, n_segments: int) -> int | None:
+    """How many key-value pairs an episode of the task asks for (what stored_pairs counts against): mqar<P> P,
+    spread one a segment but the last, rewrite<K> K; None for tasks without pairs."""
+    if (P := mqar_pairs(task)) is not None:
+        return P
+    K = spread_keys(task)
+    return None if K is None else (K or max(1, n_segments - 1))
 
 
 @dataclass
 class GridConfig:
     out_dir: str = "results"
-    tasks: str = "recall"  # comma-separated: recall, copy, needle, mqar<P> (synthetic), shakespeare_char, pycode_char
+    # comma-separated: recall, copy, needle, mqar<P>, spread, rewrite<K> (synthetic), shakespeare_char, pycode_char
+    tasks: str = "recall"
     variants: str = "off,k1,k4,k4-projected,k4-prob,k4-bptt2"  # comma-separated, see the docstring
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     # synthetic tasks: the model and schedule of every run
@@ -185,10 +208,24 @@ class GridConfig:
             raise ValueError(f"eval_segments = {self.eval_segments} must be positive segment counts")
         for task in self.task_list:
             if not is_synthetic(task) and task not in TEXT:
-                raise ValueError(f"task '{task}' must be one of {', '.join((*SYNTHETIC, *TEXT))} or mqar<P> (P pairs)")
+                raise ValueError(
+                    f"task '{task}' must be one of {', '.join((*SYNTHETIC, 'spread', *TEXT))}, mqar<P> (P pairs) or "
+                    "rewrite<K> (K keys)"
+                )
         for task in self.task_list:
             if not 1 <= (mqar_pairs(task) or 1) <= 16:
                 raise ValueError(f"task '{task}': mqar<P> takes 1 <= P <= 16 pairs, one per key of the vocabulary")
+            if not 2 * (spread_keys(task) or 1) <= min(32, self.block_size):
+                raise ValueError(
+                    f"task '{task}': rewrite<K> takes 1 <= K <= 16 keys, whose K queries fit one segment of "
+                    f"{self.block_size} tokens (2K <= block_size)"
+                )
+            high = max_segments(task, self)
+            if high is not None and max(self.n_segments, *self.segment_curriculum) > high:
+                raise ValueError(
+                    f"task '{task}' asks for every pair in its last segment: at most {high} segments of "
+                    f"{self.block_size} tokens to train on (n_segments = {self.n_segments})"
+                )
             if is_synthetic(task) and not task_lengths(task, self)[1]:
                 raise ValueError(
                     f"task '{task}' needs episodes of >= {min_segments(task, self)} segments of {self.block_size} "
@@ -267,28 +304,42 @@ def task_prepare_args(task: str, cfg: GridConfig) -> list[str]:
         return ["--copy_len", str(cfg.copy_len)]
     if mqar_pairs(task) is not None:
         return ["--n_pairs", str(mqar_pairs(task))]
+    if (K := spread_keys(task)) is not None:
+        return ["--n_keys", str(K)]
     return []
 
 
 def task_dataset(task: str) -> tuple[str, str]:
     """(the dataset's prepare script name, the data_dir that holds its folder) of a synthetic task in this grid:
     mqar<P> is dataset mqar, each P in a folder of its own."""
-    P = mqar_pairs(task)
+    P, K = mqar_pairs(task), spread_keys(task)
+    if K is not None:  # spread and rewrite<K> are dataset spread, each K in a folder of its own
+        return "spread", f"k{K}"
     return ("mqar", f"p{P}") if P is not None else (task, "")
 
 
 def min_segments(task: str, cfg: GridConfig) -> int:
     """The fewest segments an episode of the task can have: one, or for mqar, pairs and queries in different segments
     (one segment is its no-gap control when it holds both)."""
+    if (K := spread_keys(task)) is not None:  # rewrite<K>: K pairs, one a segment, before the queries' segment
+        return K + 1 if K else 1
     P = mqar_pairs(task)
     return 1 if P is None or cfg.block_size >= 4 * P else 2 * -(-2 * P // cfg.block_size)
 
 
+def max_segments(task: str, cfg: GridConfig) -> int | None:
+    """The most segments an episode of the task can have, or None: spread asks for every pair in its last segment,
+    so it holds at most block_size / 2 queries and 16 distinct keys."""
+    if spread_keys(task) == 0:
+        return min(16, cfg.block_size // 2) + 1
+    return None
+
+
 def task_lengths(task: str, cfg: GridConfig) -> tuple[list[int], list[int]]:
     """The task's curriculum (stages below its minimum length raised to it) and its evaluation lengths (those below
-    its minimum dropped)."""
-    low = min_segments(task, cfg)
-    return [max(low, n) for n in cfg.segment_curriculum], [n for n in cfg.eval_segments if n >= low]
+    its minimum, or above its maximum, dropped)."""
+    low, high = min_segments(task, cfg), max_segments(task, cfg) or math.inf
+    return [max(low, n) for n in cfg.segment_curriculum], [n for n in cfg.eval_segments if low <= n <= high]
 
 
 def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str) -> list[str]:
@@ -748,28 +799,29 @@ def format_tables(summary: dict[str, Any]) -> str:
                 *(accuracy_row(variant, cell, "acc_token") for variant, cell in cells.items()),
                 "",
             ]
-        if (P := mqar_pairs(task)) is not None and all("acc_token" in c for c in cells.values()):
-            lines += capacity_table(task, P, round(1 / first["chance"]), cells, trained)
+        if pairs_asked(task, 1) is not None and all("acc_token" in c for c in cells.values()):
+            lines += capacity_table(task, round(1 / first["chance"]), cells, trained)
     return "\n".join(lines)
 
 
-def capacity_table(task: str, P: int, n_values: int, cells: dict[str, Any], trained: str) -> list[str]:
-    """mqar: the pairs each variant stores (stored_pairs of each seed's per-value accuracy), mean ± std over seeds
-    and the best seed, at every evaluated segment count."""
+def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str) -> list[str]:
+    """mqar, spread, rewrite: the pairs each variant stores (stored_pairs of each seed's per-value accuracy), mean ±
+    std over seeds and the best seed, at every evaluated segment count, of the pairs asked there."""
     first = next(iter(cells.values()))
     counts = list(first["acc_token"])
+    asked = {n: pairs_asked(task, int(n)) or 0 for n in counts}
     rows = []
     for variant, cell in cells.items():
-        stats = [[stored_pairs(P, n_values, a) for a in cell["acc_token"][n]["values"]] for n in counts]
+        stats = [[stored_pairs(asked[n], n_values, a) for a in cell["acc_token"][n]["values"]] for n in counts]
         row = [f"{mean_std(s)[0]:.2f} ± {mean_std(s)[1]:.2f} ({max(s):.2f})" for s in stats]
         rows.append(f"| {variant} | " + " | ".join(row) + " |")
     return [
-        f"### {task}: pairs stored, of {P} (ARMT's estimator from the per-value accuracy, {n_values} values; mean ± "
-        "std over seeds, best seed in brackets)",
+        f"### {task}: pairs stored (ARMT's estimator from the per-value accuracy, {n_values} values; mean ± std over "
+        "seeds, best seed in brackets)",
         "",
         trained,
         "",
-        "| variant | " + " | ".join(f"{n} seg" for n in counts) + " |",
+        "| variant | " + " | ".join(f"{n} seg, of {asked[n]}" for n in counts) + " |",
         "|---|" + "---|" * len(counts),
         *rows,
         "",

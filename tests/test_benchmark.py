@@ -120,7 +120,7 @@ def test_bad_settings_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
         ("--variants=off,k9", "k1..k8"),
         ("--variants=off,full", "add one to tasks"),
         ("--tasks=recall,sorting", "task 'sorting' must be one of"),
-        ("--tasks=mqar", "or mqar<P> (P pairs)"),
+        ("--tasks=mqar", "mqar<P> (P pairs) or rewrite<K> (K keys)"),
         ("--tasks=mqar17", "mqar<P> takes 1 <= P <= 16 pairs"),
         ("--seeds=[]", "at least one seed"),
         ("--eval_segments=[0,2]", "positive segment counts"),
@@ -181,8 +181,34 @@ def test_mqar_reports_the_pairs_each_variant_stores() -> None:
         for seed, a in [(1, 1.0), (2, 0.5)]
     ]
     table = format_tables(summarize(recs))
-    assert "### mqar4: pairs stored, of 4 (ARMT's estimator from the per-value accuracy, 16 values" in table
+    assert "### mqar4: pairs stored (ARMT's estimator from the per-value accuracy, 16 values" in table
+    assert "| variant | 4 seg, of 4 |" in table
     assert "| k1 | 2.93 ± 1.51 (4.00) |" in table  # 4 and 1.87
+
+
+def test_spread_tasks_in_the_grid() -> None:
+    """spread (one new pair a segment, all asked) and rewrite<K> (K keys written again and again) are the grid's
+    tasks too: their data folders, lengths (spread has a longest episode: every query fits its last segment) and
+    the pairs each length asks for; a bad K or a too long spread is one line."""
+    cfg = GridConfig(tasks="spread,rewrite2,mqar4", block_size=16, eval_segments=[4, 8, 16], n_segments=4,
+                     segment_curriculum=[1, 2, 3, 4])  # fmt: skip
+    assert [benchmark.spread_keys(t) for t in ("spread", "rewrite2", "mqar4", "rewrite")] == [0, 2, None, None]
+    assert benchmark.task_dataset("spread") == ("spread", "k0") and benchmark.task_dataset("rewrite2") == (
+        "spread",
+        "k2",
+    )
+    assert benchmark.task_prepare_args("rewrite2", cfg) == ["--n_keys", "2"]
+    assert benchmark.task_lengths("spread", cfg) == ([1, 2, 3, 4], [4, 8])  # 16 segments: 15 queries > 16 / 2
+    assert benchmark.task_lengths("rewrite2", cfg) == ([3, 3, 3, 4], [4, 8, 16])
+    assert [benchmark.pairs_asked("spread", n) for n in (1, 4, 8)] == [1, 3, 7]
+    assert benchmark.pairs_asked("rewrite2", 16) == 2 and benchmark.pairs_asked("mqar4", 8) == 4
+    assert benchmark.pairs_asked("recall", 4) is None
+    assert sorted(["rewrite2", "spread", "pycode_char", "mqar4", "recall"], key=benchmark.task_order) == [
+        "recall", "mqar4", "spread", "rewrite2", "pycode_char"]  # fmt: skip
+    with pytest.raises(ValueError, match="rewrite<K> takes 1 <= K <= 16 keys"):
+        GridConfig(tasks="rewrite9", block_size=16)
+    with pytest.raises(ValueError, match="at most 9 segments of 16 tokens to train on"):
+        GridConfig(tasks="spread", block_size=16, n_segments=10, eval_segments=[10])
 
 
 def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:

@@ -271,6 +271,10 @@ BAD_ARGS = [
     ("mqar", ["--n_pairs", "9", "--n_segments", "3"], "--n_segments 3"),  # pairs fill 2 segments, queries 2 more
     ("mqar", ["--n_pairs", "3", "--n_segments", "2", "--block_size", "5"], "need >= 4"),
     ("mqar", ["--n_segments", "1", "--block_size", "12"], "--block_size 12"),  # 4 pairs and their queries: 16
+    ("spread", ["--n_segments", "18", "--block_size", "64"], "at most 16 distinct keys"),
+    ("spread", ["--n_segments", "8", "--block_size", "12"], "--block_size 12"),  # 7 queries need 14 tokens
+    ("spread", ["--n_segments", "3", "--n_keys", "3"], "need >= 4"),
+    ("spread", ["--n_keys", "-1"], "--n_keys"),
 ]
 
 
@@ -283,6 +287,82 @@ def test_bad_argument(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
     assert not out_dir.exists()
+
+
+def oracle_spread(ep: list[int], T: int, n_keys: int) -> dict[int, int]:
+    """One pair in each segment but the last (with one segment, one pair before the query); the last segment ends
+    with every key written, once each, each followed by the value written for it last."""
+    L = len(ep)
+    S = L // T
+    pairs = max(1, S - 1)
+    latest: dict[int, int] = {}
+    for s in range(pairs):
+        seg = ep[s * T : (s + 1) * T] if S > 1 else ep[: T - 2]
+        at = [i for i, t in enumerate(seg) if is_key(t)]
+        assert len(at) == 1 and is_value(seg[at[0] + 1]), "one pair in the segment"
+        assert sum(is_value(t) for t in seg) == 1
+        latest[seg[at[0]]] = seg[at[0] + 1]
+    Q = len(latest)
+    assert (n_keys or pairs) == Q, "remember: every pair a new key; rewrite: the K keys, each at least once"
+    queried = ep[L - 2 * Q :: 2]
+    assert sorted(queried) == sorted(latest), "every key asked for once"
+    body = ep[pairs * T : L - 2 * Q] if S > 1 else []
+    assert not any(is_key(t) or is_value(t) for t in body), "only fillers before the queries in the last segment"
+    return {L - 2 * Q + 2 * j + 1: latest[k] for j, k in enumerate(queried)}
+
+
+@pytest.mark.parametrize(("n_segments", "n_keys"), [(1, 0), (2, 0), (4, 0), (17, 0), (4, 2), (9, 3), (3, 2)])
+def test_spread_layout(n_segments: int, n_keys: int, tmp_path: Path) -> None:
+    """Every episode read as a person would (oracle_spread) has its answers where the mask says; the number of
+    facts grows with the episode (remember) or stays K (rewrite), and a rewritten key is asked for its last value."""
+    T = 32
+    meta = prepare("spread", tmp_path, "--n_segments", str(n_segments), "--block_size", str(T), "--n_keys", str(n_keys))
+    P, Q = max(1, n_segments - 1), n_keys or max(1, n_segments - 1)
+    assert (meta["n_pairs"], meta["n_keys"], meta["answer_len"]) == (P, n_keys, Q)
+    tokens, mask = episodes(tmp_path, "train", meta["episode_len"])
+    assert (mask.sum(axis=1) == Q).all() and not mask[:, 0].any()
+    rewritten = 0
+    for ep, m in zip(tokens.tolist(), mask, strict=True):
+        answers = oracle_spread(ep, T, n_keys)
+        assert sorted(answers) == np.flatnonzero(m).tolist()
+        assert all(ep[i] == v for i, v in answers.items())
+        written = ep[: P * T] if n_segments > 1 else ep[: T - 2]  # the pairs, without the queries
+        rewritten += sum(1 for k in set(written) if is_key(k) and written.count(k) > 1)
+    assert (rewritten > 0) == (P > Q)  # rewrite: keys do come back
+
+
+def test_spread_by_hand() -> None:
+    """A hand-built rewrite episode: K = 2 keys over 4 pair segments; the answers are the values written last."""
+    prep = load_prepare("spread")
+
+    class Fixed:  # the draws of one episode, in the order generate makes them
+        def __init__(self) -> None:
+            self.draws = [
+                np.full((1, 20), FILLER0, dtype=np.int64),  # fillers: all f0
+                np.array([[0.5, 0.1] + [0.9] * 14]),  # distinct_keys: argsort -> k1, k0 first
+                np.array([[0, 1]]),  # the two later pairs rewrite key 0 (k1), then key 1 (k0)
+                np.array([[VALUE0 + 3, VALUE0 + 4, VALUE0 + 5, VALUE0 + 6]]),  # values
+                np.array([[0, 1, 0, 1]]),  # offsets within each 4-token segment
+                np.array([[0.2, 0.1]]),  # query order: key 1 (k0), then key 0 (k1)
+            ]
+
+        def integers(self, *args: object, **kwargs: object) -> np.ndarray:
+            return self.draws.pop(0)
+
+        random = integers
+
+    f, k0, k1 = FILLER0, KEY0, KEY0 + 1
+    v = [VALUE0 + i for i in range(16)]
+    tokens, mask = prep.generate(Fixed(), 1, n_segments=5, block_size=4, n_keys=2)
+    assert tokens.shape == (1, 20)
+    assert tokens[0].tolist() == [
+        k1, v[3], f, f,  # segment 1: k1 = v3
+        f, k0, v[4], f,  # segment 2: k0 = v4
+        k1, v[5], f, f,  # segment 3: k1 = v5, rewritten
+        f, k0, v[6], f,  # segment 4: k0 = v6, rewritten
+        k0, v[6], k1, v[5],  # the queries: k0 then k1, with their last values
+    ]  # fmt: skip
+    assert mask[0].tolist() == [0] * 17 + [1, 0, 1]
 
 
 def test_synthetic_tokenizer_round_trip(tmp_path: Path) -> None:

@@ -1,0 +1,108 @@
+"""Facts spread over time: one key-value pair in each segment, every key asked for at the end (ARMT's "remember",
+arXiv 2407.04841), and a rewrite variant in which keys come back with new values and the latest one is the answer.
+
+    python data/spread/prepare.py [--out_dir DIR] [--n_segments 4] [--block_size 16] [--n_keys 0]
+                                  [--train_episodes 20000] [--val_episodes 500] [--seed 1337]
+
+An episode is n_segments segments of block_size tokens. Segments 1..S-1 each hold one pair, `k v`, at a random
+place among fillers; the last segment ends with the queries, the keys in a fresh order, each followed by its value
+(the answers, mask 1):
+
+    segment 1          f12 f3 k3 v7 f40 ...          one pair
+    segment 2          f8 k9 v1 f2 ...               one pair
+    segment 3          f33 f5 f19 k0 v4 ...          one pair
+    segment 4          ... f8 k9 v1 k3 v7 k0 v4      the queries: every key, each with its (latest) value
+
+- n_keys 0 (remember): S - 1 pairs with distinct keys, all asked for: the number of facts grows with the episode
+  (3 at 4 segments, 7 at 8, 15 at 16), so evaluating at 2x and 4x the trained length asks for 2x and 4x as many.
+  One segment is the no-gap control: one pair, then its query, in the same segment.
+- n_keys K (rewrite): the first K pairs are K distinct keys, every later pair one of them again with a fresh value;
+  the K keys are asked for, and the answer is the value written last. One memory bank is rewritten by every
+  segment; routing can leave a bank untouched until its key comes back. Needs S >= K + 1.
+
+The measure is the per-answer accuracy (train.py's acc_token, chance 1/16); the pairs a model holds follow from it
+(benchmark.py's stored_pairs). Writes train.bin, val.bin, train_mask.bin, val_mask.bin and meta.json; see
+data/README.md for the reading contract.
+"""
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # run as a script, only data/spread is on the path; data/common.py is 2 up
+from data.common import (  # noqa: E402
+    N_KEYS,
+    N_VALUES,
+    VALUE0,
+    UsageError,
+    distinct_keys,
+    episode_parser,
+    fillers,
+    nonnegative_int,
+    prepare_episodes,
+)
+
+
+def layout(n_segments: int, n_keys: int) -> tuple[int, int]:
+    """(pairs written, keys asked for) of an episode: S - 1 and S - 1 (one pair for one segment), or S - 1 and K."""
+    pairs = max(1, n_segments - 1)
+    return pairs, (n_keys or pairs)
+
+
+def generate(
+    rng: np.random.Generator, n: int, n_segments: int, block_size: int, n_keys: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """n episodes: tokens and answer mask, both (n, n_segments * block_size)."""
+    S, T = n_segments, block_size
+    P, Q = layout(S, n_keys)
+    L, rows = S * T, np.arange(n)[:, None]
+    tokens = fillers(rng, n, L)
+    keys = distinct_keys(rng, n, Q)  # (n, Q): the episode's keys
+    # which key each pair writes: every key once first (remember: that is all), then keys drawn again (rewrite)
+    which = np.concatenate([np.tile(np.arange(Q), (n, 1)), rng.integers(0, Q, size=(n, P - Q))], axis=1)  # (n, P)
+    pair_keys = keys[rows, which]
+    values = rng.integers(VALUE0, VALUE0 + N_VALUES, size=(n, P))
+    # pair j sits in segment j at a random offset; with one segment, before the query that closes it
+    room = T - 1 if S > 1 else T - 3
+    starts = np.arange(P) * T + rng.integers(0, room, size=(n, P))  # (n, P)
+    tokens[rows, starts], tokens[rows, starts + 1] = pair_keys, values
+    # the latest value of each key: later pairs overwrite earlier ones in this scatter, in order
+    latest = np.zeros((n, Q), dtype=np.int64)
+    for j in range(P):
+        latest[np.arange(n), which[:, j]] = values[:, j]
+    order = np.argsort(rng.random((n, Q)), axis=1)  # the keys asked in a fresh order
+    queries = np.stack([keys[rows, order], latest[rows, order]], axis=2).reshape(n, 2 * Q)
+    tokens[:, L - 2 * Q :] = queries
+    mask = np.zeros((n, L), dtype=np.uint8)
+    mask[:, L - 2 * Q + 1 :: 2] = 1
+    return tokens, mask
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = episode_parser("Prepare the spread memory task: one pair a segment, every key asked for at the end.", HERE)
+    parser.add_argument(
+        "--n_keys", type=nonnegative_int, default=0, help="0: every pair a new key (remember); K: K keys rewritten"
+    )
+    try:
+        args = parser.parse_args(argv)
+        S, T, K = args.n_segments, args.block_size, args.n_keys
+        P, Q = layout(S, K)
+        if Q > N_KEYS:
+            raise UsageError(f"--n_segments {S} writes {Q} keys: at most {N_KEYS} distinct keys (n_segments <= 17)")
+        if K and S < K + 1:
+            raise UsageError(f"--n_segments {S} is too few to write {K} keys one a segment and ask: need >= {K + 1}")
+        if 2 * Q > T or (S == 1 and T < 4):
+            need = 4 if S == 1 else 2 * Q
+            raise UsageError(f"--block_size {T} cannot hold the last segment's {Q} queries: need >= {need}")
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    gen = partial(generate, n_segments=S, block_size=T, n_keys=K)
+    return prepare_episodes(args, "spread", gen, answer_len=Q, settings={"n_keys": K, "n_pairs": P})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
