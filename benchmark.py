@@ -22,8 +22,9 @@ the previous segment's cached keys and values. off, full and xl take only `rope`
 
 Synthetic tasks (recall, copy, needle, mqar<P>: P pairs asked at once, spread: one pair a segment, rewrite<K>: K
 keys written again and again; data/<task>/prepare.py) train the small model set by the fields below with a segment
-curriculum, and the tasks with pairs also get a table of the pairs each variant stores (stored_pairs); a text task trains its config (TEXT: shakespeare_char the quick start, pycode_char its
-8-segment sibling on Python source) and is evaluated on val at every position. Writes, under out_dir:
+curriculum, and the tasks with pairs also get a table of the pairs each variant stores (stored_pairs); a text task
+trains its config (TEXT: shakespeare_char the quick start, pycode_char its 8-segment sibling on Python source) and
+is evaluated on val at every position. Writes, under out_dir:
 - runs/<task>/<variant>/seed<S>/: train.py's out_dir (ckpt.pt, metrics.jsonl) and train.log;
 - <task>_<variant>_seed<S>.json: one record per run (settings, accuracy and loss at each segment count, curve);
 - table.md (mean +- sample std over seeds; text: also each variant minus no memory with the same positions, seed

@@ -1,10 +1,10 @@
 """The README's and RESULTS.md's commands run as written, with small overrides, so the documentation cannot rot.
 
-Every `uv run ...` and `torchrun ...` line in their bash blocks (the README's first) is executed in order, as a subprocess from
-the repo root, with overrides that make it tiny and offline: a 1-layer model, 2 iterations, CPU, outputs in a
-temporary directory, data prepared from ../shared instead of downloaded, a random local GPT-2 instead of OpenAI's
-weights, 2 CPU processes instead of 8 GPUs, an export without its upload to the Hub, and a dashboard stopped once
-its page answers. `uv run pytest` itself is what CI runs, so it is skipped here.
+Every `uv run ...` and `torchrun ...` line in their bash blocks (the README's first) is executed in order, as a
+subprocess from the repo root, with overrides that make it tiny and offline: a 1-layer model, 2 iterations, CPU,
+outputs in a temporary directory, data prepared from ../shared instead of downloaded, a random local GPT-2 instead
+of OpenAI's weights, 2 CPU processes instead of 8 GPUs, an export without its upload to the Hub, and a dashboard
+stopped once its page answers. `uv run pytest` itself is what CI runs, so it is skipped here.
 """
 
 from __future__ import annotations
