@@ -15,7 +15,9 @@ the RMT baseline), optionally followed by ablations joined with '-': `projected`
 (gmm_write_scale), `read` (gmm_routing), `learnedwrite` (gmm_write_input=learned: the write tokens do not start from
 the read memory), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x), `nocarry` (registers: the same read
 slots, nothing carried), `rope` (rotary positions), `gate` (gmm_read_gate: the read starts as a no-op),
-`noinitread` (gmm_read_initial=False: segment 1 has no read slots, since nothing has been written yet). On a text
+`noinitread` (gmm_read_initial=False: segment 1 has no read slots, since nothing has been written yet), `warmup`
+(a text task's sequence-length warm-up: memory trains on 1, 2, 4, ... segments first, full attention on windows
+of 1, 2, 4, ... segments, at the same tokens a step). On a text
 task, `full` is the upper bound: no memory and one segment of n_segments * block_size tokens, so every token sees
 the whole context (the grid runs it on text tasks only). `xl` is Transformer-XL: no memory, rope, and attention to
 the previous segment's cached keys and values. off, full and xl take only `rope` and `lr<x>`.
@@ -93,7 +95,9 @@ FLAGS: dict[str, dict[str, Any]] = {
     "rope": {"pos_emb": "rope"},
     "gate": {"gmm_read_gate": True},  # the text reads the memory through a gate that starts shut
     "noinitread": {"gmm_read_initial": False},  # segment 1 reads nothing: the memory is empty until written
-    "warmup": {"window_warmup": True},  # full only: windows of 1, 2, 4, ... segments first (train_args sets them)
+    # full: windows of 1, 2, 4, ... segments first; memory: sequences of 1, 2, 4, ... segments first; the same tokens
+    # a step throughout (train_args sets them)
+    "warmup": {"window_warmup": True},
 }
 WHOLE_MODEL = ("rope", "warmup")  # flags that apply without memory too (off-rope, full-rope), as lr<x> does
 NUMBERED: dict[str, tuple[str, type]] = {
@@ -290,8 +294,10 @@ def variant_settings(variant: str, text: bool) -> dict[str, Any]:
                 settings["min_lr"] = settings[key] / 10
         else:
             raise ValueError(f"variant '{variant}': unknown ablation '{mod}' (allowed: {ABLATIONS})")
-        if mod == "warmup" and head != "full":
-            raise ValueError(f"variant '{variant}': 'warmup' is full attention's sequence-length warm-up: full-warmup")
+        if mod == "warmup" and (not text or (head != "full" and match is None)):
+            raise ValueError(
+                f"variant '{variant}': 'warmup' is a text task's sequence-length warm-up of full attention or memory"
+            )
         if head in ("off", "full", "xl") and mod not in WHOLE_MODEL and not re.fullmatch(rf"lr{NUM}", mod):
             raise ValueError(f"variant '{variant}': '{mod}' needs memory: {head} takes rope and lr<x>; or use k1..k8")
     return settings
@@ -358,9 +364,12 @@ def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str
             overrides.update(max_iters=cfg.text_max_iters, lr_decay_iters=cfg.text_max_iters)
         if full:  # the same tokens per sequence, in one segment that sees them all
             overrides.update(block_size=base["block_size"] * base["n_segments"], n_segments=1)
-        if warmup:  # windows of 1, 2, 4, ... of the config's segments first, the same tokens a step
-            windows = [base["block_size"] * 2**i for i in range(8) if 2**i < base["n_segments"]]
-            overrides["window_curriculum"] = str(windows).replace(" ", "")
+        counts = [2**i for i in range(8) if 2**i < base["n_segments"]]  # 1, 2, 4, ... below n_segments
+        if warmup and full:  # windows of 1, 2, 4, ... of the config's segments first, the same tokens a step
+            overrides["window_curriculum"] = str([base["block_size"] * n for n in counts]).replace(" ", "")
+        elif warmup:  # memory: sequences of 1, 2, 4, ... segments first, the same tokens a step
+            overrides["segment_curriculum"] = str([*counts, base["n_segments"]]).replace(" ", "")
+            overrides["curriculum_same_tokens"] = True
         return [cfg.text_config_for(task), *(f"--{k}={v}" for k, v in {**overrides, **settings}.items())]
     dataset, folder = task_dataset(task)
     curriculum, _ = task_lengths(task, cfg)

@@ -126,6 +126,9 @@ class TrainConfig:
     segment_curriculum: list[int] = field(default_factory=list)  # e.g. [2, 4, 6]: segments per sequence in equal
     # stages of the run (the last stage usually equals n_segments); empty = n_segments throughout
     curriculum_iters: int = 0  # iterations the curriculum's stages span; 0 = max_iters (like lr_decay_iters)
+    # True: a segment curriculum's shorter sequences come in proportionally more rows (batch_size * n_segments / n
+    # at n segments), so every step holds the same tokens, as the window warm-up's do; False: the same rows
+    curriculum_same_tokens: bool = False
     # e.g. [64, 128, 256]: a sequence-length warm-up for a model of one segment (full attention over a long window):
     # windows of these many tokens in equal stages first, then block_size; the batch grows as the window shrinks, so
     # every step holds the same tokens. Stages span curriculum_iters, as the segment curriculum's do
@@ -143,6 +146,11 @@ class TrainConfig:
             raise ValueError(f"bptt_segments = {self.bptt_segments} must be >= 0 (0 = through all segments)")
         if any(n < 1 for n in self.segment_curriculum):
             raise ValueError(f"segment_curriculum = {self.segment_curriculum} must hold positive segment counts")
+        if self.curriculum_same_tokens and any(self.n_segments % n for n in self.segment_curriculum):
+            raise ValueError(
+                f"curriculum_same_tokens = True keeps the tokens of a step: each of segment_curriculum = "
+                f"{self.segment_curriculum} must divide n_segments = {self.n_segments}"
+            )
         if self.window_curriculum and (self.n_segments != 1 or self.segment_curriculum):
             raise ValueError(
                 f"window_curriculum = {self.window_curriculum} warms up a model of one segment: it needs "
@@ -826,8 +834,10 @@ def forward_backward(run: Run) -> tuple[StepLoss, torch.Tensor, int]:
     cfg, place, model = run.cfg, run.place, run.model
     train_len = length_at(run.iter_num, cfg, run.raw_model.config.block_size)
     stage = run.stages[train_len]
-    # a warm-up's short windows come in proportionally more rows, so a step holds the same tokens
-    batch_size = cfg.batch_size * (run.seq_len // train_len if cfg.window_curriculum else 1)
+    # a warm-up's short windows (and with curriculum_same_tokens a curriculum's short sequences) come in
+    # proportionally more rows, so a step holds the same tokens
+    same_tokens = cfg.window_curriculum or cfg.curriculum_same_tokens
+    batch_size = cfg.batch_size * (run.seq_len // train_len if same_tokens else 1)
     world = place.ranks.world_size
     accum = cfg.gradient_accumulation_steps // world  # each rank runs its share of the micro-steps
     offsets = rank_offsets(stage.sampler, cfg.gradient_accumulation_steps, batch_size, place.ranks.rank,

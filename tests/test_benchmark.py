@@ -65,8 +65,13 @@ def test_variant_settings() -> None:
     ]
     args = benchmark.train_args("pycode_char", "full-rope-warmup", 1, GridConfig(tasks="pycode_char"), "/tmp/r")
     assert "--window_curriculum=[64,128,256]" in args and "--block_size=512" in args  # 8 segments of 64
-    with pytest.raises(ValueError, match="full-warmup"):
-        variant_settings("k1-warmup", text=True)
+    # memory's warm-up: sequences of 1, 2, 4 segments, then 8, at the same tokens a step
+    args = benchmark.train_args("pycode_char", "k1-rope-warmup", 1, GridConfig(tasks="pycode_char"), "/tmp/r")
+    assert "--segment_curriculum=[1,2,4,8]" in args and "--curriculum_same_tokens=True" in args
+    assert not any(a.startswith("--window_curriculum") for a in args)
+    for no_warmup in (("k1-warmup", False), ("off-warmup", True)):
+        with pytest.raises(ValueError, match="sequence-length warm-up of full attention or memory"):
+            variant_settings(*no_warmup)
     bad_names = [("k9", "k1..k8"), ("k4-fast", "unknown ablation 'fast'"), ("off-prob", "needs memory"),
                  ("", "must be off"), ("off-nocarry", "needs memory"),
                  ("k4-top", "unknown ablation 'top'"), ("k4-slots1.5", "'slots1.5' needs a whole number")]  # fmt: skip

@@ -86,6 +86,33 @@ def test_a_window_warm_up_trains_short_windows_first_with_the_same_tokens(
                     f"--out_dir={tmp_path / 'bad'}", "--block_size=16", "--window_curriculum=[6]"])  # fmt: skip
 
 
+def test_a_segment_curriculum_can_keep_the_tokens_of_a_step(shakespeare_char_data: Path, tmp_path: Path) -> None:
+    """curriculum_same_tokens: a memory model of 4 segments of 8 tokens warmed up over [1, 2, 4] segments sees
+    batches of 8 x 8, 4 x 16, then 2 x 32 tokens (64 each step); without it the rows stay 2; a stage that does not
+    divide n_segments is one line."""
+    shapes: list[tuple[int, ...]] = []
+    forward = GPT.forward
+
+    def recording(self: GPT, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            shapes.append(tuple(args[0].shape))
+        return forward(self, *args, **kwargs)
+
+    common = [*TINY, f"--data_dir={shakespeare_char_data}", "--dataset=shakespeare_char", "--block_size=8",
+              "--n_segments=4", "--gmm_experts=1", "--gmm_slots=2", "--max_iters=6", "--eval_interval=6",
+              "--segment_curriculum=[1,2,4]"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GPT, "forward", recording)
+        train.main([*common, f"--out_dir={tmp_path / 'same'}", "--curriculum_same_tokens=True"])
+        assert shapes == [(8, 8), (8, 8), (4, 16), (4, 16), (2, 32), (2, 32)]
+        shapes.clear()
+        train.main([*common, f"--out_dir={tmp_path / 'rows'}"])
+        assert shapes == [(2, 8), (2, 8), (2, 16), (2, 16), (2, 32), (2, 32)]
+    assert [r["tokens"] for r in metrics(tmp_path / "same") if r["event"] == "eval"] == [0, 6 * 64]
+    with pytest.raises(ValueError, match="each of segment_curriculum = \\[3, 4\\] must divide n_segments = 4"):
+        TrainConfig(n_segments=4, segment_curriculum=[3, 4], curriculum_same_tokens=True)
+
+
 def test_aligned_sampler_draws_whole_episodes() -> None:
     sampler = BatchSampler(n_tokens=10 * 8, seq_len=8, seed=0, align=8)
     offsets = sampler.draw(500)
