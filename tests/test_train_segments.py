@@ -57,6 +57,20 @@ def test_segments_at_follows_the_curriculum() -> None:
     assert [segments_at(it, spanned) for it in range(3)] == [2, 2, 2]
 
 
+def record_training_shapes(mp: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shape of every training batch GPT.forward gets from now on (within mp's context), in order."""
+    shapes: list[tuple[int, ...]] = []
+    forward = GPT.forward
+
+    def recording(self: GPT, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            shapes.append(tuple(args[0].shape))
+        return forward(self, *args, **kwargs)
+
+    mp.setattr(GPT, "forward", recording)
+    return shapes
+
+
 def test_a_window_warm_up_trains_short_windows_first_with_the_same_tokens(
     shakespeare_char_data: Path, tmp_path: Path
 ) -> None:
@@ -66,17 +80,9 @@ def test_a_window_warm_up_trains_short_windows_first_with_the_same_tokens(
     cfg = TrainConfig(max_iters=9, window_curriculum=[4, 8])
     assert [train.length_at(it, cfg, 16) for it in range(10)] == [4, 4, 4, 8, 8, 8, 16, 16, 16, 16]
     assert train.length_at(5, TrainConfig(n_segments=3, segment_curriculum=[1, 3], max_iters=10), 16) == 48
-    shapes: list[tuple[int, ...]] = []
-    forward = GPT.forward
-
-    def recording(self: GPT, *args: Any, **kwargs: Any) -> Any:
-        if self.training:
-            shapes.append(tuple(args[0].shape))
-        return forward(self, *args, **kwargs)
-
     out = tmp_path / "warm"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(GPT, "forward", recording)
+        shapes = record_training_shapes(mp)
         train.main([*TINY, f"--data_dir={shakespeare_char_data}", "--dataset=shakespeare_char", f"--out_dir={out}",
                     "--block_size=16", "--max_iters=6", "--eval_interval=6", "--window_curriculum=[4,8]"])  # fmt: skip
     assert shapes == [(8, 4), (8, 4), (4, 8), (4, 8), (2, 16), (2, 16)]
@@ -90,19 +96,11 @@ def test_a_segment_curriculum_can_keep_the_tokens_of_a_step(shakespeare_char_dat
     """curriculum_same_tokens: a memory model of 4 segments of 8 tokens warmed up over [1, 2, 4] segments sees
     batches of 8 x 8, 4 x 16, then 2 x 32 tokens (64 each step); without it the rows stay 2; a stage that does not
     divide n_segments is one line."""
-    shapes: list[tuple[int, ...]] = []
-    forward = GPT.forward
-
-    def recording(self: GPT, *args: Any, **kwargs: Any) -> Any:
-        if self.training:
-            shapes.append(tuple(args[0].shape))
-        return forward(self, *args, **kwargs)
-
     common = [*TINY, f"--data_dir={shakespeare_char_data}", "--dataset=shakespeare_char", "--block_size=8",
               "--n_segments=4", "--gmm_experts=1", "--gmm_slots=2", "--max_iters=6", "--eval_interval=6",
               "--segment_curriculum=[1,2,4]"]  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(GPT, "forward", recording)
+        shapes = record_training_shapes(mp)
         train.main([*common, f"--out_dir={tmp_path / 'same'}", "--curriculum_same_tokens=True"])
         assert shapes == [(8, 8), (8, 8), (4, 16), (4, 16), (2, 32), (2, 32)]
         shapes.clear()
