@@ -178,6 +178,9 @@ class GridConfig:
     warmup_iters: int = 50
     eval_interval: int = 250  # the learning curve in each record
     eval_iters: int = 16  # batches per evaluation: 16 x 32 = 512 validation episodes per segment count
+    # episodes in each synthetic task's train.bin; max_iters * batch_size or more makes every batch fresh (a run then
+    # sees no episode twice, where the default set of 20,000 is seen 3 times over in 2000 steps of 32)
+    train_episodes: int = 20000
     recall_pairs: int = 1  # key-value pairs per recall episode
     copy_len: int = 4  # tokens to copy
     # text tasks: each variant trained on the task's config (TEXT), or on this one if given
@@ -200,7 +203,8 @@ class GridConfig:
     data_dir: str = ""  # where the synthetic tasks' data is prepared; '' = out_dir/data
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "n_segments", "max_iters", "eval_iters", "batch_size", "recall_pairs", "copy_len"):
+        for name in ("block_size", "n_segments", "max_iters", "eval_iters", "batch_size", "recall_pairs", "copy_len",
+                     "train_episodes"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
         if not self.seeds:
@@ -414,7 +418,8 @@ def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
         base = os.path.join(cfg.data_dir, sub, dataset)
         curriculum, evals = task_lengths(task, cfg)
         n_segments = max(cfg.n_segments, min_segments(task, cfg))
-        args = [*task_prepare_args(task, cfg), "--n_segments", str(n_segments), "--block_size", str(cfg.block_size)]
+        args = [*task_prepare_args(task, cfg), "--train_episodes", str(cfg.train_episodes), "--n_segments",
+                str(n_segments), "--block_size", str(cfg.block_size)]  # fmt: skip
         if os.path.exists(os.path.join(base, "meta.json")):  # made by an earlier grid: its task settings must agree
             with open(os.path.join(base, "meta.json")) as f:
                 prepared = json.load(f)["prepare_args"]

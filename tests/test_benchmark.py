@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,20 @@ def test_spread_tasks_in_the_grid() -> None:
         GridConfig(tasks="rewrite9", block_size=16)
     with pytest.raises(ValueError, match="at most 9 segments of 16 tokens to train on"):
         GridConfig(tasks="spread", block_size=16, n_segments=10, eval_segments=[10])
+
+
+def test_a_grid_prepares_as_many_training_episodes_as_asked(tmp_path: Path) -> None:
+    """train_episodes reaches each synthetic task's prepare.py (a set large enough that no batch repeats one), at
+    every length the grid uses; a data folder prepared with another count is refused in one line, not overwritten."""
+    cfg = GridConfig(tasks="spread,mqar4", block_size=16, n_segments=4, segment_curriculum=[2, 4], eval_segments=[4],
+                     train_episodes=300, data_dir=str(tmp_path))  # fmt: skip
+    dirs = benchmark.prepare_data(cfg)
+    for task in ("spread", "mqar4"):
+        for n, folder in dirs[task].items():
+            meta = json.loads((Path(folder) / "meta.json").read_text())
+            assert (meta["train_episodes"], meta["n_segments"]) == (300, n)
+    with pytest.raises(ValueError, match="was prepared with other settings .* remove it first"):
+        benchmark.prepare_data(replace(cfg, train_episodes=400))
 
 
 def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:
