@@ -181,6 +181,7 @@ class GridConfig:
     # episodes in each synthetic task's train.bin; max_iters * batch_size or more makes every batch fresh (a run then
     # sees no episode twice, where the default set of 20,000 is seen 3 times over in 2000 steps of 32)
     train_episodes: int = 20000
+    mqar_train_min_pairs: int = 0  # > 0: mqar<P> trains on episodes of this many to P pairs (val keeps P), 0 = P
     recall_pairs: int = 1  # key-value pairs per recall episode
     copy_len: int = 4  # tokens to copy
     # text tasks: each variant trained on the task's config (TEXT), or on this one if given
@@ -209,6 +210,8 @@ class GridConfig:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
         if not self.seeds:
             raise ValueError("seeds = [] must name at least one seed, e.g. --seeds=1,2,3")
+        if self.mqar_train_min_pairs < 0:
+            raise ValueError(f"mqar_train_min_pairs = {self.mqar_train_min_pairs} must be >= 0 (0 = every episode P)")
         if self.jobs < 0 or self.threads < 0:
             raise ValueError(
                 f"jobs = {self.jobs} and threads = {self.threads} must be >= 0 (0 = chosen for the machine)"
@@ -313,8 +316,8 @@ def task_prepare_args(task: str, cfg: GridConfig) -> list[str]:
         return ["--min_pairs", str(cfg.recall_pairs), "--max_pairs", str(cfg.recall_pairs)]
     if task == "copy":
         return ["--copy_len", str(cfg.copy_len)]
-    if mqar_pairs(task) is not None:
-        return ["--n_pairs", str(mqar_pairs(task))]
+    if (P := mqar_pairs(task)) is not None:  # a task of fewer pairs than mqar_train_min_pairs trains on P only
+        return ["--n_pairs", str(P), "--train_min_pairs", str(min(cfg.mqar_train_min_pairs, P))]
     if (K := spread_keys(task)) is not None:
         return ["--n_keys", str(K)]
     return []

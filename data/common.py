@@ -206,13 +206,23 @@ def write_episodes(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
 
 
 def prepare_episodes(
-    args: argparse.Namespace, task: str, generate: EpisodeGenerator, answer_len: int, settings: dict[str, int]
+    args: argparse.Namespace,
+    task: str,
+    generate: EpisodeGenerator,
+    answer_len: int,
+    settings: dict[str, int],
+    generate_train: EpisodeGenerator | None = None,
 ) -> int:
     """Generate train and val episodes, write them with their meta.json, print one summary line; returns 0.
 
-    Train and val draw from independent streams of the seed, so val does not change with --train_episodes."""
+    Train and val draw from independent streams of the seed, so val does not change with --train_episodes. Training
+    episodes come from generate_train where a task trains on other episodes than it is measured on (answer_len is
+    val's), else from generate too."""
     train_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(args.seed).spawn(2))
-    splits = {"train": generate(train_rng, args.train_episodes), "val": generate(val_rng, args.val_episodes)}
+    splits = {
+        "train": (generate_train or generate)(train_rng, args.train_episodes),
+        "val": generate(val_rng, args.val_episodes),
+    }
     episode_len = args.n_segments * args.block_size
     meta = {
         "tokenizer": "synthetic",

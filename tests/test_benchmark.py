@@ -229,6 +229,10 @@ def test_a_grid_prepares_as_many_training_episodes_as_asked(tmp_path: Path) -> N
             assert (meta["train_episodes"], meta["n_segments"]) == (300, n)
     with pytest.raises(ValueError, match="was prepared with other settings .* remove it first"):
         benchmark.prepare_data(replace(cfg, train_episodes=400))
+    # mqar trained on 1 to 4 pairs, measured on 4: a folder of its own
+    mixed = benchmark.prepare_data(replace(cfg, tasks="mqar4", mqar_train_min_pairs=1, data_dir=str(tmp_path / "mix")))
+    meta = json.loads((Path(mixed["mqar4"][4]) / "meta.json").read_text())
+    assert (meta["train_min_pairs"], meta["answer_len"]) == (1, 4)
 
 
 def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:

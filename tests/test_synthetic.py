@@ -271,6 +271,7 @@ BAD_ARGS = [
     ("mqar", ["--n_pairs", "9", "--n_segments", "3"], "--n_segments 3"),  # pairs fill 2 segments, queries 2 more
     ("mqar", ["--n_pairs", "3", "--n_segments", "2", "--block_size", "5"], "need >= 4"),
     ("mqar", ["--n_segments", "1", "--block_size", "12"], "--block_size 12"),  # 4 pairs and their queries: 16
+    ("mqar", ["--train_min_pairs", "5"], "--train_min_pairs 5 must be <= --n_pairs 4"),
     ("spread", ["--n_segments", "18", "--block_size", "64"], "at most 16 distinct keys"),
     ("spread", ["--n_segments", "8", "--block_size", "12"], "--block_size 12"),  # 7 queries need 14 tokens
     ("spread", ["--n_segments", "3", "--n_keys", "3"], "need >= 4"),
@@ -287,6 +288,22 @@ def test_bad_argument(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
     assert not out_dir.exists()
+
+
+def test_mqar_trains_on_fewer_pairs_too(tmp_path: Path) -> None:
+    """--train_min_pairs 1: training episodes hold 1 to 4 pairs (every count appears), each laid out as an episode of
+    its own count (the oracle with that P finds every answer); val keeps 4 pairs in every episode."""
+    meta = prepare("mqar", tmp_path, "--n_pairs", "4", "--block_size", "16", "--n_segments", "4",
+                   "--train_min_pairs", "1", "--train_episodes", "200")  # fmt: skip
+    assert (meta["n_pairs"], meta["train_min_pairs"], meta["answer_len"]) == (4, 1, 4)
+    tokens, mask = episodes(tmp_path, "train", meta["episode_len"])
+    counts = mask.sum(axis=1)
+    assert set(counts.tolist()) == {1, 2, 3, 4}
+    for ep, m, p in zip(tokens.tolist(), mask, counts, strict=True):
+        answers = oracle_mqar(ep, 16, {"n_pairs": int(p)})
+        assert sorted(answers) == np.flatnonzero(m).tolist() and all(ep[i] == v for i, v in answers.items())
+    _, val_mask = episodes(tmp_path, "val", meta["episode_len"])
+    assert (val_mask.sum(axis=1) == 4).all()
 
 
 def oracle_spread(ep: list[int], T: int, n_keys: int) -> dict[int, int]:

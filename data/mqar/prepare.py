@@ -2,7 +2,7 @@
 of an episode, every one of their keys asked for again, in a new order, at its end.
 
     python data/mqar/prepare.py [--out_dir DIR] [--n_segments 4] [--block_size 16] [--n_pairs 4]
-                                [--train_episodes 20000] [--val_episodes 500] [--seed 1337]
+                                [--train_min_pairs 0] [--train_episodes 20000] [--val_episodes 500] [--seed 1337]
 
 An episode is n_segments segments of block_size tokens (4 x 16 by default):
 
@@ -16,8 +16,9 @@ block_size the pairs fill the first ceil(2 * n_pairs / block_size) segments and 
 two never share a segment (n_segments >= 2 ceil(2 * n_pairs / block_size)), so only memory can carry the pairs;
 n_segments=1 is the no-gap control (pairs, then queries, in one segment: 4 * n_pairs <= block_size). Each answer
 token is right by chance with 1/16, all of them with (1/16)^n_pairs: the per-answer accuracy (train.py's acc_token)
-is the measure. Writes train.bin, val.bin, train_mask.bin, val_mask.bin and meta.json; see data/README.md for the
-reading contract.
+is the measure. With --train_min_pairs m, each training episode holds between m and n_pairs pairs (uniformly, laid
+out the same way), so training also sees easy episodes, while val keeps n_pairs in every episode. Writes train.bin,
+val.bin, train_mask.bin, val_mask.bin and meta.json; see data/README.md for the reading contract.
 """
 
 import sys
@@ -36,6 +37,7 @@ from data.common import (  # noqa: E402
     distinct_keys,
     episode_parser,
     fillers,
+    nonnegative_int,
     positive_int,
     prepare_episodes,
 )
@@ -59,9 +61,25 @@ def generate(
     return tokens, mask
 
 
+def generate_mixed(
+    rng: np.random.Generator, n: int, n_segments: int, block_size: int, n_pairs: int, min_pairs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """n episodes of min_pairs to n_pairs pairs each (uniformly), each laid out as generate lays out its count."""
+    counts = rng.integers(min_pairs, n_pairs + 1, size=n)
+    L = n_segments * block_size
+    tokens, mask = np.zeros((n, L), dtype=np.int64), np.zeros((n, L), dtype=np.uint8)
+    for p in np.unique(counts):
+        rows = counts == p
+        tokens[rows], mask[rows] = generate(rng, int(rows.sum()), n_segments, block_size, int(p))
+    return tokens, mask
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = episode_parser("Prepare the multi-query associative-recall (MQAR) memory task.", HERE)
     parser.add_argument("--n_pairs", type=positive_int, default=4, help="key-value pairs, all queried (default: 4)")
+    parser.add_argument(
+        "--train_min_pairs", type=nonnegative_int, default=0, help="> 0: training episodes hold this many to n_pairs"
+    )
     try:
         args = parser.parse_args(argv)
         S, T, P = args.n_segments, args.block_size, args.n_pairs
@@ -78,11 +96,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"--n_segments {S} is too few for {P} pairs in segments of {T} tokens: the pairs fill {span} "
                 f"segment(s) and the queries {span} more, need >= {2 * span}"
             )
+        if args.train_min_pairs > P:
+            raise UsageError(f"--train_min_pairs {args.train_min_pairs} must be <= --n_pairs {P} (0: every episode P)")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     gen = partial(generate, n_segments=S, block_size=T, n_pairs=P)
-    return prepare_episodes(args, "mqar", gen, answer_len=P, settings={"n_pairs": P})
+    mixed = None
+    if args.train_min_pairs:
+        mixed = partial(generate_mixed, n_segments=S, block_size=T, n_pairs=P, min_pairs=args.train_min_pairs)
+    settings = {"n_pairs": P, "train_min_pairs": args.train_min_pairs}
+    return prepare_episodes(args, "mqar", gen, answer_len=P, settings=settings, generate_train=mixed)
 
 
 if __name__ == "__main__":
