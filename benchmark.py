@@ -695,6 +695,20 @@ def learned_at(rec: dict[str, Any]) -> int | None:
     return next((e["iter"] for e in rec.get("curve", []) if e.get(key, 0.0) >= LEARNED), None)
 
 
+def learning_curve(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Accuracy at the trained length against training episodes seen (iterations x batch x accumulation), mean and
+    std over the runs, at the evaluations every run made: per answer token where answers have several, else per
+    answer (as learned_at reads it)."""
+    several = (runs[0].get("chance_exact") or runs[0]["chance"]) < runs[0]["chance"]
+    key = "val_acc_token" if several else "val_acc_answer"
+    curves = [{e["iter"]: e[key] for e in r.get("curve", []) if key in e} for r in runs]
+    iters = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    settings = run_settings(runs[0])
+    per_iter = int(settings.get("batch_size", 1)) * int(settings.get("gradient_accumulation_steps", 1))
+    stats = [mean_std([c[it] for c in curves]) for it in iters]
+    return {"episodes": [it * per_iter for it in iters], "mean": [m for m, _ in stats], "std": [s for _, s in stats]}
+
+
 def accuracy_stats(runs: list[dict[str, Any]], n: str, key: str) -> dict[str, Any]:
     """Mean, sample std, min, max and the values over runs of one accuracy at segment count n."""
     accs = [r["eval"][n][key] for r in runs]
@@ -749,6 +763,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 cell["chance"] = runs[0]["chance"]
                 cell["chance_exact"] = runs[0].get("chance_exact") or runs[0]["chance"]
                 cell["learned_at"] = [learned_at(r) for r in runs]  # per seed: first iteration at >= LEARNED
+                cell["curve"] = learning_curve(runs)
                 cell["acc"] = {n: accuracy_stats(runs, n, "acc_answer") for n in runs[0]["eval"]}
                 if all("acc_token" in e for r in runs for e in r["eval"].values()):
                     cell["acc_token"] = {n: accuracy_stats(runs, n, "acc_token") for n in runs[0]["eval"]}
@@ -963,8 +978,33 @@ def pm(stat: Any) -> str:
 def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
     """accuracy_vs_segments.png (one panel per synthetic task) and <task>_loss.png per text task; returns the paths."""
     synthetic = {t: c for t, c in summary.items() if is_synthetic(t) and c}
-    paths = [plot_synthetic(synthetic, out_dir)] if synthetic else []
+    paths = [plot_synthetic(synthetic, out_dir), plot_learning(synthetic, out_dir)] if synthetic else []
     return paths + [plot_text(task, cells, out_dir) for task, cells in summary.items() if task in TEXT and cells]
+
+
+def plot_learning(synthetic: dict[str, Any], out_dir: str) -> str:
+    """accuracy_vs_episodes.png: accuracy at the trained length against training episodes seen, one panel per
+    synthetic task, mean +- std over seeds per variant: how much each recipe learns per example."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5 * len(synthetic), 4))
+    axes = fig.subplots(1, len(synthetic), squeeze=False)
+    for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
+        for variant, cell in cells.items():
+            curve = cell.get("curve") or {"episodes": [], "mean": [], "std": []}
+            x, mean, std = (np.array(curve[k]) for k in ("episodes", "mean", "std"))
+            (line,) = ax.plot(x, mean, label=variant)
+            ax.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=line.get_color(), alpha=0.15)
+        ax.axhline(next(iter(cells.values()))["chance"], color="gray", linestyle="--", linewidth=1, label="chance")
+        ax.set(
+            title=task, xlabel="training episodes seen", ylabel="val accuracy at the trained length", ylim=(-0.03, 1.03)
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "accuracy_vs_episodes.png")
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:

@@ -283,6 +283,9 @@ def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:
     table = format_tables(summary)
     assert "trained on 4 segments of 16 tokens (curriculum [2,3,4]), 3000 iterations; seeds [1, 2]" in table
     assert k4["learned_at"] == [250, None]  # seed 2 never reached 0.9
+    # the learning curve: the evaluations both seeds made (0 and 250), x the episodes of a step (no --batch_size: 1)
+    assert k4["curve"]["episodes"] == [0, 250] and k4["curve"]["mean"] == pytest.approx([0.0, 0.92])
+    assert k4["curve"]["std"] == pytest.approx([0.0, 0.0424264], rel=1e-5)
     assert "| k4 | 0.001M | 0.900 ± 0.141 (1.00) | 0.700 ± 0.283 (0.90) | 1/2, median step 250 |" in table
     assert "| off | 0.001M | 0.060 ± 0.014 (0.07) | 0.060 ± 0.014 (0.07) | 0/2 |" in table
     assert "| k4 | 0.00M | 2.300 ± 0.000 | 1.900 ± 0.000 | 1.700 ± 0.000 | 1.800 ± 0.000 | - | - | - |" in table
@@ -303,7 +306,8 @@ def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:
     # the plots: a panel per synthetic task in one figure; per text task, loss per segment (and per position)
     paths = benchmark.plot(summary, str(tmp_path))
     assert [os.path.basename(p) for p in paths] == [
-        "accuracy_vs_segments.png", "pycode_char_loss.png", "shakespeare_char_loss.png"]  # fmt: skip
+        "accuracy_vs_segments.png", "accuracy_vs_episodes.png", "pycode_char_loss.png",
+        "shakespeare_char_loss.png"]  # fmt: skip
     assert all(os.path.getsize(p) > 10_000 for p in paths)
 
 
