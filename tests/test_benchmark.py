@@ -70,8 +70,11 @@ def test_variant_settings() -> None:
     args = benchmark.train_args("pycode_char", "k1-rope-warmup", 1, GridConfig(tasks="pycode_char"), "/tmp/r")
     assert "--segment_curriculum=[1,2,4,8]" in args and "--curriculum_same_tokens=True" in args
     assert not any(a.startswith("--window_curriculum") for a in args)
-    for no_warmup in (("k1-warmup", False), ("off-warmup", True)):
-        with pytest.raises(ValueError, match="sequence-length warm-up of full attention or memory"):
+    # off's warm-up is the control that draws the same batches as memory's
+    args = benchmark.train_args("pycode_char", "off-rope-warmup", 1, GridConfig(tasks="pycode_char"), "/tmp/r")
+    assert "--segment_curriculum=[1,2,4,8]" in args and "--gmm_experts=0" in args
+    for no_warmup in (("k1-warmup", False), ("xl-warmup", True)):
+        with pytest.raises(ValueError, match="sequence-length warm-up of off, full or memory"):
             variant_settings(*no_warmup)
     bad_names = [("k9", "k1..k8"), ("k4-fast", "unknown ablation 'fast'"), ("off-prob", "needs memory"),
                  ("", "must be off"), ("off-nocarry", "needs memory"),
