@@ -930,10 +930,14 @@ def positions(variant: str) -> str:
 
 
 def baseline(variant: str, cells: dict[str, Any]) -> str | None:
-    """The no-memory variant a variant is compared with: an 'off' one with the same positions, the plainest (fewest
-    flags) if several; None for that variant itself and where there is none."""
+    """The no-memory variant a variant is compared with: the 'off' one with the same flags that off takes (rope,
+    warmup: the same batches, lr<x>) if the grid has it, else the plainest (fewest flags) with the same positions;
+    None for that variant itself and where there is none."""
     offs = [v for v in cells if v.split("-")[0] == "off" and positions(v) == positions(variant)]
-    best = min(offs, key=lambda v: len(v.split("-")), default=None)
+    wanted = {m for m in variant.split("-")[1:] if m in WHOLE_MODEL or re.fullmatch(rf"lr{NUM}", m)}
+    wanted |= {"rope"} if positions(variant) == "rope" else set()  # xl has rope without the flag
+    same = [v for v in offs if set(v.split("-")[1:]) == wanted]
+    best = same[0] if same else min(offs, key=lambda v: len(v.split("-")), default=None)
     return None if best == variant else best
 
 

@@ -322,6 +322,11 @@ def test_each_variant_is_compared_with_no_memory_and_full_attention_of_its_own_p
     assert [benchmark.baseline(v, cells) for v in names] == [None, None, "off", "off-rope", "off-rope", "off-rope",
                                                              "off", "off-rope", "off-rope"]  # fmt: skip
     assert benchmark.upper_bound("k1-rope", cells) == benchmark.upper_bound("xl", cells) == "full-rope-warmup"
+    # with a warm-up, against off with the same warm-up (the same batches) where the grid has it
+    warm = {**cells, "off-rope-warmup": {}, "k1-rope-warmup": {}}
+    assert benchmark.baseline("k1-rope-warmup", warm) == "off-rope-warmup"
+    assert benchmark.baseline("full-rope-warmup", warm) == "off-rope-warmup"
+    assert benchmark.baseline("k1-rope-warmup", cells) == "off-rope" and benchmark.baseline("xl", warm) == "off-rope"
     assert benchmark.upper_bound("k1", cells) == "full" and benchmark.upper_bound("k1", {"off": {}}) is None
     base = {"later_by_seed": {"1": 2.0, "2": 2.0, "3": 2.0}}
     bound = {"later_by_seed": {"1": 1.0, "2": 1.0}}
