@@ -17,10 +17,11 @@ the read memory), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x), `noca
 slots, nothing carried), `rope` (rotary positions), `gate` (gmm_read_gate: the read starts as a no-op),
 `noinitread` (gmm_read_initial=False: segment 1 has no read slots, since nothing has been written yet), `warmup`
 (a text task's sequence-length warm-up: memory trains on 1, 2, 4, ... segments first, full attention on windows
-of 1, 2, 4, ... segments, at the same tokens a step; on off it is the control that draws the same batches). On a text
+of 1, 2, 4, ... segments, at the same tokens a step; xl too; on off it is the control that draws the same
+batches). On a text
 task, `full` is the upper bound: no memory and one segment of n_segments * block_size tokens, so every token sees
 the whole context (the grid runs it on text tasks only). `xl` is Transformer-XL: no memory, rope, and attention to
-the previous segment's cached keys and values. off, full and xl take only `rope` and `lr<x>`.
+the previous segment's cached keys and values. off, full and xl take only `rope`, `warmup` and `lr<x>`.
 
 Synthetic tasks (recall, copy, needle, mqar<P>: P pairs asked at once, spread: one pair a segment, rewrite<K>: K
 keys written again and again; data/<task>/prepare.py) train the small model set by the fields below with a segment
@@ -301,12 +302,12 @@ def variant_settings(variant: str, text: bool) -> dict[str, Any]:
                 settings["min_lr"] = settings[key] / 10
         else:
             raise ValueError(f"variant '{variant}': unknown ablation '{mod}' (allowed: {ABLATIONS})")
-        if mod == "warmup" and (not text or head == "xl"):
-            raise ValueError(
-                f"variant '{variant}': 'warmup' is a text task's sequence-length warm-up of off, full or memory"
-            )
+        if mod == "warmup" and not text:
+            raise ValueError(f"variant '{variant}': 'warmup' is a text task's sequence-length warm-up")
         if head in ("off", "full", "xl") and mod not in WHOLE_MODEL and not re.fullmatch(rf"lr{NUM}", mod):
-            raise ValueError(f"variant '{variant}': '{mod}' needs memory: {head} takes rope and lr<x>; or use k1..k8")
+            raise ValueError(
+                f"variant '{variant}': '{mod}' needs memory: {head} takes rope, warmup and lr<x>; or use k1..k8"
+            )
     return settings
 
 
@@ -374,7 +375,7 @@ def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str
         counts = [2**i for i in range(8) if 2**i < base["n_segments"]]  # 1, 2, 4, ... below n_segments
         if warmup and full:  # windows of 1, 2, 4, ... of the config's segments first, the same tokens a step
             overrides["window_curriculum"] = str([base["block_size"] * n for n in counts]).replace(" ", "")
-        elif warmup:  # memory (and off, its control): sequences of 1, 2, 4, ... segments first, the same tokens a step
+        elif warmup:  # memory, xl and off: sequences of 1, 2, 4, ... segments first, the same tokens a step
             overrides["segment_curriculum"] = str([*counts, base["n_segments"]]).replace(" ", "")
             overrides["curriculum_same_tokens"] = True
         return [cfg.text_config_for(task), *(f"--{k}={v}" for k, v in {**overrides, **settings}.items())]

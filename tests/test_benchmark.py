@@ -73,9 +73,10 @@ def test_variant_settings() -> None:
     # off's warm-up is the control that draws the same batches as memory's
     args = benchmark.train_args("pycode_char", "off-rope-warmup", 1, GridConfig(tasks="pycode_char"), "/tmp/r")
     assert "--segment_curriculum=[1,2,4,8]" in args and "--gmm_experts=0" in args
-    for no_warmup in (("k1-warmup", False), ("xl-warmup", True)):
-        with pytest.raises(ValueError, match="sequence-length warm-up of off, full or memory"):
-            variant_settings(*no_warmup)
+    args = benchmark.train_args("pycode_char", "xl-warmup", 1, GridConfig(tasks="pycode_char"), "/tmp/r")
+    assert "--segment_curriculum=[1,2,4,8]" in args and "--xl_attention=True" in args
+    with pytest.raises(ValueError, match="'warmup' is a text task's sequence-length warm-up"):
+        variant_settings("k1-warmup", text=False)
     bad_names = [("k9", "k1..k8"), ("k4-fast", "unknown ablation 'fast'"), ("off-prob", "needs memory"),
                  ("", "must be off"), ("off-nocarry", "needs memory"),
                  ("k4-top", "unknown ablation 'top'"), ("k4-slots1.5", "'slots1.5' needs a whole number")]  # fmt: skip
