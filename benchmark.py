@@ -1054,17 +1054,21 @@ def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
 
 
 def plot_text(task: str, cells: dict[str, Any], out_dir: str) -> str:
-    """A text task's val loss per segment (mean +- std over seeds) and, where recorded, per position."""
+    """A text task's val loss per segment (mean +- std over seeds) and, where recorded, per position; one colour
+    per variant (up to 20) and one legend beside both panels."""
+    import matplotlib
     from matplotlib.figure import Figure
 
     positions = all("pos_loss" in c for c in cells.values())
-    fig = Figure(figsize=(12 if positions else 6, 4))
+    fig = Figure(figsize=(14 if positions else 8, 4.5))
     axes = fig.subplots(1, 2 if positions else 1, squeeze=False)[0]
+    cmap = matplotlib.colormaps["tab20" if len(cells) > 10 else "tab10"]
+    colors = {v: cmap(i % cmap.N) for i, v in enumerate(cells)}
     for variant, cell in cells.items():
         mean = np.array([m for m, _ in cell["seg_loss"]])
         std = np.array([s for _, s in cell["seg_loss"]])
         segs = np.arange(1, len(mean) + 1)
-        axes[0].errorbar(segs, mean, yerr=std, marker="o", capsize=3, label=variant)
+        axes[0].errorbar(segs, mean, yerr=std, marker="o", capsize=3, label=variant, color=colors[variant])
     axes[0].set(title=f"{task}: val loss per segment", xlabel="segment", ylabel="val loss")
     axes[0].set_xticks(segs)
     if positions:  # mean over seeds, smoothed over 8 positions; segment boundaries dotted
@@ -1072,14 +1076,14 @@ def plot_text(task: str, cells: dict[str, Any], out_dir: str) -> str:
         width = min(8, L)
         for variant, cell in cells.items():
             smooth = np.convolve(cell["pos_loss"], np.ones(width) / width, mode="valid")
-            axes[1].plot(np.arange(len(smooth)) + width / 2, smooth, label=variant, linewidth=1)
+            axes[1].plot(np.arange(len(smooth)) + width / 2, smooth, label=variant, linewidth=1, color=colors[variant])
         for b in range(1, len(segs)):
             axes[1].axvline(b * L / len(segs), color="gray", linestyle=":", linewidth=0.8)
         axes[1].set(title=f"{task}: val loss per position (mean over seeds)", xlabel="position in the window",
                     ylabel="val loss")  # fmt: skip
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+    axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     path = os.path.join(out_dir, f"{task}_loss.png")
     fig.savefig(path, dpi=120)
