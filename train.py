@@ -273,12 +273,14 @@ def check_step(pending: torch.Tensor, distributed: bool, signum: int) -> tuple[s
 def check_due(run: Run, signum: int) -> bool:
     """Whether this step ends with a check (check_step) rather than only noting its flags: with nonfinite = 'skip'
     (each step is decided on its own) or fp16's scaler (whose step syncs anyway) always; otherwise before a log
-    line, an evaluation (which may save a checkpoint) or the end, and when this process has a stop signal. So
-    between checks a step never waits for the device, and every checkpoint is of steps checked finite."""
+    line, an evaluation (which may save a checkpoint) or the end, and in one process when it has a stop signal
+    (under torchrun a check is a collective, so it must fall on the same steps on every rank: a signal waits for
+    the next due check there). So between checks a step never waits for the device, and every checkpoint is of
+    steps checked finite."""
     cfg, nxt = run.cfg, run.iter_num + 1
     every = cfg.nonfinite == "skip" or run.scaler.is_enabled()
     due = nxt % cfg.log_interval == 0 or nxt % cfg.eval_interval == 0 or nxt >= cfg.max_iters
-    return every or due or bool(signum)
+    return every or due or (bool(signum) and not run.place.ranks.distributed)
 
 
 def segments_at(it: int, cfg: TrainConfig) -> int:
