@@ -691,17 +691,23 @@ def run_settings(rec: dict[str, Any]) -> dict[str, str]:
 def learned_at(rec: dict[str, Any]) -> int | None:
     """The first iteration whose evaluation (at the trained length) reached LEARNED accuracy, or None: answer
     accuracy, or per answer token on tasks whose answers have several tokens (mqar's P values, copy's string)."""
-    several = (rec.get("chance_exact") or rec["chance"]) < rec["chance"]
-    key = "val_acc_token" if several and any("val_acc_token" in e for e in rec.get("curve", [])) else "val_acc_answer"
+    key = curve_key(rec)
     return next((e["iter"] for e in rec.get("curve", []) if e.get(key, 0.0) >= LEARNED), None)
+
+
+def curve_key(rec: dict[str, Any]) -> str:
+    """The accuracy a synthetic run's curve is read by: per answer token where answers have several tokens (and
+    the curve records it), else per answer."""
+    several = (rec.get("chance_exact") or rec["chance"]) < rec["chance"]
+    has_token = any("val_acc_token" in e for e in rec.get("curve", []))
+    return "val_acc_token" if several and has_token else "val_acc_answer"
 
 
 def learning_curve(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
     """Accuracy at the trained length against training episodes seen (iterations x batch x accumulation), mean and
     std over the runs, at the evaluations every run made: per answer token where answers have several, else per
     answer (as learned_at reads it)."""
-    several = (runs[0].get("chance_exact") or runs[0]["chance"]) < runs[0]["chance"]
-    key = "val_acc_token" if several else "val_acc_answer"
+    key = curve_key(runs[0])
     curves = [{e["iter"]: e[key] for e in r.get("curve", []) if key in e} for r in runs]
     iters = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     settings = run_settings(runs[0])
