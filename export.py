@@ -8,8 +8,8 @@ $ python export.py --out_dir=out-gmm-shakespeare --to=exports/gmm-shakespeare --
   GPT-2's for a BPE dataset, a tokenizer.json built with `tokenizers` for a character-level or synthetic one), so
   GPT2LMHeadModel / AutoModelForCausalLM and AutoTokenizer load it, and tools built on them (lm-evaluation-harness)
   run on it. Its logits are the project's (a model trained with bias=False gets zero biases).
-- A model with memory is saved in the project's own format through huggingface_hub's PyTorchModelHubMixin
-  (config.json holding every GPTConfig field, model.safetensors), which GPT.from_pretrained loads.
+- A model with memory is saved in the project's own format by GPT.save_pretrained (config.json holding every
+  GPTConfig field, model.safetensors), which GPT.from_pretrained loads.
 - Both get meta.json (the dataset's tokenizer, as train.py and sample.py read it) and a model card (README.md): what
   the model is, its settings, data and tokenizer, its measured results from metrics.jsonl, the command that trained
   it, the project's commit, and how to load it. Only safetensors, JSON and text: no pickle.

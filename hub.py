@@ -4,7 +4,7 @@ export a folder holds. GPT.from_pretrained, train.py and sample.py (init_from) r
     kind 'gpt2': a transformers GPT-2 folder (config.json with model_type 'gpt2'; export.py writes one for a model
                  without memory, and any save_pretrained of GPT2LMHeadModel is one)
     kind 'gmm':  the project's own format (config.json with every GPTConfig field, model.safetensors), written by
-                 export.py through huggingface_hub's PyTorchModelHubMixin for a model with memory
+                 export.py (GPT.save_pretrained) for a model with memory
 Both may hold meta.json, the tokenizer of the dataset the model was trained on (tokenizer.py's format).
 """
 

@@ -13,15 +13,15 @@ With the memory mixture off (`gmm_experts = 0`) this is a GPT-2, logit for logit
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, overload
 
 import torch
 import torch.nn as nn
-from huggingface_hub import PyTorchModelHubMixin
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
@@ -343,9 +343,9 @@ CHECKPOINTING = ("none", "block", "segment")  # GPT.gradient_checkpointing: what
 LOSS_CHUNK = 2**24
 
 
-class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-memory-mixture", "nanogpt"]):
-    """The language model. PyTorchModelHubMixin gives it save_pretrained and push_to_hub (config.json holding every
-    GPTConfig field, model.safetensors): export.py's format for a model with memory, which from_pretrained loads."""
+class GPT(nn.Module):
+    """The language model. save_pretrained writes export.py's format for a model with memory (config.json holding
+    every GPTConfig field, model.safetensors), which from_pretrained loads from a folder or a Hub repo."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -675,9 +675,7 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
         return model
 
     @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls, name_or_dir: str, override_args: dict[str, Any] | None = None
-    ) -> GPT:
+    def from_pretrained(cls, name_or_dir: str, override_args: dict[str, Any] | None = None) -> GPT:
         """OpenAI's GPT-2 weights (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`), or a local folder or Hugging
         Face Hub repo id (owner/name) holding a transformers GPT-2 or an export of this project (hub.py).
         `override_args` may set dropout, and for a GPT-2 the memory settings of the add-on to put on top of it."""
@@ -729,7 +727,7 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
 
     @classmethod
     def from_export(cls, folder: Path, override_args: dict[str, Any] | None = None) -> GPT:
-        """A model export.py wrote in the project's format (see PyTorchModelHubMixin above). Only dropout may be
+        """A model export.py wrote in the project's format (save_pretrained). Only dropout may be
         overridden; memory settings that disagree with the export's are a one-line ValueError."""
         from safetensors.torch import load_model
 
@@ -749,6 +747,17 @@ class GPT(nn.Module, PyTorchModelHubMixin, library_name="gmm-gpt", tags=["gated-
             first = (missing or unexpected)[0]
             raise ValueError(f"{folder}: model.safetensors does not fit its config.json ({first})")
         return model
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """The project's export format into folder (made if missing): config.json, every GPTConfig field sorted by
+        name, and model.safetensors (the tied embedding stored once). from_export reads it back; huggingface_hub's
+        upload_folder pushes it (export.py --push_to_hub)."""
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2, sort_keys=True) + "\n")
+        save_model(self, str(folder / "model.safetensors"))
 
     def configure_optimizers(
         self,

@@ -89,8 +89,10 @@ def test_no_library_imports_a_script() -> None:
 
 
 # what only some runs need: sharding (torch.distributed's fsdp, tensor and checkpoint packages, about a second), the
-# trackers, transformers (GPT-2 weights and exports)
-OPTIONAL = ("torch.distributed.fsdp", "torch.distributed.checkpoint", "trackio", "wandb", "transformers")
+# trackers, transformers (GPT-2 weights and exports), huggingface_hub (Hub downloads and uploads, ~0.4 s)
+OPTIONAL = (
+    "torch.distributed.fsdp", "torch.distributed.checkpoint", "trackio", "wandb", "transformers", "huggingface_hub"
+)  # fmt: skip
 
 
 def test_a_plain_run_imports_nothing_only_some_runs_need() -> None:
