@@ -421,7 +421,7 @@ def gather_ranks(result: dict[str, Any], cfg: BenchConfig, ranks: Ranks) -> None
     everyone: list[Any] = [None] * ranks.world_size
     torch.distributed.all_gather_object(everyone, mine)
     result["ranks"] = everyone
-    torch.distributed.destroy_process_group()
+    parallel.finish()
 
 
 def under_torchrun() -> bool:

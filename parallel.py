@@ -63,6 +63,13 @@ def start(device: str, backend: str) -> tuple[Ranks, str]:
     return ranks, device
 
 
+def finish() -> None:
+    """The end of a run every rank reaches together: wait for the others (no rank tears down its connections while
+    a peer's last collective is still in flight), then leave the process group."""
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
 def shard(model: GPT, dtype: str) -> GPT:
     """FSDP2 in place: rank 0's weights, then each Block and the root sharded over the process group. Under
     bfloat16 the gathered weights compute in bfloat16 and gradients are reduced in float32 (the sharded weights

@@ -921,7 +921,9 @@ def end_run(run: Run, meter: Meter, stop: StopSignals, exit_code: int | None = N
     stop.restore()
     if exit_code is None:
         run.tracker.finish()
-    if run.place.ranks.distributed:
+    if run.place.ranks.distributed and exit_code is None:
+        parallel.finish()  # every rank ends its loop at the same iteration
+    elif run.place.ranks.distributed:  # a stop: the ranks agreed on it at a check, but wait for no one
         destroy_process_group()
     if exit_code is not None:
         sys.exit(exit_code)
