@@ -70,7 +70,7 @@ from common import (
     load_checkpoint,
 )
 from configurator import ConfigError, configure, read_config_file
-from data.common import check_writable_dir
+from data.common import MQAR_QUERIES, check_writable_dir
 from data.loader import ensure_data, episode_dir
 from evaluate import FixedBatches, estimate_loss
 from model import GPT
@@ -80,6 +80,8 @@ ROOT = Path(__file__).resolve().parent
 SYNTHETIC = ("recall", "copy", "needle")  # and mqar<P>: multi-query associative recall with P pairs
 # text tasks and the config each trains: the quick start on tiny-shakespeare; 8 segments of Python source code, where
 # names defined far above are used below (data/pycode_char)
+# the synthetic tasks' prepare.py settings that folders prepared before them do not name, at their defaults
+PREPARE_DEFAULTS = {"--queries": "shuffled", "--train_min_pairs": "0"}
 TEXT = {"shakespeare_char": "config/train_gmm_shakespeare.py", "pycode_char": "config/train_gmm_pycode.py"}
 LEARNED = 0.9  # answer accuracy at the trained length from which a run counts as having learned its task
 NUM = r"\d+(?:\.\d+)?"  # a number in a variant name: 2, 0.5, 0.003 ('-' joins ablations, so none is negative)
@@ -183,6 +185,9 @@ class GridConfig:
     # sees no episode twice, where the default set of 20,000 is seen 3 times over in 2000 steps of 32)
     train_episodes: int = 20000
     mqar_train_min_pairs: int = 0  # > 0: mqar<P> trains on episodes of this many to P pairs (val keeps P), 0 = P
+    # mqar's questions: every key once in a fresh order (shuffled), or P keys drawn with replacement (drawn), which
+    # leaves no answer to elimination (data/mqar/prepare.py)
+    mqar_queries: str = "shuffled"
     recall_pairs: int = 1  # key-value pairs per recall episode
     copy_len: int = 4  # tokens to copy
     # text tasks: each variant trained on the task's config (TEXT), or on this one if given
@@ -211,6 +216,8 @@ class GridConfig:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
         if not self.seeds:
             raise ValueError("seeds = [] must name at least one seed, e.g. --seeds=1,2,3")
+        if self.mqar_queries not in MQAR_QUERIES:
+            raise ValueError(f"mqar_queries = '{self.mqar_queries}' must be one of {', '.join(MQAR_QUERIES)}")
         if self.mqar_train_min_pairs < 0:
             raise ValueError(f"mqar_train_min_pairs = {self.mqar_train_min_pairs} must be >= 0 (0 = every episode P)")
         if self.jobs < 0 or self.threads < 0:
@@ -318,7 +325,8 @@ def task_prepare_args(task: str, cfg: GridConfig) -> list[str]:
     if task == "copy":
         return ["--copy_len", str(cfg.copy_len)]
     if (P := mqar_pairs(task)) is not None:  # a task of fewer pairs than mqar_train_min_pairs trains on P only
-        return ["--n_pairs", str(P), "--train_min_pairs", str(min(cfg.mqar_train_min_pairs, P))]
+        return ["--n_pairs", str(P), "--train_min_pairs", str(min(cfg.mqar_train_min_pairs, P)),
+                "--queries", cfg.mqar_queries]  # fmt: skip
     if (K := spread_keys(task)) is not None:
         return ["--n_keys", str(K)]
     return []
@@ -427,7 +435,8 @@ def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
         if os.path.exists(os.path.join(base, "meta.json")):  # made by an earlier grid: its task settings must agree
             with open(os.path.join(base, "meta.json")) as f:
                 prepared = json.load(f)["prepare_args"]
-            have = dict(zip(prepared[::2], prepared[1::2], strict=True))
+            # a setting older folders do not name holds its default there
+            have = {**PREPARE_DEFAULTS, **dict(zip(prepared[::2], prepared[1::2], strict=True))}
             want = dict(zip(args[::2], args[1::2], strict=True))
             if any(have.get(k, v) != v for k, v in want.items() if k not in ("--n_segments", "--block_size")):
                 raise ValueError(f"{base} was prepared with other settings ({' '.join(prepared)}): remove it first")

@@ -114,6 +114,10 @@ def write_dataset(out_dir: Path, train_ids: np.ndarray, val_ids: np.ndarray, met
 # key or value that the episode put there.
 
 N_FILLERS, N_KEYS, N_VALUES = 64, 16, 16
+# how mqar's last segment asks: "shuffled", every key once in a fresh order, lets a model that never looks a key up
+# still get the last answers right by elimination (a pair's value not yet answered: 1/4, 1/3, 1/2 and 1 at P = 4,
+# about 0.52 per value); "drawn", P keys drawn with replacement, leaves only the lookup
+MQAR_QUERIES = ("shuffled", "drawn")
 QUERY, COPY = 0, 1  # the markers "<q>" and "<copy>"
 FILLER0 = 2
 KEY0 = FILLER0 + N_FILLERS
@@ -210,7 +214,7 @@ def prepare_episodes(
     task: str,
     generate: EpisodeGenerator,
     answer_len: int,
-    settings: dict[str, int],
+    settings: dict[str, int | str],
     generate_train: EpisodeGenerator | None = None,
 ) -> int:
     """Generate train and val episodes, write them with their meta.json, print one summary line; returns 0.

@@ -115,13 +115,18 @@ def test_mqar_tasks_get_their_own_data_and_lengths() -> None:
     assert "--segment_curriculum=[4,4,4]" in argv and "--n_segments=4" in argv  # 32 pair tokens: 2 segments each way
     assert benchmark.task_lengths("mqar16", cfg) == ([4, 4, 4], [4, 8, 16])
     assert benchmark.task_lengths("mqar4", cfg) == ([2, 3, 4], [2, 4, 8, 16])
-    assert benchmark.task_prepare_args("mqar4", cfg) == ["--n_pairs", "4", "--train_min_pairs", "0"]
-    assert benchmark.task_prepare_args("mqar4", replace(cfg, mqar_train_min_pairs=8)) == [
+    assert benchmark.task_prepare_args("mqar4", cfg) == ["--n_pairs", "4", "--train_min_pairs", "0", "--queries",
+                                                         "shuffled"]  # fmt: skip
+    assert benchmark.task_prepare_args("mqar4", replace(cfg, mqar_train_min_pairs=8, mqar_queries="drawn")) == [
         "--n_pairs",
         "4",
         "--train_min_pairs",
         "4",
+        "--queries",
+        "drawn",
     ]
+    with pytest.raises(ValueError, match="mqar_queries = 'random' must be one of shuffled, drawn"):
+        replace(cfg, mqar_queries="random")
     # 4 pairs and 4 queries fit in one segment of 16 (the no-gap control); 16 pairs need two segments each way
     assert benchmark.min_segments("mqar4", cfg) == 1 and benchmark.min_segments("mqar16", cfg) == 4
     assert (
@@ -243,6 +248,15 @@ def test_a_grid_prepares_as_many_training_episodes_as_asked(tmp_path: Path) -> N
     mixed = benchmark.prepare_data(replace(cfg, tasks="mqar4", mqar_train_min_pairs=1, data_dir=str(tmp_path / "mix")))
     meta = json.loads((Path(mixed["mqar4"][4]) / "meta.json").read_text())
     assert (meta["train_min_pairs"], meta["answer_len"]) == (1, 4)
+    # a folder prepared before --queries existed holds shuffled questions: reused for them, refused for drawn ones
+    path = Path(dirs["mqar4"][4]) / "meta.json"
+    meta = json.loads(path.read_text())
+    i = meta["prepare_args"].index("--queries")
+    del meta["prepare_args"][i : i + 2]
+    path.write_text(json.dumps(meta))
+    assert benchmark.prepare_data(replace(cfg, tasks="mqar4")) == {"mqar4": dirs["mqar4"]}
+    with pytest.raises(ValueError, match="was prepared with other settings .* remove it first"):
+        benchmark.prepare_data(replace(cfg, tasks="mqar4", mqar_queries="drawn"))
 
 
 def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:

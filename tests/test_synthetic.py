@@ -117,7 +117,10 @@ def oracle_mqar(ep: list[int], T: int, meta: dict[str, Any]) -> dict[int, int]:
         assert is_key(ep[i]) and is_value(ep[i + 1]) and ep[i] not in pairs, "n_pairs pairs with distinct keys"
         pairs[ep[i]] = ep[i + 1]
     queried = ep[L - 2 * P :: 2]
-    assert sorted(queried) == sorted(pairs), "every key asked for once"
+    if meta.get("queries", "shuffled") == "drawn":
+        assert set(queried) <= set(pairs), "every question asks a key of the pairs"
+    else:
+        assert sorted(queried) == sorted(pairs), "every key asked for once"
     assert L == T or (2 * P - 1) // T < (L - 2 * P) // T, "pairs and queries never share a segment"
     body = ep[2 * P : L - 2 * P]
     assert not any(is_key(t) or is_value(t) or t in (QUERY, COPY) for t in body), "only fillers between them"
@@ -304,6 +307,36 @@ def test_mqar_trains_on_fewer_pairs_too(tmp_path: Path) -> None:
         assert sorted(answers) == np.flatnonzero(m).tolist() and all(ep[i] == v for i, v in answers.items())
     _, val_mask = episodes(tmp_path, "val", meta["episode_len"])
     assert (val_mask.sum(axis=1) == 4).all()
+
+
+def test_mqar_drawn_queries_leave_nothing_to_elimination(tmp_path: Path) -> None:
+    """--queries drawn: P questions drawn with replacement from the pairs' keys (repeats occur, every answer is its
+    key's value, as the oracle checks). Shuffled questions let the last answer follow from the others (the pair value
+    not yet answered) in every episode; drawn ones do not. The default is shuffled, episode for episode."""
+    args = ("--n_pairs", "4", "--block_size", "16", "--n_segments", "4", "--train_episodes", "300")
+    drawn = prepare("mqar", tmp_path / "drawn", *args, "--queries", "drawn")
+    prepare("mqar", tmp_path / "shuffled", *args, "--queries", "shuffled")
+    prepare("mqar", tmp_path / "default", *args)
+    assert drawn["queries"] == "drawn"
+    L = drawn["episode_len"]
+    default, _ = episodes(tmp_path / "default", "train", L)
+    by_kind = {kind: episodes(tmp_path / kind, "train", L)[0] for kind in ("drawn", "shuffled")}
+    assert (by_kind["shuffled"] == default).all()
+    for ep in by_kind["drawn"].tolist():
+        oracle_mqar(ep, 16, drawn)
+    repeats = [len(set(ep[L - 8 :: 2])) < 4 for ep in by_kind["drawn"].tolist()]
+    assert 0.8 < np.mean(repeats) < 1.0  # all four distinct in 4!/4^4 = 9% of episodes
+
+    def last_by_elimination(ep: list[int]) -> bool:
+        left = sorted(ep[1:8:2])  # the pairs' values
+        for v in ep[L - 7 : L - 2 : 2]:  # the first three answers
+            if v not in left:
+                return False
+            left.remove(v)
+        return left == [ep[L - 1]]
+
+    assert all(last_by_elimination(ep) for ep in by_kind["shuffled"].tolist())
+    assert np.mean([last_by_elimination(ep) for ep in by_kind["drawn"].tolist()]) < 0.2
 
 
 def oracle_spread(ep: list[int], T: int, n_keys: int) -> dict[int, int]:

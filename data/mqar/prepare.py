@@ -2,7 +2,8 @@
 of an episode, every one of their keys asked for again, in a new order, at its end.
 
     python data/mqar/prepare.py [--out_dir DIR] [--n_segments 4] [--block_size 16] [--n_pairs 4]
-                                [--train_min_pairs 0] [--train_episodes 20000] [--val_episodes 500] [--seed 1337]
+                                [--train_min_pairs 0] [--queries shuffled] [--train_episodes 20000]
+                                [--val_episodes 500] [--seed 1337]
 
 An episode is n_segments segments of block_size tokens (4 x 16 by default):
 
@@ -16,9 +17,11 @@ block_size the pairs fill the first ceil(2 * n_pairs / block_size) segments and 
 two never share a segment (n_segments >= 2 ceil(2 * n_pairs / block_size)), so only memory can carry the pairs;
 n_segments=1 is the no-gap control (pairs, then queries, in one segment: 4 * n_pairs <= block_size). Each answer
 token is right by chance with 1/16, all of them with (1/16)^n_pairs: the per-answer accuracy (train.py's acc_token)
-is the measure. With --train_min_pairs m, each training episode holds between m and n_pairs pairs (uniformly, laid
-out the same way), so training also sees easy episodes, while val keeps n_pairs in every episode. Writes train.bin,
-val.bin, train_mask.bin, val_mask.bin and meta.json; see data/README.md for the reading contract.
+is the measure. With --queries drawn the last segment asks n_pairs keys drawn with replacement (some twice, some
+not at all) instead of every key once, so that no answer follows by elimination (data/common.py, MQAR_QUERIES).
+With --train_min_pairs m, each training episode holds between m and n_pairs pairs (uniformly, laid out the same
+way), so training also sees easy episodes, while val keeps n_pairs in every episode. Writes train.bin, val.bin,
+train_mask.bin, val_mask.bin and meta.json; see data/README.md for the reading contract.
 """
 
 import sys
@@ -30,6 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run as a script, only data/mqar is on the path; data/common.py is 2 up
 from data.common import (  # noqa: E402
+    MQAR_QUERIES,
     N_KEYS,
     N_VALUES,
     VALUE0,
@@ -44,25 +48,34 @@ from data.common import (  # noqa: E402
 
 
 def generate(
-    rng: np.random.Generator, n: int, n_segments: int, block_size: int, n_pairs: int
+    rng: np.random.Generator, n: int, n_segments: int, block_size: int, n_pairs: int, queries: str = "shuffled"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """n MQAR episodes: tokens and answer mask, both (n, n_segments * block_size)."""
+    """n MQAR episodes: tokens and answer mask, both (n, n_segments * block_size). queries 'shuffled' asks every key
+    once in a fresh order; 'drawn' asks n_pairs keys drawn with replacement (MQAR_QUERIES)."""
     L, P = n_segments * block_size, n_pairs
     tokens = fillers(rng, n, L)  # (n, L)
     keys = distinct_keys(rng, n, P)  # (n, P), distinct within a row
     values = rng.integers(VALUE0, VALUE0 + N_VALUES, size=(n, P))  # (n, P)
     tokens[:, : 2 * P] = np.stack([keys, values], axis=2).reshape(n, 2 * P)  # k v k v ...
-    # the same pairs in a fresh order, so the answers cannot be copied by position
-    order, rows = np.argsort(rng.random((n, P)), axis=1), np.arange(n)[:, None]  # (n, P), (n, 1)
-    queries = np.stack([keys[rows, order], values[rows, order]], axis=2)  # (n, P, 2)
-    tokens[:, L - 2 * P :] = queries.reshape(n, 2 * P)
+    # the same pairs in a fresh order, so the answers cannot be copied by position; or drawn with replacement
+    rows = np.arange(n)[:, None]  # (n, 1)
+    drawn = queries == "drawn"
+    order = rng.integers(0, P, size=(n, P)) if drawn else np.argsort(rng.random((n, P)), axis=1)  # (n, P)
+    asked = np.stack([keys[rows, order], values[rows, order]], axis=2)  # (n, P, 2)
+    tokens[:, L - 2 * P :] = asked.reshape(n, 2 * P)
     mask = np.zeros((n, L), dtype=np.uint8)
     mask[:, L - 2 * P + 1 :: 2] = 1  # each query's value
     return tokens, mask
 
 
 def generate_mixed(
-    rng: np.random.Generator, n: int, n_segments: int, block_size: int, n_pairs: int, min_pairs: int
+    rng: np.random.Generator,
+    n: int,
+    n_segments: int,
+    block_size: int,
+    n_pairs: int,
+    min_pairs: int,
+    queries: str = "shuffled",
 ) -> tuple[np.ndarray, np.ndarray]:
     """n episodes of min_pairs to n_pairs pairs each (uniformly), each laid out as generate lays out its count."""
     counts = rng.integers(min_pairs, n_pairs + 1, size=n)
@@ -70,7 +83,7 @@ def generate_mixed(
     tokens, mask = np.zeros((n, L), dtype=np.int64), np.zeros((n, L), dtype=np.uint8)
     for p in np.unique(counts):
         rows = counts == p
-        tokens[rows], mask[rows] = generate(rng, int(rows.sum()), n_segments, block_size, int(p))
+        tokens[rows], mask[rows] = generate(rng, int(rows.sum()), n_segments, block_size, int(p), queries)
     return tokens, mask
 
 
@@ -79,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n_pairs", type=positive_int, default=4, help="key-value pairs, all queried (default: 4)")
     parser.add_argument(
         "--train_min_pairs", type=nonnegative_int, default=0, help="> 0: training episodes hold this many to n_pairs"
+    )
+    parser.add_argument(
+        "--queries", choices=MQAR_QUERIES, default="shuffled", help="each key once (shuffled) or drawn with replacement"
     )
     try:
         args = parser.parse_args(argv)
@@ -101,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    gen = partial(generate, n_segments=S, block_size=T, n_pairs=P)
+    gen = partial(generate, n_segments=S, block_size=T, n_pairs=P, queries=args.queries)
     mixed = None
     if args.train_min_pairs:
-        mixed = partial(generate_mixed, n_segments=S, block_size=T, n_pairs=P, min_pairs=args.train_min_pairs)
-    settings = {"n_pairs": P, "train_min_pairs": args.train_min_pairs}
+        mixed = partial(
+            generate_mixed, n_segments=S, block_size=T, n_pairs=P, min_pairs=args.train_min_pairs, queries=args.queries
+        )
+    settings: dict[str, int | str] = {"n_pairs": P, "train_min_pairs": args.train_min_pairs}
+    if args.queries != "shuffled":  # named only when not the default, so folders prepared before stay current
+        settings["queries"] = args.queries
     return prepare_episodes(args, "mqar", gen, answer_len=P, settings=settings, generate_train=mixed)
 
 
