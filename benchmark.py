@@ -81,7 +81,7 @@ SYNTHETIC = ("recall", "copy", "needle")  # and mqar<P>: multi-query associative
 # text tasks and the config each trains: the quick start on tiny-shakespeare; 8 segments of Python source code, where
 # names defined far above are used below (data/pycode_char)
 # the synthetic tasks' prepare.py settings that folders prepared before them do not name, at their defaults
-PREPARE_DEFAULTS = {"--queries": "shuffled", "--train_min_pairs": "0"}
+PREPARE_DEFAULTS = {"--queries": "shuffled", "--n_queries": "0", "--train_min_pairs": "0"}
 TEXT = {"shakespeare_char": "config/train_gmm_shakespeare.py", "pycode_char": "config/train_gmm_pycode.py"}
 LEARNED = 0.9  # answer accuracy at the trained length from which a run counts as having learned its task
 NUM = r"\d+(?:\.\d+)?"  # a number in a variant name: 2, 0.5, 0.003 ('-' joins ablations, so none is negative)
@@ -188,6 +188,7 @@ class GridConfig:
     # mqar's questions: every key once in a fresh order (shuffled), or P keys drawn with replacement (drawn), which
     # leaves no answer to elimination (data/mqar/prepare.py)
     mqar_queries: str = "shuffled"
+    mqar_n_queries: int = 0  # with mqar_queries=drawn: questions per episode, 0 = P (more answers to learn from)
     recall_pairs: int = 1  # key-value pairs per recall episode
     copy_len: int = 4  # tokens to copy
     # text tasks: each variant trained on the task's config (TEXT), or on this one if given
@@ -218,6 +219,10 @@ class GridConfig:
             raise ValueError("seeds = [] must name at least one seed, e.g. --seeds=1,2,3")
         if self.mqar_queries not in MQAR_QUERIES:
             raise ValueError(f"mqar_queries = '{self.mqar_queries}' must be one of {', '.join(MQAR_QUERIES)}")
+        if self.mqar_n_queries < 0 or (self.mqar_n_queries and self.mqar_queries != "drawn"):
+            raise ValueError(
+                f"mqar_n_queries = {self.mqar_n_queries} must be >= 0, and > 0 only with mqar_queries=drawn"
+            )
         if self.mqar_train_min_pairs < 0:
             raise ValueError(f"mqar_train_min_pairs = {self.mqar_train_min_pairs} must be >= 0 (0 = every episode P)")
         if self.jobs < 0 or self.threads < 0:
@@ -326,7 +331,7 @@ def task_prepare_args(task: str, cfg: GridConfig) -> list[str]:
         return ["--copy_len", str(cfg.copy_len)]
     if (P := mqar_pairs(task)) is not None:  # a task of fewer pairs than mqar_train_min_pairs trains on P only
         return ["--n_pairs", str(P), "--train_min_pairs", str(min(cfg.mqar_train_min_pairs, P)),
-                "--queries", cfg.mqar_queries]  # fmt: skip
+                "--queries", cfg.mqar_queries, "--n_queries", str(cfg.mqar_n_queries)]  # fmt: skip
     if (K := spread_keys(task)) is not None:
         return ["--n_keys", str(K)]
     return []
@@ -347,7 +352,10 @@ def min_segments(task: str, cfg: GridConfig) -> int:
     if (K := spread_keys(task)) is not None:  # rewrite<K>: K pairs, one a segment, before the queries' segment
         return K + 1 if K else 1
     P = mqar_pairs(task)
-    return 1 if P is None or cfg.block_size >= 4 * P else 2 * -(-2 * P // cfg.block_size)
+    if P is None:
+        return 1
+    Q, T = cfg.mqar_n_queries or P, cfg.block_size
+    return 1 if T >= 2 * (P + Q) else -(-2 * P // T) - (-2 * Q // T)
 
 
 def max_segments(task: str, cfg: GridConfig) -> int | None:

@@ -116,7 +116,7 @@ def test_mqar_tasks_get_their_own_data_and_lengths() -> None:
     assert benchmark.task_lengths("mqar16", cfg) == ([4, 4, 4], [4, 8, 16])
     assert benchmark.task_lengths("mqar4", cfg) == ([2, 3, 4], [2, 4, 8, 16])
     assert benchmark.task_prepare_args("mqar4", cfg) == ["--n_pairs", "4", "--train_min_pairs", "0", "--queries",
-                                                         "shuffled"]  # fmt: skip
+                                                         "shuffled", "--n_queries", "0"]  # fmt: skip
     assert benchmark.task_prepare_args("mqar4", replace(cfg, mqar_train_min_pairs=8, mqar_queries="drawn")) == [
         "--n_pairs",
         "4",
@@ -124,11 +124,21 @@ def test_mqar_tasks_get_their_own_data_and_lengths() -> None:
         "4",
         "--queries",
         "drawn",
+        "--n_queries",
+        "0",
     ]
     with pytest.raises(ValueError, match="mqar_queries = 'random' must be one of shuffled, drawn"):
         replace(cfg, mqar_queries="random")
     # 4 pairs and 4 queries fit in one segment of 16 (the no-gap control); 16 pairs need two segments each way
     assert benchmark.min_segments("mqar4", cfg) == 1 and benchmark.min_segments("mqar16", cfg) == 4
+    # 4 pairs and 12 drawn questions: 32 tokens, two segments of 16 or more (8 pair tokens, then 24 question tokens)
+    drawn = replace(cfg, mqar_queries="drawn", mqar_n_queries=12)
+    assert (
+        benchmark.min_segments("mqar4", drawn) == 3
+        and benchmark.min_segments("mqar4", replace(drawn, block_size=32)) == 1
+    )
+    with pytest.raises(ValueError, match="mqar_n_queries = 12 must be >= 0, and > 0 only with mqar_queries=drawn"):
+        replace(cfg, mqar_n_queries=12)
     assert (
         benchmark.is_synthetic("mqar4") and not benchmark.is_synthetic("mqar") and not benchmark.is_synthetic("mqar0")
     )

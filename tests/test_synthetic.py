@@ -275,6 +275,10 @@ BAD_ARGS = [
     ("mqar", ["--n_pairs", "3", "--n_segments", "2", "--block_size", "5"], "need >= 4"),
     ("mqar", ["--n_segments", "1", "--block_size", "12"], "--block_size 12"),  # 4 pairs and their queries: 16
     ("mqar", ["--train_min_pairs", "5"], "--train_min_pairs 5 must be <= --n_pairs 4"),
+    ("mqar", ["--n_queries", "6"], "--n_queries 6 needs --queries drawn"),
+    ("mqar", ["--queries", "drawn", "--n_queries", "6", "--n_segments", "1", "--block_size", "16"], "need >= 20"),
+    ("mqar", ["--queries", "drawn", "--n_queries", "9", "--n_segments", "2", "--block_size", "16"], "need >= 3"),
+    ("mqar", ["--queries", "random"], "--queries"),
     ("spread", ["--n_segments", "18", "--block_size", "64"], "at most 16 distinct keys"),
     ("spread", ["--n_segments", "8", "--block_size", "12"], "--block_size 12"),  # 7 queries need 14 tokens
     ("spread", ["--n_segments", "3", "--n_keys", "3"], "need >= 4"),
@@ -337,6 +341,26 @@ def test_mqar_drawn_queries_leave_nothing_to_elimination(tmp_path: Path) -> None
 
     assert all(last_by_elimination(ep) for ep in by_kind["shuffled"].tolist())
     assert np.mean([last_by_elimination(ep) for ep in by_kind["drawn"].tolist()]) < 0.2
+
+
+@pytest.mark.parametrize(("n_segments", "block_size", "n_queries"), [(1, 32, 12), (3, 8, 6), (2, 16, 3)])
+def test_mqar_more_queries_than_pairs(n_segments: int, block_size: int, n_queries: int, tmp_path: Path) -> None:
+    """--queries drawn --n_queries Q: Q questions in the last 2Q tokens (their own segments, apart from the pairs'
+    unless there is one segment), each answered by its key's value, and Q answers an episode."""
+    S, T, Q = n_segments, block_size, n_queries
+    meta = prepare("mqar", tmp_path, "--n_pairs", "4", "--n_segments", str(S), "--block_size", str(T),
+                   "--queries", "drawn", "--n_queries", str(Q))  # fmt: skip
+    assert (meta["answer_len"], meta["n_queries"], meta["queries"]) == (Q, Q, "drawn")
+    L = S * T
+    tokens, mask = episodes(tmp_path, "val", L)
+    assert (mask.sum(axis=1) == Q).all() and mask[:, L - 2 * Q + 1 :: 2].all()
+    for ep in tokens.tolist():
+        pairs = dict(zip(ep[0:8:2], ep[1:8:2], strict=True))
+        asked = list(zip(ep[L - 2 * Q :: 2], ep[L - 2 * Q + 1 :: 2], strict=True))
+        assert all(pairs[k] == v for k, v in asked), "each answer is its key's value"
+        assert not any(is_key(t) or is_value(t) for t in ep[8 : L - 2 * Q]), "only fillers between"
+    if S > 1:
+        assert 7 // T < (L - 2 * Q) // T, "pairs and questions in different segments"
 
 
 def oracle_spread(ep: list[int], T: int, n_keys: int) -> dict[int, int]:

@@ -2,8 +2,8 @@
 of an episode, every one of their keys asked for again, in a new order, at its end.
 
     python data/mqar/prepare.py [--out_dir DIR] [--n_segments 4] [--block_size 16] [--n_pairs 4]
-                                [--train_min_pairs 0] [--queries shuffled] [--train_episodes 20000]
-                                [--val_episodes 500] [--seed 1337]
+                                [--train_min_pairs 0] [--queries shuffled] [--n_queries 0]
+                                [--train_episodes 20000] [--val_episodes 500] [--seed 1337]
 
 An episode is n_segments segments of block_size tokens (4 x 16 by default):
 
@@ -18,7 +18,9 @@ two never share a segment (n_segments >= 2 ceil(2 * n_pairs / block_size)), so o
 n_segments=1 is the no-gap control (pairs, then queries, in one segment: 4 * n_pairs <= block_size). Each answer
 token is right by chance with 1/16, all of them with (1/16)^n_pairs: the per-answer accuracy (train.py's acc_token)
 is the measure. With --queries drawn the last segment asks n_pairs keys drawn with replacement (some twice, some
-not at all) instead of every key once, so that no answer follows by elimination (data/common.py, MQAR_QUERIES).
+not at all) instead of every key once, so that no answer follows by elimination (data/common.py, MQAR_QUERIES);
+--n_queries Q then asks Q of them (the last 2Q tokens, in the last ceil(2Q / block_size) segments), more answers
+to learn from per episode.
 With --train_min_pairs m, each training episode holds between m and n_pairs pairs (uniformly, laid out the same
 way), so training also sees easy episodes, while val keeps n_pairs in every episode. Writes train.bin, val.bin,
 train_mask.bin, val_mask.bin and meta.json; see data/README.md for the reading contract.
@@ -48,11 +50,18 @@ from data.common import (  # noqa: E402
 
 
 def generate(
-    rng: np.random.Generator, n: int, n_segments: int, block_size: int, n_pairs: int, queries: str = "shuffled"
+    rng: np.random.Generator,
+    n: int,
+    n_segments: int,
+    block_size: int,
+    n_pairs: int,
+    queries: str = "shuffled",
+    n_queries: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """n MQAR episodes: tokens and answer mask, both (n, n_segments * block_size). queries 'shuffled' asks every key
-    once in a fresh order; 'drawn' asks n_pairs keys drawn with replacement (MQAR_QUERIES)."""
+    once in a fresh order; 'drawn' asks n_queries keys (0 = n_pairs) drawn with replacement (MQAR_QUERIES)."""
     L, P = n_segments * block_size, n_pairs
+    Q = (n_queries or P) if queries == "drawn" else P
     tokens = fillers(rng, n, L)  # (n, L)
     keys = distinct_keys(rng, n, P)  # (n, P), distinct within a row
     values = rng.integers(VALUE0, VALUE0 + N_VALUES, size=(n, P))  # (n, P)
@@ -60,11 +69,11 @@ def generate(
     # the same pairs in a fresh order, so the answers cannot be copied by position; or drawn with replacement
     rows = np.arange(n)[:, None]  # (n, 1)
     drawn = queries == "drawn"
-    order = rng.integers(0, P, size=(n, P)) if drawn else np.argsort(rng.random((n, P)), axis=1)  # (n, P)
-    asked = np.stack([keys[rows, order], values[rows, order]], axis=2)  # (n, P, 2)
-    tokens[:, L - 2 * P :] = asked.reshape(n, 2 * P)
+    order = rng.integers(0, P, size=(n, Q)) if drawn else np.argsort(rng.random((n, P)), axis=1)  # (n, Q)
+    asked = np.stack([keys[rows, order], values[rows, order]], axis=2)  # (n, Q, 2)
+    tokens[:, L - 2 * Q :] = asked.reshape(n, 2 * Q)
     mask = np.zeros((n, L), dtype=np.uint8)
-    mask[:, L - 2 * P + 1 :: 2] = 1  # each query's value
+    mask[:, L - 2 * Q + 1 :: 2] = 1  # each query's value
     return tokens, mask
 
 
@@ -76,6 +85,7 @@ def generate_mixed(
     n_pairs: int,
     min_pairs: int,
     queries: str = "shuffled",
+    n_queries: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """n episodes of min_pairs to n_pairs pairs each (uniformly), each laid out as generate lays out its count."""
     counts = rng.integers(min_pairs, n_pairs + 1, size=n)
@@ -83,7 +93,7 @@ def generate_mixed(
     tokens, mask = np.zeros((n, L), dtype=np.int64), np.zeros((n, L), dtype=np.uint8)
     for p in np.unique(counts):
         rows = counts == p
-        tokens[rows], mask[rows] = generate(rng, int(rows.sum()), n_segments, block_size, int(p), queries)
+        tokens[rows], mask[rows] = generate(rng, int(rows.sum()), n_segments, block_size, int(p), queries, n_queries)
     return tokens, mask
 
 
@@ -96,37 +106,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--queries", choices=MQAR_QUERIES, default="shuffled", help="each key once (shuffled) or drawn with replacement"
     )
+    parser.add_argument(
+        "--n_queries", type=nonnegative_int, default=0, help="with --queries drawn: questions per episode (0 = n_pairs)"
+    )
     try:
         args = parser.parse_args(argv)
         S, T, P = args.n_segments, args.block_size, args.n_pairs
         if P > N_KEYS:
             raise UsageError(f"--n_pairs {P} must be <= {N_KEYS}, the number of distinct keys")
-        span = -(-2 * P // T)  # segments the pairs fill, and the queries: ceil(2P / T)
-        if S == 1 and 4 * P > T:
+        if args.n_queries and args.queries != "drawn":
+            raise UsageError(f"--n_queries {args.n_queries} needs --queries drawn (shuffled asks each key once)")
+        Q = args.n_queries or P
+        pair_span, query_span = -(-2 * P // T), -(-2 * Q // T)  # segments the pairs fill, and the queries
+        if S == 1 and 2 * (P + Q) > T:
             raise UsageError(
-                f"--block_size {T} is too small for {P} pairs and their queries in 1 segment: need >= {4 * P} "
-                f"(or --n_segments >= {2 * span})"
+                f"--block_size {T} is too small for {P} pairs and {Q} queries in 1 segment: need >= {2 * (P + Q)} "
+                f"(or --n_segments >= {pair_span + query_span})"
             )
-        if 1 < S < 2 * span:
+        if 1 < S < pair_span + query_span:
             raise UsageError(
-                f"--n_segments {S} is too few for {P} pairs in segments of {T} tokens: the pairs fill {span} "
-                f"segment(s) and the queries {span} more, need >= {2 * span}"
+                f"--n_segments {S} is too few for {P} pairs and {Q} queries in segments of {T} tokens: the pairs "
+                f"fill {pair_span} segment(s) and the queries {query_span} more, need >= {pair_span + query_span}"
             )
         if args.train_min_pairs > P:
             raise UsageError(f"--train_min_pairs {args.train_min_pairs} must be <= --n_pairs {P} (0: every episode P)")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    gen = partial(generate, n_segments=S, block_size=T, n_pairs=P, queries=args.queries)
+    asking = dict(queries=args.queries, n_queries=Q)
+    gen = partial(generate, n_segments=S, block_size=T, n_pairs=P, **asking)
     mixed = None
     if args.train_min_pairs:
-        mixed = partial(
-            generate_mixed, n_segments=S, block_size=T, n_pairs=P, min_pairs=args.train_min_pairs, queries=args.queries
-        )
+        mixed = partial(generate_mixed, n_segments=S, block_size=T, n_pairs=P, min_pairs=args.train_min_pairs, **asking)
     settings: dict[str, int | str] = {"n_pairs": P, "train_min_pairs": args.train_min_pairs}
     if args.queries != "shuffled":  # named only when not the default, so folders prepared before stay current
-        settings["queries"] = args.queries
-    return prepare_episodes(args, "mqar", gen, answer_len=P, settings=settings, generate_train=mixed)
+        settings.update(queries=args.queries, n_queries=Q)
+    return prepare_episodes(args, "mqar", gen, answer_len=Q, settings=settings, generate_train=mixed)
 
 
 if __name__ == "__main__":
