@@ -49,7 +49,7 @@ class Decodable(Protocol):
 
     def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
 
-    def embed(self, idx: torch.Tensor, start: int) -> torch.Tensor: ...
+    def embed(self, idx: torch.Tensor, start: int, prev: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def extend_cache(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor: ...
 
@@ -69,9 +69,11 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0  # positions filled so far
+        self.last: torch.Tensor | None = None  # (B, 1) the last token fed through GPT.forward (token_shift reads it)
 
     def reset(self) -> None:
         self.pos = 0
+        self.last = None
 
 
 @torch.no_grad()
@@ -145,6 +147,7 @@ class SegmentDecoder:
             self.cache = model.xl_cache(None, batch_size, p.device, cache_dtype(p))
         self.memory = model.memory.initial(batch_size) if model.memory is not None else None
         self.t = 0  # text tokens in the current segment
+        self.prev: torch.Tensor | None = None  # (B, 1) the segment's last text token so far (token_shift reads it)
         self.start_segment()
 
     def start_segment(self) -> None:
@@ -182,7 +185,9 @@ class SegmentDecoder:
             if self.t == T:
                 self.end_segment()
             take = min(idx.size(1) - i, T - self.t)
-            h = self.model.extend_cache(self.model.embed(idx[:, i : i + take], self.t), self.cache)  # (B, take, D)
+            x = self.model.embed(idx[:, i : i + take], self.t, self.prev if self.t > 0 else None)
+            h = self.model.extend_cache(x, self.cache)  # (B, take, D)
+            self.prev = idx[:, i + take - 1 : i + take]
             self.t += take
             i += take
             if not last_only:

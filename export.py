@@ -205,7 +205,7 @@ def model_card(model: GPT, ckpt: dict[str, Any], records: list[dict[str, Any]], 
     run = ckpt.get("config", {})
     n_params = model.get_num_params()
     memory = (
-        ("no memory: a plain GPT-2 architecture" if cfg.pos_emb == "learned" else "no memory")
+        ("no memory: a plain GPT-2 architecture" if cfg.pos_emb == "learned" and not cfg.token_shift else "no memory")
         if cfg.gmm_experts == 0
         else f"a gated memory mixture of {cfg.gmm_experts} expert bank(s) of {cfg.gmm_slots} slots, read at the start "
         f"and written at the end of every {cfg.block_size}-token segment (top-k {cfg.gmm_top_k or 'dense'}, "
@@ -215,6 +215,10 @@ def model_card(model: GPT, ckpt: dict[str, Any], records: list[dict[str, Any]], 
         memory += (
             ", and rotary position embeddings (rope), which transformers' GPT-2 cannot hold: it loads with the "
             "project's code"
+        )
+    if cfg.token_shift:
+        memory += (
+            ", and a token shift (each token's embedding adds its predecessor's), which loads with the project's code"
         )
     name = repo or "<folder>"
     if kind == "gpt2":
@@ -298,6 +302,8 @@ def export_kind(config: GPTConfig, format: str) -> str:
         why.append(f"its memory (gmm_experts = {config.gmm_experts})")
     if config.pos_emb != "learned":
         why.append(f"its positions (pos_emb = '{config.pos_emb}'; GPT-2 has learned position embeddings only)")
+    if config.token_shift:
+        why.append("its token shift (token_shift = True; GPT-2 has none)")
     if format == "transformers" and why:
         raise ValueError(
             f"format = 'transformers': transformers' GPT-2 cannot hold {' and '.join(why)}; export with "

@@ -52,6 +52,11 @@ class GPTConfig:
     # nothing per position to learn; with memory, positions count along a segment's [read slots][tokens][write tokens]
     pos_emb: str = "learned"
     rope_base: float = 10000.0  # rope: the pair i of a head turns by position * rope_base^(-2i / head size)
+    # True: each token's embedding also gets the previous token's, through a learned map that starts at zero (a
+    # short convolution of width 2, the shift of H3 https://arxiv.org/abs/2212.14052 and Zoology's BaseConv): a
+    # token then knows its predecessor before any attention, which associative recall needs (a value knows its key).
+    # Within a segment: its first token has no predecessor. A fresh model equals one without it
+    token_shift: bool = False
     # Transformer-XL (https://arxiv.org/abs/1901.02860): each segment's attention also sees the previous segment's
     # keys and values, cached without gradient: the baseline the memory must beat. Needs rope and no memory
     xl_attention: bool = False
@@ -313,6 +318,8 @@ class Transformer(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         # rope has no table: its angles are computed (GPT.rotary)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
+        # token_shift: the previous token's embedding, mapped (zero at first, see GPT.__init__)
+        self.shift = nn.Linear(config.n_embd, config.n_embd, bias=False) if config.token_shift else None
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
@@ -374,6 +381,8 @@ class GPT(nn.Module):
         for pn, p in self.named_parameters():
             if pn.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if self.transformer.shift is not None:  # a fresh model's tokens ignore their predecessors
+            torch.nn.init.zeros_(self.transformer.shift.weight)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameter count. The position embeddings are subtracted by default; the token embeddings are counted
@@ -432,7 +441,9 @@ class GPT(nn.Module):
         if kv_cache is not None:
             if self.carries:
                 raise ValueError("with memory or xl_attention on, decode incrementally through SegmentDecoder")
-            h = self.extend_cache(self.embed(idx, kv_cache.pos), kv_cache)
+            prev = kv_cache.last if kv_cache.pos > 0 else None  # token_shift: the token before idx
+            h = self.extend_cache(self.embed(idx, kv_cache.pos, prev), kv_cache)
+            kv_cache.last = idx[:, -1:]
             logits = self.lm_head(h[:, [-1], :])
             return ModelOutput(logits, None, None, {}, [], None) if details else (logits, None)
         out = self.forward_segments(idx, targets, bptt_segments=bptt_segments, keep_logits=keep_logits)
@@ -584,12 +595,17 @@ class GPT(nn.Module):
         memory, routing = self.memory.write(memory, h[:, R + T :])
         return h[:, R : R + T], memory, routing
 
-    def embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+    def embed(self, idx: torch.Tensor, start: int, prev: torch.Tensor | None = None) -> torch.Tensor:
         """Token plus position embeddings (B, T, D) for tokens at positions start..start+T-1 of their segment (with
-        rope, token embeddings alone: positions turn queries and keys in attention)."""
+        rope, token embeddings alone: positions turn queries and keys in attention). With token_shift each token
+        adds its predecessor's embedding, mapped: prev (B, 1) is the token before idx in the segment (None at its
+        start, where the first token has none)."""
         if start + idx.size(1) > self.config.block_size:
             raise ValueError(f"cannot embed position {start + idx.size(1) - 1}: block_size is {self.config.block_size}")
         x = self.transformer.wte(idx)
+        if self.transformer.shift is not None:
+            before = x[:, :-1] if prev is None else torch.cat([self.transformer.wte(prev), x[:, :-1]], dim=1)
+            x = x + F.pad(self.transformer.shift(before), (0, 0, x.size(1) - before.size(1), 0))
         if self.transformer.wpe is not None:
             x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device))
         out: torch.Tensor = self.transformer.drop(x)

@@ -32,11 +32,12 @@ GMM = ["--gmm_experts=2", "--gmm_slots=2", "--n_segments=3"]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, shakespeare_char_data: Path) -> dict[str, Path]:
-    """Three tiny trained char runs (memory off, k=2 experts, memory off with rope) and their exports."""
+    """Three tiny trained char runs (memory off, k=2 experts, memory off with rope and the token shift) and their
+    exports."""
     root = tmp_path_factory.mktemp("export")
     data = [f"--data_dir={shakespeare_char_data}", "--dataset=shakespeare_char"]
     paths = {}
-    for name, extra in (("plain", []), ("gmm", GMM), ("rope", ["--pos_emb=rope"])):
+    for name, extra in (("plain", []), ("gmm", GMM), ("rope", ["--pos_emb=rope", "--token_shift=True"])):
         train.main([*data, *TINY, *extra, f"--out_dir={root / name}"])
         export.main([f"--out_dir={root / name}", f"--to={root / (name + '-export')}"])
         paths[name], paths[name + "-export"] = root / name, root / (name + "-export")
@@ -116,22 +117,25 @@ def test_gmm_export_loads_with_the_same_logits_and_streams(runs: dict[str, Path]
 
 
 def test_a_rope_export_is_the_projects_format_and_says_why(runs: dict[str, Path], capsys: Any) -> None:
-    """Rotary positions do not fit transformers' GPT-2: auto exports the project's format (the same logits back, a
-    card that says why), and asking for a transformers GPT-2 is one line naming pos_emb."""
+    """Rotary positions and the token shift do not fit transformers' GPT-2: auto exports the project's format (the
+    same logits back, a card that says why), and asking for a transformers GPT-2 is one line naming both."""
     folder = runs["rope-export"]
     assert hub.export_kind(folder) == "gmm"
     ckpt_model = GPT.from_checkpoint(load_checkpoint(str(runs["rope"] / "ckpt.pt"))).eval()
     exported = GPT.from_pretrained(str(folder)).eval()
-    assert exported.config.pos_emb == "rope" and exported.transformer.wpe is None
+    assert exported.config.pos_emb == "rope" and exported.transformer.wpe is None and exported.config.token_shift
+    assert exported.transformer.shift is not None and exported.transformer.shift.weight.any()  # trained, so it counts
     x = torch.randint(0, 65, (2, 16), generator=torch.Generator().manual_seed(3))
     assert torch.equal(logits(exported, x), logits(ckpt_model, x))
-    assert "transformers' GPT-2 cannot hold" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "transformers' GPT-2 cannot hold" in card and "token shift" in card
     target = runs["rope"].parent / "rope-as-gpt2"
     with pytest.raises(SystemExit) as e:
         export.main([f"--out_dir={runs['rope']}", f"--to={target}", "--format=transformers"])
     assert e.value.code != 0 and not target.exists()
     err = capsys.readouterr().err.strip()
-    assert "pos_emb = 'rope'" in err and "--format=project" in err and len(err.splitlines()) == 1
+    assert "pos_emb = 'rope'" in err and "token_shift = True" in err and "--format=project" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_an_export_holds_only_safetensors_json_and_text(runs: dict[str, Path]) -> None:

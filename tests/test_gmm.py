@@ -41,7 +41,11 @@ def tiny(**kw: object) -> GPT:
     torch.manual_seed(0)
     args: dict[str, Any] = dict(block_size=T, vocab_size=V, n_layer=2, n_head=2, n_embd=32, gmm_slots=3)
     args.update(kw)
-    return GPT(GPTConfig(**args)).eval()
+    model = GPT(GPTConfig(**args)).eval()
+    if model.transformer.shift is not None:  # token_shift starts at zero: drawn here so that it matters
+        with torch.no_grad():
+            model.transformer.shift.weight.normal_(0.0, 0.1)
+    return model
 
 
 MODES: list[dict[str, Any]] = [
@@ -347,6 +351,10 @@ def test_initial_states() -> None:
         dict(gmm_experts=4, gmm_read="concat", gmm_read_gate=True),
         dict(gmm_experts=1, gmm_read_initial=False, pos_emb="rope"),
         dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, gmm_read_initial=False),
+        dict(gmm_experts=0, token_shift=True),
+        dict(gmm_experts=1, token_shift=True, pos_emb="rope"),
+        dict(gmm_experts=4, gmm_top_k=2, gmm_shared_expert=True, token_shift=True),
+        dict(gmm_experts=0, pos_emb="rope", xl_attention=True, token_shift=True),
     ],
     ids=mode_id,
 )
@@ -362,7 +370,14 @@ def test_incremental_decoding_equals_full_forward(mode: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "mode", [dict(gmm_experts=4), dict(gmm_experts=4, pos_emb="rope"), dict(pos_emb="rope", xl_attention=True)]
+    "mode",
+    [
+        dict(gmm_experts=4),
+        dict(gmm_experts=4, pos_emb="rope"),
+        dict(pos_emb="rope", xl_attention=True),
+        dict(gmm_experts=1, token_shift=True),
+    ],
+    ids=mode_id,
 )
 def test_generation_streams_past_block_size_with_and_without_cache(mode: dict[str, Any]) -> None:
     model = tiny(**mode)

@@ -106,13 +106,15 @@ def test_from_pretrained_overrides(hf_dir: Path) -> None:
 # KV cache, attention paths, gradient checkpointing
 
 
+@pytest.mark.parametrize("token_shift", [False, True])
 @pytest.mark.parametrize("pos_emb", ["learned", "rope"])
 @pytest.mark.parametrize("flash", [True, False])
 @pytest.mark.parametrize("chunks", [[1] * 16, [4, 3, 1, 5, 1, 2]])
-def test_kv_cache_logits_equal_full_forward(flash: bool, chunks: list[int], pos_emb: str) -> None:
+def test_kv_cache_logits_equal_full_forward(flash: bool, chunks: list[int], pos_emb: str, token_shift: bool) -> None:
     """Feeding the sequence in chunks through the cache gives, at each chunk's last position, the logits of the
-    full forward: chunks of one token, and longer chunks that continue a filled cache (the masked path)."""
-    model = tiny_gpt(std=0.1, pos_emb=pos_emb)
+    full forward: chunks of one token, and longer chunks that continue a filled cache (the masked path; with
+    token_shift, a chunk's first token reads the cache's last one)."""
+    model = tiny_gpt(std=0.1, pos_emb=pos_emb, token_shift=token_shift)
     for attn in attentions(model):
         attn.flash = flash
     idx = torch.randint(50, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -128,14 +130,15 @@ def test_kv_cache_logits_equal_full_forward(flash: bool, chunks: list[int], pos_
     assert start == 16
 
 
-@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("pos_emb", ["learned", "rope", "learned+shift"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_kv_cache_generation_equals_cacheless(batch: int, temperature: float, pos_emb: str) -> None:
     """Decoding with and without the cache gives the same tokens, running 21 tokens past block_size so the window
     slides (the cache is refilled every step there): greedy, and sampling with the same generator seed."""
     # a seed whose greedy output does not collapse onto one repeated token
-    model = tiny_gpt(seed=2, std=0.1, pos_emb=pos_emb)
+    positions, _, shift = pos_emb.partition("+")
+    model = tiny_gpt(seed=2, std=0.1, pos_emb=positions, token_shift=bool(shift))
     prompt = torch.randint(50, (batch, 5), generator=torch.Generator().manual_seed(0))
     new = 2 * model.config.block_size  # 5 + 32 positions
     outs = []
@@ -175,6 +178,29 @@ def rope_reference(model: GPT, idx: torch.Tensor) -> torch.Tensor:
         x = x + block.mlp(block.ln_2(x))
     out: torch.Tensor = model.lm_head(model.transformer.ln_f(x))
     return out
+
+
+def test_token_shift_adds_the_mapped_previous_token_and_starts_as_a_no_op() -> None:
+    """token_shift: each token's embedding plus shift(the previous token's), nothing for a segment's first token
+    (each segment on its own); a fresh model gives the logits of the same weights without it."""
+    torch.manual_seed(0)
+    shifted = GPT(GPTConfig(**{**TINY, "token_shift": True}))  # type: ignore[arg-type]
+    plain = GPT(GPTConfig(**TINY))  # type: ignore[arg-type]
+    plain.load_state_dict({k: v for k, v in shifted.state_dict().items() if k != "transformer.shift.weight"})
+    T = int(TINY["block_size"])
+    idx = torch.randint(50, (2, 2 * T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert shifted.transformer.shift is not None and not shifted.transformer.shift.weight.any()
+        torch.testing.assert_close(shifted(idx, idx)[0], plain(idx, idx)[0], atol=0, rtol=0)
+        shifted.transformer.shift.weight.normal_(0.0, 0.1)
+        wpe = shifted.transformer.wpe
+        assert wpe is not None
+        e = shifted.transformer.wte(idx[:, :T]) + wpe.weight[:T]
+        e[:, 1:] += shifted.transformer.wte(idx[:, : T - 1]) @ shifted.transformer.shift.weight.T
+        torch.testing.assert_close(shifted.embed(idx[:, :T], 0), e)
+        # continuing after a token: the first one reads it
+        torch.testing.assert_close(shifted.embed(idx[:, 5:9], 5, idx[:, 4:5]), shifted.embed(idx[:, :9], 0)[:, 5:])
+        assert not torch.allclose(shifted(idx, idx)[0], plain(idx, idx)[0])
 
 
 def test_rope_equals_a_direct_rotary_computation() -> None:
