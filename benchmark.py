@@ -15,13 +15,14 @@ the RMT baseline), optionally followed by ablations joined with '-': `projected`
 (gmm_write_scale), `read` (gmm_routing), `learnedwrite` (gmm_write_input=learned: the write tokens do not start from
 the read memory), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x), `nocarry` (registers: the same read
 slots, nothing carried), `rope` (rotary positions), `gate` (gmm_read_gate: the read starts as a no-op),
-`noinitread` (gmm_read_initial=False: segment 1 has no read slots, since nothing has been written yet), `warmup`
+`noinitread` (gmm_read_initial=False: segment 1 has no read slots, since nothing has been written yet), `shift`
+(token_shift: each token's embedding adds its predecessor's), `warmup`
 (a text task's sequence-length warm-up: memory trains on 1, 2, 4, ... segments first, full attention on windows
 of 1, 2, 4, ... segments, at the same tokens a step; xl too; on off it is the control that draws the same
 batches). On a text
 task, `full` is the upper bound: no memory and one segment of n_segments * block_size tokens, so every token sees
 the whole context (the grid runs it on text tasks only). `xl` is Transformer-XL: no memory, rope, and attention to
-the previous segment's cached keys and values. off, full and xl take only `rope`, `warmup` and `lr<x>`.
+the previous segment's cached keys and values. off, full and xl take only `rope`, `warmup`, `shift` and `lr<x>`.
 
 Synthetic tasks (recall, copy, needle, mqar<P>: P pairs asked at once, spread: one pair a segment, rewrite<K>: K
 keys written again and again; data/<task>/prepare.py) train the small model set by the fields below with a segment
@@ -98,11 +99,12 @@ FLAGS: dict[str, dict[str, Any]] = {
     "rope": {"pos_emb": "rope"},
     "gate": {"gmm_read_gate": True},  # the text reads the memory through a gate that starts shut
     "noinitread": {"gmm_read_initial": False},  # segment 1 reads nothing: the memory is empty until written
+    "shift": {"token_shift": True},  # each token's embedding adds its predecessor's (model.py)
     # full: windows of 1, 2, 4, ... segments first; memory: sequences of 1, 2, 4, ... segments first; the same tokens
     # a step throughout (train_args sets them)
     "warmup": {"window_warmup": True},
 }
-WHOLE_MODEL = ("rope", "warmup")  # flags that apply without memory too (off-rope, full-rope), as lr<x> does
+WHOLE_MODEL = ("rope", "warmup", "shift")  # flags that apply without memory too (off-rope, full-rope), as lr<x> does
 NUMBERED: dict[str, tuple[str, type]] = {
     "bptt": ("bptt_segments", int),
     "top": ("gmm_top_k", int),
@@ -318,7 +320,7 @@ def variant_settings(variant: str, text: bool) -> dict[str, Any]:
             raise ValueError(f"variant '{variant}': 'warmup' is a text task's sequence-length warm-up")
         if head in ("off", "full", "xl") and mod not in WHOLE_MODEL and not re.fullmatch(rf"lr{NUM}", mod):
             raise ValueError(
-                f"variant '{variant}': '{mod}' needs memory: {head} takes rope, warmup and lr<x>; or use k1..k8"
+                f"variant '{variant}': '{mod}' needs memory: {head} takes rope, warmup, shift and lr<x>; or use k1..k8"
             )
     return settings
 

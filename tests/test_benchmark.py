@@ -54,6 +54,8 @@ def test_variant_settings() -> None:
     assert variant_settings("k4-lb0", text=True)["gmm_load_balance"] == 0.0
     assert variant_settings("k1-decaystates", text=True)["decay_memory_states"] is True
     assert variant_settings("k1-rope-noinitread", text=True)["gmm_read_initial"] is False
+    assert variant_settings("off-shift", text=False) == {"gmm_experts": 0, "token_shift": True}
+    assert variant_settings("k1-shift", text=False)["token_shift"] is True
     assert variant_settings("xl", text=True) == {"gmm_experts": 0, "pos_emb": "rope", "xl_attention": True}
     order = ["full-rope", "xl", "k4-top2-shared", "off-rope", "k1-rope", "off"]
     assert sorted(order, key=benchmark.variant_order) == [
