@@ -5,6 +5,11 @@
 # Baselines on the same data and schedule: --gmm_experts=0 (no memory), --gmm_experts=1 (one bank, RMT), and full
 # attention over the same 512 characters: --gmm_experts=0 --block_size=512 --n_segments=1.
 # The benchmark runs all four: python benchmark.py --tasks=pycode_char --variants=off,k1,k4-top2-shared,full
+# The recipe in which memory pays (RESULTS.md, Python source, 5 seeds): rotary positions and a warm-up of 1, 2, 4,
+# then 8 segments a sequence at the same tokens a step:
+# $ python train.py config/train_gmm_pycode.py --pos_emb=rope --segment_curriculum=[1,2,4,8] \
+#     --curriculum_same_tokens=True
+# (this file stays the benchmark's base, whose values are part of every recorded run's settings)
 
 out_dir = "out-gmm-pycode"
 eval_interval = 250
