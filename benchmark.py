@@ -821,9 +821,10 @@ def format_tables(summary: dict[str, Any]) -> str:
             continue
         first = next(iter(cells.values()))
         counts, setup = list(first["acc"]), first["setup"]
+        seeds = sorted({seed for cell in cells.values() for seed in cell["seeds"]})  # every variant's, not the first's
         trained = (
             f"trained on {setup['n_segments']} segments of {setup['block_size']} tokens (curriculum "
-            f"{setup['segment_curriculum']}), {setup['max_iters']} iterations; seeds {first['seeds']}"
+            f"{setup['segment_curriculum']}), {setup['max_iters']} iterations; seeds {seeds}"
         )
         columns = "| variant | params | " + " | ".join(f"{n} seg" for n in counts) + " |"
         lines += [
