@@ -79,10 +79,10 @@ from tracking import TRACKERS
 
 ROOT = Path(__file__).resolve().parent
 SYNTHETIC = ("recall", "copy", "needle")  # and mqar<P>: multi-query associative recall with P pairs
-# text tasks and the config each trains: the quick start on tiny-shakespeare; 8 segments of Python source code, where
-# names defined far above are used below (data/pycode_char)
 # the synthetic tasks' prepare.py settings that folders prepared before them do not name, at their defaults
 PREPARE_DEFAULTS = {"--queries": "shuffled", "--n_queries": "0", "--train_min_pairs": "0"}
+# text tasks and the config each trains: the quick start on tiny-shakespeare; 8 segments of Python source code, where
+# names defined far above are used below (data/pycode_char)
 TEXT = {"shakespeare_char": "config/train_gmm_shakespeare.py", "pycode_char": "config/train_gmm_pycode.py"}
 LEARNED = 0.9  # answer accuracy at the trained length from which a run counts as having learned its task
 NUM = r"\d+(?:\.\d+)?"  # a number in a variant name: 2, 0.5, 0.003 ('-' joins ablations, so none is negative)

@@ -603,9 +603,9 @@ class GPT(nn.Module):
         if start + idx.size(1) > self.config.block_size:
             raise ValueError(f"cannot embed position {start + idx.size(1) - 1}: block_size is {self.config.block_size}")
         x = self.transformer.wte(idx)
-        if self.transformer.shift is not None:
-            before = x[:, :-1] if prev is None else torch.cat([self.transformer.wte(prev), x[:, :-1]], dim=1)
-            x = x + F.pad(self.transformer.shift(before), (0, 0, x.size(1) - before.size(1), 0))
+        if self.transformer.shift is not None:  # each token's predecessor: prev, or nothing (zeros) for the first
+            first = x.new_zeros(x.size(0), 1, x.size(2)) if prev is None else self.transformer.wte(prev)  # (B, 1, D)
+            x = x + self.transformer.shift(torch.cat([first, x[:, :-1]], dim=1))
         if self.transformer.wpe is not None:
             x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), dtype=torch.long, device=idx.device))
         out: torch.Tensor = self.transformer.drop(x)
