@@ -13,7 +13,8 @@ checkpoint is then evaluated on the validation episodes at every segment count i
 training length measure length generalisation. A variant is `off` (no memory), `k<N>` (N experts; k1 is one bank,
 the RMT baseline), optionally followed by ablations joined with '-': `projected` (gmm_candidate), `prob`
 (gmm_write_scale), `read` (gmm_routing), `learnedwrite` (gmm_write_input=learned: the write tokens do not start from
-the read memory), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x), `nocarry` (registers: the same read
+the read memory), `rawwrite` (gmm_write_input=raw: with `rs<x>` the write tokens start from the read before its
+normalisation), `bptt<N>` (bptt_segments=N), `T<x>` (gmm_temperature=x), `nocarry` (registers: the same read
 slots, nothing carried), `rope` (rotary positions), `gate` (gmm_read_gate: the read starts as a no-op),
 `noinitread` (gmm_read_initial=False: segment 1 has no read slots, since nothing has been written yet), `shift`
 (token_shift: each token's embedding adds its predecessor's), `warmup`
@@ -92,6 +93,7 @@ FLAGS: dict[str, dict[str, Any]] = {
     "prob": {"gmm_write_scale": "prob"},
     "read": {"gmm_routing": "read"},
     "learnedwrite": {"gmm_write_input": "learned"},
+    "rawwrite": {"gmm_write_input": "raw"},  # with rs<x>: the text reads at the tokens' scale, the write tokens not
     "shared": {"gmm_shared_expert": True},
     "concat": {"gmm_read": "concat"},
     "nocarry": {"gmm_carry": False},  # registers: the same slots, nothing carried

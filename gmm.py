@@ -216,8 +216,14 @@ class GatedMemoryMixture(nn.Module):
         route = torch.full((batch_size, self.n_experts), 1.0 / self.n_experts, device=states.device)
         return Memory(experts, route.to(states.dtype), empty=True)
 
-    def read(self, memory: Memory) -> torch.Tensor:
-        """memory -> the read slots' input embeddings (B, R, D)"""
+    def inputs(self, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory -> a segment's read slots' and write tokens' input embeddings, each (B, R, D)."""
+        read = self.read(memory)
+        raw = self.write_input == "raw" and self.read_gain is not None
+        return read, self.write_tokens(self.read(memory, raw=True) if raw else read)
+
+    def read(self, memory: Memory, raw: bool = False) -> torch.Tensor:
+        """memory -> the read slots' input embeddings (B, R, D); raw: without read_scale's normalisation"""
         E = memory.experts
         if self.read_mode == "concat":
             x = E.reshape(E.size(0), self.n_read, E.size(-1))  # (B, banks * M, D), bank by bank
@@ -226,7 +232,7 @@ class GatedMemoryMixture(nn.Module):
             x = routed[:, 0] if self.reader is None else torch.einsum("bk,bkmd->bmd", self.read_weights(memory), routed)
             if self.shared:  # the shared bank and the routed mixture, equally
                 x = 0.5 * (x + E[:, -1])
-        if self.read_gain is not None:
+        if self.read_gain is not None and not raw:
             x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * self.read_gain
         if self.read_emb is not None:
             x = x + self.read_emb.to(x.dtype)
@@ -238,9 +244,10 @@ class GatedMemoryMixture(nn.Module):
         return self.reader.weights(memory.experts[:, : self.n_experts], memory.route)
 
     def write_tokens(self, read: torch.Tensor) -> torch.Tensor:
-        """The write tokens' input embeddings (B, R, D), given this segment's read slots (B, R, D)."""
+        """The write tokens' input embeddings (B, R, D), given the read they start from (B, R, D): this segment's
+        read slots (write_input 'read'), the read before read_scale's normalisation ('raw'), or nothing ('learned')."""
         write = self.write_emb.unsqueeze(0).expand(read.size(0), -1, -1).to(read.dtype)
-        return read + write if self.write_input == "read" else write
+        return write if self.write_input == "learned" else read + write
 
     def write(self, memory: Memory, W: torch.Tensor) -> tuple[Memory, Routing]:
         """Update the experts from a segment's write states W (B, R, D)."""

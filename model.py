@@ -68,7 +68,9 @@ class GPTConfig:
     gmm_candidate: str = "write"  # what experts move towards: write (W) | projected (tanh(Wu [E; W]))
     gmm_write_scale: str = "normalized"  # write strength: prob (p_j) | normalized (p_j / max p)
     gmm_routing: str = "write"  # the read mixes experts with the write's routing | a separate read router
-    gmm_write_input: str = "read"  # write tokens enter as the read memory + a learned embedding | learned only
+    # write tokens enter as the read memory + a learned embedding | learned only | raw: the read before
+    # gmm_read_scale's normalisation + the embedding (so the text's view of the read can shrink, the carry not)
+    gmm_write_input: str = "read"
     gmm_init: str = "learned"  # initial expert states: learned | orthogonal | zeros, or one per expert, a,b,...
     # with k >= 2 experts (with 0 or 1 bank these two are set to 0 and False: there is nothing to route)
     gmm_top_k: int = 0  # 0 = dense: every expert takes each write; 1..k-1 = only the top experts are updated
@@ -106,7 +108,7 @@ class GPTConfig:
             "gmm_candidate": ("write", "projected"),
             "gmm_write_scale": ("prob", "normalized"),
             "gmm_routing": ("write", "read"),
-            "gmm_write_input": ("read", "learned"),
+            "gmm_write_input": ("read", "learned", "raw"),
             "gmm_read": ("mixture", "concat"),
             "pos_emb": ("learned", "rope"),
         }
@@ -585,12 +587,12 @@ class GPT(nn.Module):
             h = self.transformer.ln_f(self.run_blocks(x)) if cache is None else self.extend_cache(x, cache)
             return h, None, None
         R, T = self.memory.n_read, idx.size(1)
-        read = self.memory.read(memory).to(x.dtype)  # (B, R, D)
+        read, write = (t.to(x.dtype) for t in self.memory.inputs(memory))  # (B, R, D) each
         if memory.empty and not self.config.gmm_read_initial:  # nothing to read yet: [tokens][write tokens]
-            h = self.transformer.ln_f(self.run_blocks(torch.cat([x, self.memory.write_tokens(read)], dim=1)))
+            h = self.transformer.ln_f(self.run_blocks(torch.cat([x, write], dim=1)))
             memory, routing = self.memory.write(memory, h[:, T:])
             return h[:, :T], memory, routing
-        x = torch.cat([read, x, self.memory.write_tokens(read)], dim=1)  # (B, R + T + R, D)
+        x = torch.cat([read, x, write], dim=1)  # (B, R + T + R, D)
         h = self.transformer.ln_f(self.run_blocks(x))
         memory, routing = self.memory.write(memory, h[:, R + T :])
         return h[:, R : R + T], memory, routing

@@ -307,6 +307,24 @@ def test_concat_read_exposes_every_bank() -> None:
         assert torch.allclose(new.experts[:, j], (1 - a) * E + a * Wj, atol=1e-6), f"bank {j}"
 
 
+def test_raw_write_input_keeps_the_carry_at_its_scale() -> None:
+    """write_input='raw': the read slots are normalised by read_scale, the write tokens start from the read before
+    it; without a read scale 'raw' is 'read', exactly."""
+    model = tiny(gmm_experts=2, gmm_read_scale=0.05, gmm_write_input="raw")
+    assert model.memory is not None
+    memory = model.memory.initial(2)
+    read, write = model.memory.inputs(memory)
+    raw = torch.einsum("bk,bkmd->bmd", model.memory.read_weights(memory), memory.experts)
+    assert torch.equal(read, model.memory.read(memory))
+    assert torch.allclose(read.pow(2).mean(dim=-1).sqrt(), torch.full((2, read.size(1)), 0.05), atol=1e-4)
+    assert torch.allclose(write, raw + model.memory.write_emb, atol=1e-6)
+    a = tiny(gmm_experts=2, gmm_write_input="raw")
+    b = tiny(gmm_experts=2, gmm_write_input="read")
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, V, (2, 3 * T))
+    assert torch.equal(a(idx, idx)[0], b(idx, idx)[0])
+
+
 def test_read_scale_normalises_the_read() -> None:
     model = tiny(gmm_experts=2, gmm_read_scale=0.05)
     assert model.memory is not None
