@@ -103,7 +103,9 @@ class BenchConfig:
     fresh_process: bool = True  # run each k in a new process, so that its peak memory is its own (see bench_memory)
     # context mode
     segments: str = "1,2,4,8,16,32,64"  # the segment counts (context = count x block_size tokens), comma-separated
-    variants: str = "k1,k4,full"  # k<N>: memory of N banks (other gmm_* flags apply); full: attention over it all
+    # k<N>: memory of N banks (other gmm_* flags apply); full: attention over it all; off: no memory, segments apart;
+    # xl: no memory, each segment attends to the previous one's keys and values (Transformer-XL, rope)
+    variants: str = "k1,k4,full"
     full_max_tokens: int = 2048  # full attention is measured up to this context (its cost grows with the square)
     # parallel mode (and train mode under torchrun)
     parallel: str = "ddp"  # under torchrun, train mode's parallelism: ddp or fsdp (parallel.py)
@@ -199,9 +201,12 @@ def parse_counts(segments: str) -> list[int]:
 def parse_variants(variants: str) -> list[str]:
     """'k1,k4,full' -> ['k1', 'k4', 'full']; ValueError names what is allowed."""
     names = [v.strip() for v in variants.split(",")]
-    ok = all(v == "full" or (v[:1] == "k" and v[1:].isdigit() and 1 <= int(v[1:]) <= gmm.MAX_EXPERTS) for v in names)
+    words = ("full", "off", "xl")
+    ok = all(v in words or (v[:1] == "k" and v[1:].isdigit() and 1 <= int(v[1:]) <= gmm.MAX_EXPERTS) for v in names)
     if not names or not ok or len(set(names)) != len(names):
-        raise ValueError(f"variants = '{variants}' must be k<N> (N memory banks, 1..{gmm.MAX_EXPERTS}) and/or full")
+        raise ValueError(
+            f"variants = '{variants}' must be k<N> (N memory banks, 1..{gmm.MAX_EXPERTS}), full, off and/or xl"
+        )
     return names
 
 
@@ -569,13 +574,11 @@ def bench_context(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
             if full and cfg.full_max_tokens < S * T:
                 rows.append({"segments": S, "context": S * T, "variant": variant, "skipped": True})
                 continue
-            k = 0 if full else int(variant[1:])
-            # full attention: one segment as long as the context; k1 keeps no top-k (it has one bank to write)
-            v_cfg = replace(model_cfg, gmm_experts=k, gmm_top_k=min(model_cfg.gmm_top_k, max(k - 1, 0)))
-            if full:
-                v_cfg = replace(v_cfg, block_size=S * T)
+            v_cfg = context_variant(model_cfg, variant, S)
             generate_ms = generation_ms(cfg, v_cfg, S * T, device, dtype)
             for recompute in parse_checkpointing(cfg.gradient_checkpointing, many=True):
+                if variant == "xl" and recompute == "segment":  # an xl segment needs the previous one's cache
+                    continue
                 print(f"--- {S} segment(s), {S * T} tokens: {variant}, gradient_checkpointing {recompute} ---")
                 run_cfg = replace(cfg, mode="train", json="", n_segments=1 if full else S,
                                   gradient_checkpointing=recompute)  # fmt: skip
@@ -645,6 +648,21 @@ def logits_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+CONTEXT_NAMES = {"full": "full attention", "off": "no memory", "xl": "Transformer-XL"}  # the plot's legend
+
+
+def context_variant(model_cfg: GPTConfig, variant: str, segments: int) -> GPTConfig:
+    """The model a context-mode variant measures over `segments` segments: full attention is one segment as long as
+    the context; xl attends to the previous segment (rope); k1 keeps no top-k (it has one bank to write)."""
+    k = int(variant[1:]) if variant.startswith("k") else 0
+    v_cfg = replace(model_cfg, gmm_experts=k, gmm_top_k=min(model_cfg.gmm_top_k, max(k - 1, 0)))
+    if variant == "full":
+        return replace(v_cfg, block_size=segments * model_cfg.block_size)
+    if variant == "xl":
+        return replace(v_cfg, xl_attention=True, pos_emb="rope")
+    return v_cfg
+
+
 def generation_ms(cfg: BenchConfig, model_cfg: GPTConfig, context: int, device: str, dtype: str) -> float:
     """Greedy generation's ms per new token with a context of `context` tokens (prompt + new): the time from the
     first new token to the last, over new_tokens - 1 tokens, so the prompt's prefill is left out; the median of
@@ -704,7 +722,7 @@ def plot_context(result: dict[str, Any], path: str) -> str:
             rows = [r for r in result["rows"] if r["variant"] == variant and not r.get("skipped")
                     and r.get("checkpointing", "none") == recompute]  # fmt: skip
             scale = 2**30 if key == "memory_bytes" else 1
-            name = "full attention" if variant == "full" else f"memory, {variant}"
+            name = CONTEXT_NAMES.get(variant, f"memory, {variant}")
             name += "" if recompute == "none" else f", recompute {recompute}"
             ax.plot([r["context"] for r in rows], [r[key] / scale for r in rows], "o-", label=name)
         ax.set(xscale="log", xlabel="context (tokens)", ylabel=label)

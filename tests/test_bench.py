@@ -223,6 +223,20 @@ def test_logits_mode_holds_less_in_chunks(capsys: pytest.CaptureFixture[str]) ->
     assert "| in chunks |" in capsys.readouterr().out
 
 
+def test_context_variants_name_their_models() -> None:
+    """Context mode's variants over S segments: memory keeps the segment length, full attention is one segment of the
+    whole context, off has no memory, xl attends to the previous segment with rope; k1 keeps no top-k."""
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16, gmm_experts=4, gmm_top_k=2)
+    assert bench.parse_variants("k1,k4,full,off,xl") == ["k1", "k4", "full", "off", "xl"]
+    k1, k4 = bench.context_variant(cfg, "k1", 8), bench.context_variant(cfg, "k4", 8)
+    assert (k1.gmm_experts, k1.gmm_top_k, k4.gmm_experts, k4.gmm_top_k, k4.block_size) == (1, 0, 4, 2, 16)
+    full, off, xl = (bench.context_variant(cfg, v, 8) for v in ("full", "off", "xl"))
+    assert (full.gmm_experts, full.block_size, full.xl_attention) == (0, 128, False)
+    assert (off.gmm_experts, off.block_size, off.xl_attention) == (0, 16, False)
+    assert (xl.gmm_experts, xl.block_size, xl.xl_attention, xl.pos_emb) == (0, 16, True, "rope")
+    GPT(xl)  # a valid model: xl needs rope and no memory
+
+
 @pytest.mark.slow
 def test_context_mode_rows_plot_and_the_full_attention_limit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
