@@ -63,7 +63,10 @@ PARALLEL_MODEL: dict[str, Any] = dict(block_size=128)
 
 # memory mode's defaults: the GMM quick start's shape (config/train_gmm_shakespeare.py; shakespeare_char's 65 chars)
 QUICK_START_BENCH: dict[str, Any] = dict(batch_size=8, n_segments=4)
-QUICK_START_MODEL: dict[str, Any] = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, gmm_slots=8)
+# (memory on in the base, so that mixture flags such as --gmm_top_k=2 --gmm_shared_expert=True are kept for every k;
+# with gmm_experts = 0 the config would drop them as settings with nothing to route)
+QUICK_START_MODEL: dict[str, Any] = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, gmm_slots=8,
+                                         gmm_experts=4)  # fmt: skip
 
 # logits mode's defaults: GPT-2's vocabulary, a small model and 4 segments of 256, so the logits dominate the step
 LOGITS_BENCH: dict[str, Any] = dict(batch_size=8, n_segments=4, iters=3, warmup_iters=1)
@@ -518,7 +521,7 @@ def bench_memory(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     runs = [(k, read) for k in parse_experts(cfg.experts) for read in (parse_reads(cfg.reads) if k else ["-"])]
     for k, read in runs:
         train_cfg = replace(cfg, mode="train", json="")
-        k_cfg = replace(model_cfg, gmm_experts=k, gmm_read=read if k else model_cfg.gmm_read)
+        k_cfg = replace(with_experts(model_cfg, k), gmm_read=read if k else model_cfg.gmm_read)
         print(f"--- k = {k}{f', {read} read' if k else ''} ---")
         if cfg.fresh_process:
             r = train_in_new_process(train_cfg, k_cfg)
@@ -648,14 +651,19 @@ def logits_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def with_experts(model_cfg: GPTConfig, k: int) -> GPTConfig:
+    """The model with k memory banks and the base's mixture settings, top-k kept below k (k1 has one bank to write,
+    k2 of a top-2 base writes its top 1)."""
+    return replace(model_cfg, gmm_experts=k, gmm_top_k=min(model_cfg.gmm_top_k, max(k - 1, 0)))
+
+
 CONTEXT_NAMES = {"full": "full attention", "off": "no memory", "xl": "Transformer-XL"}  # the plot's legend
 
 
 def context_variant(model_cfg: GPTConfig, variant: str, segments: int) -> GPTConfig:
     """The model a context-mode variant measures over `segments` segments: full attention is one segment as long as
     the context; xl attends to the previous segment (rope); k1 keeps no top-k (it has one bank to write)."""
-    k = int(variant[1:]) if variant.startswith("k") else 0
-    v_cfg = replace(model_cfg, gmm_experts=k, gmm_top_k=min(model_cfg.gmm_top_k, max(k - 1, 0)))
+    v_cfg = with_experts(model_cfg, int(variant[1:]) if variant.startswith("k") else 0)
     if variant == "full":
         return replace(v_cfg, block_size=segments * model_cfg.block_size)
     if variant == "xl":

@@ -235,6 +235,15 @@ def test_context_variants_name_their_models() -> None:
     assert (off.gmm_experts, off.block_size, off.xl_attention) == (0, 16, False)
     assert (xl.gmm_experts, xl.block_size, xl.xl_attention, xl.pos_emb) == (0, 16, True, "rope")
     GPT(xl)  # a valid model: xl needs rope and no memory
+    # the mixture flags of a command line reach every k of memory and context mode (the base has memory on)
+    _, base = bench.configure(["--gmm_top_k=2", "--gmm_shared_expert=True"], *bench.defaults("memory"))
+    k2, k4 = bench.with_experts(base, 2), bench.with_experts(base, 4)
+    assert (k2.gmm_top_k, k4.gmm_top_k, k4.gmm_shared_expert, bench.with_experts(base, 0).gmm_experts) == (
+        1,
+        2,
+        True,
+        0,
+    )
 
 
 @pytest.mark.slow
