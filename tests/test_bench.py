@@ -19,7 +19,7 @@ import pytest
 
 import bench
 from bench import BenchConfig, bench_sample, bench_train
-from configurator import read_config_file
+from configurator import configure, read_config_file
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def test_context_variants_name_their_models() -> None:
     assert (xl.gmm_experts, xl.block_size, xl.xl_attention, xl.pos_emb) == (0, 16, True, "rope")
     GPT(xl)  # a valid model: xl needs rope and no memory
     # the mixture flags of a command line reach every k of memory and context mode (the base has memory on)
-    _, base = bench.configure(["--gmm_top_k=2", "--gmm_shared_expert=True"], *bench.defaults("memory"))
+    _, base = configure(["--gmm_top_k=2", "--gmm_shared_expert=True"], *bench.defaults("memory"))
     k2, k4 = bench.with_experts(base, 2), bench.with_experts(base, 4)
     assert (k2.gmm_top_k, k4.gmm_top_k, k4.gmm_shared_expert, bench.with_experts(base, 0).gmm_experts) == (
         1,
