@@ -36,7 +36,8 @@ is evaluated on val at every position. Writes, under out_dir:
   by seed, and the share of the gap to full attention it closes), summary.json, accuracy_vs_segments.png,
   <task>_loss.png (text: loss per segment and per position).
 A run whose record exists with the same settings is not run again, so an interrupted grid continues where it stopped
-and a larger grid reuses the cells it shares with a smaller one.
+and a larger grid reuses the cells it shares with a smaller one; one asked only for other evaluation lengths or
+batches is evaluated again from its checkpoint (runs/...), not trained again.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ ROOT = Path(__file__).resolve().parent
 SYNTHETIC = ("recall", "copy", "needle")  # and mqar<P>: multi-query associative recall with P pairs
 # the synthetic tasks' prepare.py settings that folders prepared before them do not name, at their defaults
 PREPARE_DEFAULTS = {"--queries": "shuffled", "--n_queries": "0", "--train_min_pairs": "0"}
+# the settings of a record that change only its evaluation: a cell asked again with other values of these alone is
+# evaluated again from its checkpoint, not trained again (same_training)
+EVALUATION = ("eval_segments", "eval_iters")
 # text tasks and the config each trains: the quick start on tiny-shakespeare; 8 segments of Python source code, where
 # names defined far above are used below (data/pycode_char)
 TEXT = {"shakespeare_char": "config/train_gmm_shakespeare.py", "pycode_char": "config/train_gmm_pycode.py"}
@@ -468,9 +472,8 @@ def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
 # one run: train in a child process, then evaluate its checkpoint at every segment count
 
 
-def run_one(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one cell (a train.py process, output in run_dir/train.log), evaluate it, return its record."""
-    torch.set_num_threads(spec["threads"])
+def train_cell(spec: dict[str, Any]) -> tuple[float, str | None]:
+    """Train one cell in a train.py process (output in run_dir/train.log): (its seconds, None or the error)."""
     run_dir = spec["run_dir"]
     shutil.rmtree(run_dir, ignore_errors=True)  # a stale run of other settings: its record is gone or differs
     os.makedirs(run_dir)
@@ -481,11 +484,25 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         rc = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], stdout=log, stderr=log, env=env,
                             preexec_fn=die_with_parent).returncode  # fmt: skip
     seconds = time.time() - t0
+    if rc == 0:
+        return seconds, None
+    with open(os.path.join(run_dir, "train.log")) as f:
+        tail = [line.strip() for line in f.read().splitlines() if line.strip()][-1:]
+    return seconds, f"train.py exited with {rc}: {tail[0] if tail else ''}"
+
+
+def run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one cell, or reuse its training where only the evaluation changed (spec["trained"]: the old record),
+    evaluate its checkpoint, return its record."""
+    torch.set_num_threads(spec["threads"])
+    run_dir = spec["run_dir"]
     record = {k: spec[k] for k in ("task", "variant", "seed", "settings")}
-    if rc != 0:
-        with open(os.path.join(run_dir, "train.log")) as f:
-            tail = [line.strip() for line in f.read().splitlines() if line.strip()][-1:]
-        return {**record, "error": f"train.py exited with {rc}: {tail[0] if tail else ''}"}
+    if spec.get("trained") is None:
+        seconds, error = train_cell(spec)
+        if error is not None:
+            return {**record, "error": error}
+    else:
+        seconds = spec["trained"]["train_seconds"]
     ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
     model = GPT.from_checkpoint(ckpt).to(spec["device"])
     cfg = FixedBatches(eval_iters=spec["eval_iters"], batch_size=spec["batch_size"], seed=spec["seed"])
@@ -553,8 +570,10 @@ def run_grid(cfg: GridConfig) -> list[dict[str, Any]]:
     threads = cfg.threads or (1 if on_cpu and jobs > 1 else max(1, (os.cpu_count() or 1) // jobs))
     os.makedirs(cfg.out_dir, exist_ok=True)
     records, todo = plan_runs(cfg, prepare_data(cfg), threads)
+    again = sum(spec["trained"] is not None for spec in todo)
     print(
-        f"{len(records)} runs already done, {len(todo)} to go, {jobs} at a time on {device} ({threads} thread(s) each)"
+        f"{len(records)} runs already done, {len(todo)} to go ({again} of them trained already, only evaluated "
+        f"again), {jobs} at a time on {device} ({threads} thread(s) each)"
     )
     failed = run_pool(cfg, todo, jobs, records)
     write_outputs(cfg.out_dir)
@@ -589,18 +608,41 @@ def plan_runs(
                 settings = {"argv": argv, **evaluation}
                 if task in TEXT:  # the config file's contents too: editing it changes what a text run trains
                     settings["text_config"] = {k: repr(v) for k, v in conf.items()}
-                old = read_record(record_path(cfg, task, variant, seed))
+                path = record_path(cfg, task, variant, seed)
+                old = read_record(path)
                 if old is not None and old.get("settings") == settings and "error" not in old:
                     records.append(old)
                     continue
                 tracking, tracking_env = tracking_args(cfg, task, variant, seed)
+                trained = old if same_training(old, settings, path, run_dir) else None
                 todo.append(
                     dict(task=task, variant=variant, seed=seed, settings=settings, argv=argv, run_dir=run_dir,
                          eval_dirs=eval_dirs, segment_len=T, eval_iters=eval_iters, batch_size=batch_size,
                          device=cfg.device, dtype=cfg.dtype, threads=threads, tracking=tracking,
-                         tracking_env=tracking_env)
+                         tracking_env=tracking_env, trained=trained)
                 )  # fmt: skip
     return records, todo
+
+
+def same_training(old: dict[str, Any] | None, settings: dict[str, Any], path: str, run_dir: str) -> bool:
+    """Whether a record's run trained exactly as these settings ask and its checkpoint is still the one it evaluated,
+    so that only the evaluation (e.g. more segment counts) needs running again: the same train.py argv (and text
+    config), and a checkpoint at the record's iterations saved before the record was written (a run of other
+    settings since, even one cut short, has removed or rewritten it)."""
+    if old is None or "error" in old or "settings" not in old:
+        return False
+    if {k: v for k, v in old["settings"].items() if k not in EVALUATION} != {
+        k: v for k, v in settings.items() if k not in EVALUATION
+    }:
+        return False
+    ckpt_path = os.path.join(run_dir, "ckpt.pt")
+    if not os.path.isfile(ckpt_path) or os.path.getmtime(ckpt_path) > os.path.getmtime(path):
+        return False
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except ValueError:
+        return False
+    return bool(ckpt.get("iter_num") == old.get("iters") and ckpt.get("tokens_seen") == old.get("tokens_seen"))
 
 
 def run_pool(

@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 import pytest
+import torch
 
 import benchmark
 from benchmark import GridConfig, format_tables, summarize, train_args, variant_settings
@@ -416,9 +417,46 @@ def test_grid_end_to_end_where_memory_learns_recall_and_no_memory_cannot(
     again = benchmark.main(args)
     dumps = [sorted(json.dumps(r, sort_keys=True) for r in rs) for rs in (records, again)]
     assert dumps[0] == dumps[1]
+    # asked at one more length, nothing is trained again: each checkpoint is evaluated at 2, 3 and 4 segments
+    logs = {v: (out / "runs" / "recall" / v / "seed1" / "train.log").stat().st_mtime_ns for v in acc}
+    longer = benchmark.main([a if a != "--eval_segments=2,4" else "--eval_segments=2,3,4" for a in args])
+    before = {r["variant"]: r for r in records}
+    for rec in longer:
+        old = before[rec["variant"]]
+        assert set(rec["eval"]) == {"2", "3", "4"} and rec["train_seconds"] == old["train_seconds"]
+        assert rec["curve"] == old["curve"] and rec["settings"]["eval_segments"] == [2, 3, 4]
+        for n in ("2", "4"):
+            assert rec["eval"][n]["acc_answer"] == old["eval"][n]["acc_answer"]
+            assert rec["eval"][n]["loss"] == pytest.approx(old["eval"][n]["loss"], rel=1e-6)
+        assert (out / "runs" / "recall" / rec["variant"] / "seed1" / "train.log").stat().st_mtime_ns == logs[
+            rec["variant"]
+        ]
     # other task settings on the same data folder are refused, not silently mixed
     with pytest.raises(SystemExit):
         benchmark.main([*args, "--recall_pairs=2"])
+
+
+def test_a_cell_asked_only_for_another_evaluation_keeps_its_training(tmp_path: Path) -> None:
+    """same_training: a record's run is evaluated again instead of trained again only when its train.py argv is the
+    same and its checkpoint is the one the record evaluated (same iterations, saved before the record)."""
+    run_dir, path = tmp_path / "run", tmp_path / "rec.json"
+    run_dir.mkdir()
+    settings = {"argv": ["--seed=1"], "eval_segments": [2, 4], "eval_iters": 16}
+    old = {"settings": settings, "iters": 100, "tokens_seen": 6400}
+    ckpt = run_dir / "ckpt.pt"
+    torch.save({"model": {}, "model_args": {}, "iter_num": 100, "tokens_seen": 6400}, ckpt)
+    path.write_text(json.dumps(old))
+    longer = {**settings, "eval_segments": [2, 4, 8], "eval_iters": 32}
+    assert benchmark.same_training(old, longer, str(path), str(run_dir))
+    assert not benchmark.same_training(old, {**longer, "argv": ["--seed=2"]}, str(path), str(run_dir))
+    assert not benchmark.same_training(None, longer, str(path), str(run_dir))
+    assert not benchmark.same_training({**old, "error": "x"}, longer, str(path), str(run_dir))
+    assert not benchmark.same_training({**old, "iters": 50}, longer, str(path), str(run_dir))
+    stamp = path.stat().st_mtime
+    os.utime(ckpt, (stamp + 10, stamp + 10))  # rewritten since (a run of other settings, cut short)
+    assert not benchmark.same_training(old, longer, str(path), str(run_dir))
+    ckpt.unlink()
+    assert not benchmark.same_training(old, longer, str(path), str(run_dir))
 
 
 @pytest.mark.slow
