@@ -43,6 +43,7 @@ batches is evaluated again from its checkpoint (runs/...), not trained again.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -929,7 +930,101 @@ def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str
         "|---|" + "---|" * len(counts),
         *rows,
         "",
+        *paired_capacity_table(task, asked, n_values, cells, trained),
     ]
+
+
+def one_bank(variant: str, cells: dict[str, Any]) -> str | None:
+    """The one-bank variant a memory variant's capacity is compared with: k1 with the same flags that apply to the
+    whole model (rope, warmup, shift, lr<x>); None for that variant itself, for off, xl and full, and where the grid
+    has none."""
+    head, *mods = variant.split("-")
+    if head in ("off", "xl", "full"):
+        return None
+    wanted = [m for m in mods if m in WHOLE_MODEL or re.fullmatch(rf"lr{NUM}", m)]
+    same = "-".join(["k1", *wanted])
+    return same if same in cells and same != variant else None
+
+
+def paired_capacity_table(
+    task: str, asked: dict[str, int], n_values: int, cells: dict[str, Any], trained: str
+) -> list[str]:
+    """Each memory variant's stored pairs minus its one bank's (one_bank), seed by seed (the same batches in the
+    same order), at every segment count: mean ± std, the seeds above, and two-sided p-values of a paired t-test and
+    of an exact sign-flip test (which needs no normality, and cannot go below 2 / 2^seeds)."""
+    rows = []
+    for variant, cell in cells.items():
+        base = one_bank(variant, cells)
+        if base is None:
+            continue
+        row = [variant, base]
+        for n, k in asked.items():
+            mine, theirs = (by_seed_values(c, n, k, n_values) for c in (cell, cells[base]))
+            diffs = [mine[s] - theirs[s] for s in mine if s in theirs]
+            if not diffs:
+                row.append("-")
+                continue
+            mean, std = mean_std(diffs)
+            above = f"[{sum(d > 0 for d in diffs)}/{len(diffs)}]"
+            row.append(f"{mean:+.2f} ± {std:.2f} {above}, p {paired_t_p(diffs):.2g} / {sign_flip_p(diffs):.2g}")
+        rows.append("| " + " | ".join(row) + " |")
+    if not rows:
+        return []
+    return [
+        f"### {task}: pairs stored against one bank, paired by seed (variant minus one bank; positive: holds more)",
+        "",
+        trained,
+        "",
+        "| variant | one bank | " + " | ".join(f"{n} seg, of {k}" for n, k in asked.items()) + " |",
+        "|---|---|" + "---|" * len(asked),
+        *rows,
+        "",
+        "each cell: mean ± std of the differences over the seeds both have, [seeds where the variant holds more / "
+        "seeds], then two-sided p of a paired t-test / of an exact sign-flip test (no normality assumed; its "
+        "smallest possible value is 2 / 2^seeds, 0.0625 at 5 seeds)",
+        "",
+    ]
+
+
+def by_seed_values(cell: dict[str, Any], n: str, asked: int, n_values: int) -> dict[int, float]:
+    """{seed: pairs stored} of one cell at segment count n."""
+    values = cell["acc_token"][n]["values"]
+    return {s: stored_pairs(asked, n_values, a) for s, a in zip(cell["seeds"], values, strict=True)}
+
+
+def paired_t_p(diffs: list[float]) -> float:
+    """Two-sided p-value of a paired t-test of mean(diffs) = 0, from Student's t with n - 1 degrees of freedom
+    (the closed forms of Abramowitz & Stegun 26.7.3-4 for integer degrees); 1.0 for fewer than 2 values or no
+    spread unless every difference is the same non-zero value (then 0.0)."""
+    n = len(diffs)
+    mean, std = mean_std(diffs)
+    if n < 2 or std == 0:
+        return 0.0 if n >= 2 and mean != 0 else 1.0
+    t, df = abs(mean) / (std / math.sqrt(n)), n - 1
+    theta = math.atan(t / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2:  # odd: A = 2/pi (theta + sin cos (1 + 2/3 c^2 + 2*4/(3*5) c^4 + ...)), terms up to c^(df-3)
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+        inside = 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+    else:  # even: A = sin (1 + 1/2 c^2 + 1*3/(2*4) c^4 + ...), terms up to c^(df-2)
+        term, total = 1.0, 1.0
+        for k in range(1, df // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        inside = math.sin(theta) * total
+    return max(0.0, 1.0 - inside)
+
+
+def sign_flip_p(diffs: list[float]) -> float:
+    """Two-sided p-value of an exact paired sign-flip (permutation) test: the share of the 2^n sign patterns whose
+    mean is at least as far from 0 as the observed one."""
+    a = np.asarray(diffs, dtype=np.float64)
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(a))))
+    observed = abs(a.mean())
+    return float(np.mean(np.abs((signs * a).mean(axis=1)) >= observed - 1e-12))
 
 
 def accuracy_row(variant: str, cell: dict[str, Any], key: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -218,6 +219,37 @@ def test_mqar_reports_the_pairs_each_variant_stores() -> None:
     assert "### mqar4: pairs stored (ARMT's estimator from the per-value accuracy, 16 values" in table
     assert "| variant | 4 seg, of 4 |" in table
     assert "| k1 | 2.93 ± 1.51 (4.00) |" in table  # 4 and 1.87
+    assert "against one bank" not in table  # nothing to compare with
+
+
+def test_mixtures_are_compared_with_one_bank_seed_by_seed() -> None:
+    """The capacity question's test: each memory variant's stored pairs minus those of k1 with the same whole-model
+    flags, paired by seed, with a paired t-test and an exact sign-flip test checked against values by hand."""
+    # Student's t, two-sided, at the 0.05 critical values of 1, 4 and 9 degrees of freedom: diffs with that t
+    for df, t in [(1, 12.706), (4, 2.776), (9, 2.262)]:
+        n = df + 1
+        spread = np.array([(-1.0) ** i for i in range(n)]) - (0.0 if n % 2 == 0 else 1 / n)
+        diffs = spread / spread.std(ddof=1) + t / np.sqrt(n)
+        assert benchmark.paired_t_p(list(diffs)) == pytest.approx(0.05, abs=2e-4)
+    assert benchmark.paired_t_p([0.3]) == 1.0 and benchmark.paired_t_p([0.2, 0.2]) == 0.0
+    # sign flips: 5 positive differences leave only the all-positive and all-negative patterns: 2/32
+    assert benchmark.sign_flip_p([1, 2, 3, 4, 5]) == 0.0625
+    assert benchmark.sign_flip_p([1, -1]) == 1.0 and benchmark.sign_flip_p([1, 2, -0.5]) == 0.5  # |mean| >= 2/3:
+    # (+,+,-), (-,-,+), (+,+,+), (-,-,-)
+    assert benchmark.one_bank("k4-top2-shared-shift", {"k1-shift": 0, "k1": 0}) == "k1-shift"
+    assert benchmark.one_bank("k1-shift-slots16", {"k1-shift": 0}) == "k1-shift"
+    assert benchmark.one_bank("k1-shift", {"k1-shift": 0}) is None and benchmark.one_bank("off", {"k1": 0}) is None
+    assert benchmark.one_bank("k4-rope", {"k1": 0}) is None  # no one bank of the same positions
+    accs = {"k1-shift": [1.0, 0.5, 0.75], "k4-shift": [1.0, 0.75, 1.0]}
+    recs = [
+        {**record("mqar4", v, seed, {"4": {"acc_answer": 0.0, "acc_token": a}}), "chance_exact": 0.0625**4}
+        for v, values in accs.items()
+        for seed, a in zip([1, 2, 3], values, strict=True)
+    ]
+    table = format_tables(summarize(recs))
+    assert "### mqar4: pairs stored against one bank, paired by seed" in table
+    # differences 0, 4 * 0.25 * 16/15 = 1.07 and 1.07: mean 0.71, std 0.62, 2 of 3 above; t = 2, df 2: p 0.18
+    assert "| k4-shift | k1-shift | +0.71 ± 0.62 [2/3], p 0.18 / 0.5 |" in table
 
 
 def test_spread_tasks_in_the_grid() -> None:
