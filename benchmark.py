@@ -198,6 +198,10 @@ class GridConfig:
     # leaves no answer to elimination (data/mqar/prepare.py)
     mqar_queries: str = "shuffled"
     mqar_n_queries: int = 0  # with mqar_queries=drawn: questions per episode, 0 = P (more answers to learn from)
+    # the same for spread and rewrite<K>: every key once (shuffled), or spread_n_queries drawn with replacement from
+    # the episode's keys (0 = as many as keys), the same number at every length (data/spread/prepare.py)
+    spread_queries: str = "shuffled"
+    spread_n_queries: int = 0
     recall_pairs: int = 1  # key-value pairs per recall episode
     copy_len: int = 4  # tokens to copy
     # text tasks: each variant trained on the task's config (TEXT), or on this one if given
@@ -226,12 +230,12 @@ class GridConfig:
                 raise ValueError(f"{name} = {getattr(self, name)} must be a positive integer")
         if not self.seeds:
             raise ValueError("seeds = [] must name at least one seed, e.g. --seeds=1,2,3")
-        if self.mqar_queries not in MQAR_QUERIES:
-            raise ValueError(f"mqar_queries = '{self.mqar_queries}' must be one of {', '.join(MQAR_QUERIES)}")
-        if self.mqar_n_queries < 0 or (self.mqar_n_queries and self.mqar_queries != "drawn"):
-            raise ValueError(
-                f"mqar_n_queries = {self.mqar_n_queries} must be >= 0, and > 0 only with mqar_queries=drawn"
-            )
+        for name in ("mqar", "spread"):
+            queries, n_queries = getattr(self, f"{name}_queries"), getattr(self, f"{name}_n_queries")
+            if queries not in MQAR_QUERIES:
+                raise ValueError(f"{name}_queries = '{queries}' must be one of {', '.join(MQAR_QUERIES)}")
+            if n_queries < 0 or (n_queries and queries != "drawn"):
+                raise ValueError(f"{name}_n_queries = {n_queries} must be >= 0, and > 0 only with {name}_queries=drawn")
         if self.mqar_train_min_pairs < 0:
             raise ValueError(f"mqar_train_min_pairs = {self.mqar_train_min_pairs} must be >= 0 (0 = every episode P)")
         if self.jobs < 0 or self.threads < 0:
@@ -253,6 +257,11 @@ class GridConfig:
                 raise ValueError(
                     f"task '{task}': rewrite<K> takes 1 <= K <= 16 keys, whose K queries fit one segment of "
                     f"{self.block_size} tokens (2K <= block_size)"
+                )
+            if spread_keys(task) is not None and not 2 * self.spread_n_queries + 2 <= self.block_size:
+                raise ValueError(
+                    f"task '{task}': spread_n_queries = {self.spread_n_queries} questions do not fit one segment of "
+                    f"{self.block_size} tokens beside a pair (2 n_queries + 2 <= block_size)"
                 )
             high = max_segments(task, self)
             if high is not None and max(self.n_segments, *self.segment_curriculum) > high:
@@ -342,7 +351,7 @@ def task_prepare_args(task: str, cfg: GridConfig) -> list[str]:
         return ["--n_pairs", str(P), "--train_min_pairs", str(min(cfg.mqar_train_min_pairs, P)),
                 "--queries", cfg.mqar_queries, "--n_queries", str(cfg.mqar_n_queries)]  # fmt: skip
     if (K := spread_keys(task)) is not None:
-        return ["--n_keys", str(K)]
+        return ["--n_keys", str(K), "--queries", cfg.spread_queries, "--n_queries", str(cfg.spread_n_queries)]
     return []
 
 
@@ -368,10 +377,12 @@ def min_segments(task: str, cfg: GridConfig) -> int:
 
 
 def max_segments(task: str, cfg: GridConfig) -> int | None:
-    """The most segments an episode of the task can have, or None: spread asks for every pair in its last segment,
-    so it holds at most block_size / 2 queries and 16 distinct keys."""
+    """The most segments an episode of the task can have, or None: spread writes a new key a segment, at most 16
+    distinct keys, and asking every one of them in its last segment holds at most block_size / 2 (a number of drawn
+    questions is the same at every length)."""
     if spread_keys(task) == 0:
-        return min(16, cfg.block_size // 2) + 1
+        fixed = cfg.spread_queries == "drawn" and cfg.spread_n_queries > 0
+        return (16 if fixed else min(16, cfg.block_size // 2)) + 1
     return None
 
 

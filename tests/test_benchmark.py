@@ -263,8 +263,18 @@ def test_spread_tasks_in_the_grid() -> None:
         "spread",
         "k2",
     )
-    assert benchmark.task_prepare_args("rewrite2", cfg) == ["--n_keys", "2"]
+    assert benchmark.task_prepare_args("rewrite2", cfg) == [
+        "--n_keys",
+        "2",
+        "--queries",
+        "shuffled",
+        "--n_queries",
+        "0",
+    ]
     assert benchmark.task_lengths("spread", cfg) == ([1, 2, 3, 4], [4, 8])  # 16 segments: 15 queries > 16 / 2
+    drawn = replace(cfg, spread_queries="drawn", spread_n_queries=6)  # six questions at every length
+    assert benchmark.task_prepare_args("spread", drawn) == ["--n_keys", "0", "--queries", "drawn", "--n_queries", "6"]
+    assert benchmark.task_lengths("spread", drawn) == ([1, 2, 3, 4], [4, 8, 16])
     assert benchmark.task_lengths("rewrite2", cfg) == ([3, 3, 3, 4], [4, 8, 16])
     assert [benchmark.pairs_asked("spread", n) for n in (1, 4, 8)] == [1, 3, 7]
     assert benchmark.pairs_asked("rewrite2", 16) == 2 and benchmark.pairs_asked("mqar4", 8) == 4
@@ -275,6 +285,12 @@ def test_spread_tasks_in_the_grid() -> None:
         GridConfig(tasks="rewrite9", block_size=16)
     with pytest.raises(ValueError, match="at most 9 segments of 16 tokens to train on"):
         GridConfig(tasks="spread", block_size=16, n_segments=10, eval_segments=[10])
+    with pytest.raises(ValueError, match="spread_n_queries = 8 questions do not fit one segment of 16 tokens"):
+        GridConfig(tasks="spread", block_size=16, spread_queries="drawn", spread_n_queries=8)
+    with pytest.raises(ValueError, match="spread_n_queries = 3 must be >= 0, and > 0 only with spread_queries=drawn"):
+        GridConfig(tasks="spread", spread_n_queries=3)
+    with pytest.raises(ValueError, match="spread_queries = 'all' must be one of shuffled, drawn"):
+        GridConfig(tasks="spread", spread_queries="all")
 
 
 def test_a_grid_prepares_as_many_training_episodes_as_asked(tmp_path: Path) -> None:

@@ -283,6 +283,9 @@ BAD_ARGS = [
     ("spread", ["--n_segments", "8", "--block_size", "12"], "--block_size 12"),  # 7 queries need 14 tokens
     ("spread", ["--n_segments", "3", "--n_keys", "3"], "need >= 4"),
     ("spread", ["--n_keys", "-1"], "--n_keys"),
+    ("spread", ["--n_queries", "3"], "--n_queries 3 needs --queries drawn"),
+    ("spread", ["--queries", "drawn", "--n_queries", "17", "--block_size", "32"], "need >= 34"),
+    ("spread", ["--queries", "drawn", "--n_queries", "4", "--n_segments", "1", "--block_size", "8"], "need >= 10"),
 ]
 
 
@@ -363,23 +366,27 @@ def test_mqar_more_queries_than_pairs(n_segments: int, block_size: int, n_querie
         assert 7 // T < (L - 2 * Q) // T, "pairs and questions in different segments"
 
 
-def oracle_spread(ep: list[int], T: int, n_keys: int) -> dict[int, int]:
-    """One pair in each segment but the last (with one segment, one pair before the query); the last segment ends
-    with every key written, once each, each followed by the value written for it last."""
+def oracle_spread(ep: list[int], T: int, n_keys: int, drawn: int = 0) -> dict[int, int]:
+    """One pair in each segment but the last (with one segment, one pair before the queries); the last segment ends
+    with every key written, once each (or with `drawn` keys drawn from them), each followed by the value written
+    for it last."""
     L = len(ep)
     S = L // T
     pairs = max(1, S - 1)
     latest: dict[int, int] = {}
     for s in range(pairs):
-        seg = ep[s * T : (s + 1) * T] if S > 1 else ep[: T - 2]
+        seg = ep[s * T : (s + 1) * T] if S > 1 else ep[: T - 2 * (drawn or 1)]
         at = [i for i, t in enumerate(seg) if is_key(t)]
         assert len(at) == 1 and is_value(seg[at[0] + 1]), "one pair in the segment"
         assert sum(is_value(t) for t in seg) == 1
         latest[seg[at[0]]] = seg[at[0] + 1]
-    Q = len(latest)
-    assert (n_keys or pairs) == Q, "remember: every pair a new key; rewrite: the K keys, each at least once"
+    assert (n_keys or pairs) == len(latest), "remember: every pair a new key; rewrite: the K keys, each at least once"
+    Q = drawn or len(latest)
     queried = ep[L - 2 * Q :: 2]
-    assert sorted(queried) == sorted(latest), "every key asked for once"
+    if drawn:
+        assert set(queried) <= set(latest), "only keys of the episode are asked for"
+    else:
+        assert sorted(queried) == sorted(latest), "every key asked for once"
     body = ep[pairs * T : L - 2 * Q] if S > 1 else []
     assert not any(is_key(t) or is_value(t) for t in body), "only fillers before the queries in the last segment"
     return {L - 2 * Q + 2 * j + 1: latest[k] for j, k in enumerate(queried)}
@@ -403,6 +410,31 @@ def test_spread_layout(n_segments: int, n_keys: int, tmp_path: Path) -> None:
         written = ep[: P * T] if n_segments > 1 else ep[: T - 2]  # the pairs, without the queries
         rewritten += sum(1 for k in set(written) if is_key(k) and written.count(k) > 1)
     assert (rewritten > 0) == (P > Q)  # rewrite: keys do come back
+
+
+@pytest.mark.parametrize(("n_segments", "n_keys"), [(1, 0), (4, 0), (9, 0), (9, 3)])
+def test_spread_drawn_queries(n_segments: int, n_keys: int, tmp_path: Path) -> None:
+    """--queries drawn --n_queries 6: six questions at every length, drawn with replacement from the episode's keys
+    (repeats occur, each answered with its latest value); the default stays what it was, episode for episode."""
+    T, A = 32, 6
+    base = ["--n_segments", str(n_segments), "--block_size", str(T), "--n_keys", str(n_keys)]
+    meta = prepare("spread", tmp_path / "drawn", *base, "--queries", "drawn", "--n_queries", str(A))
+    assert (meta["answer_len"], meta["queries"], meta["n_queries"]) == (A, "drawn", A)
+    tokens, mask = episodes(tmp_path / "drawn", "train", meta["episode_len"])
+    assert (mask.sum(axis=1) == A).all()
+    repeats = 0
+    for ep, m in zip(tokens.tolist(), mask, strict=True):
+        answers = oracle_spread(ep, T, n_keys, drawn=A)
+        assert sorted(answers) == np.flatnonzero(m).tolist() and all(ep[i] == v for i, v in answers.items())
+        repeats += len(set(ep[-2 * A :: 2])) < A
+    assert repeats > 0
+    shuffled = prepare("spread", tmp_path / "shuffled", *base)
+    assert "queries" not in shuffled  # folders prepared before the option stay current
+    again = prepare("spread", tmp_path / "again", *base, "--queries", "shuffled")
+    for split in ("train", "val"):
+        for name in (f"{split}.bin", f"{split}_mask.bin"):
+            assert (tmp_path / "shuffled" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+    assert again == shuffled
 
 
 def test_spread_by_hand() -> None:

@@ -2,6 +2,7 @@
 arXiv 2407.04841), and a rewrite variant in which keys come back with new values and the latest one is the answer.
 
     python data/spread/prepare.py [--out_dir DIR] [--n_segments 4] [--block_size 16] [--n_keys 0]
+                                  [--queries shuffled] [--n_queries 0]
                                   [--train_episodes 20000] [--val_episodes 500] [--seed 1337]
 
 An episode is n_segments segments of block_size tokens. Segments 1..S-1 each hold one pair, `k v`, at a random
@@ -20,6 +21,11 @@ place among fillers; the last segment ends with the queries, the keys in a fresh
   the K keys are asked for, and the answer is the value written last. One memory bank is rewritten by every
   segment; routing can leave a bank untouched until its key comes back. Needs S >= K + 1.
 
+With every key asked once (--queries shuffled, the default) the last answers follow by elimination (the value of
+the episode not yet given), which a model learns before any lookup (EXPERIMENTS.md, 2026-12-03, on mqar). With
+--queries drawn the last segment asks n_queries keys (0 = as many as there are keys) drawn with replacement from the
+episode's keys, so no answer follows from the others; its size is then the same at every length.
+
 The measure is the per-answer accuracy (train.py's acc_token, chance 1/16); the pairs a model holds follow from it
 (benchmark.py's stored_pairs). Writes train.bin, val.bin, train_mask.bin, val_mask.bin and meta.json; see
 data/README.md for the reading contract.
@@ -34,6 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run as a script, only data/spread is on the path; data/common.py is 2 up
 from data.common import (  # noqa: E402
+    MQAR_QUERIES,
     N_KEYS,
     N_VALUES,
     VALUE0,
@@ -52,12 +59,24 @@ def layout(n_segments: int, n_keys: int) -> tuple[int, int]:
     return pairs, (n_keys or pairs)
 
 
+def asked(n_segments: int, n_keys: int, queries: str, n_queries: int) -> int:
+    """How many questions the last segment asks: every key once, or n_queries drawn (0 = as many as keys)."""
+    return (n_queries or layout(n_segments, n_keys)[1]) if queries == "drawn" else layout(n_segments, n_keys)[1]
+
+
 def generate(
-    rng: np.random.Generator, n: int, n_segments: int, block_size: int, n_keys: int
+    rng: np.random.Generator,
+    n: int,
+    n_segments: int,
+    block_size: int,
+    n_keys: int,
+    queries: str = "shuffled",
+    n_queries: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """n episodes: tokens and answer mask, both (n, n_segments * block_size)."""
     S, T = n_segments, block_size
     P, Q = layout(S, n_keys)
+    A = asked(S, n_keys, queries, n_queries)
     L, rows = S * T, np.arange(n)[:, None]
     tokens = fillers(rng, n, L)
     keys = distinct_keys(rng, n, Q)  # (n, Q): the episode's keys
@@ -65,19 +84,20 @@ def generate(
     which = np.concatenate([np.tile(np.arange(Q), (n, 1)), rng.integers(0, Q, size=(n, P - Q))], axis=1)  # (n, P)
     pair_keys = keys[rows, which]
     values = rng.integers(VALUE0, VALUE0 + N_VALUES, size=(n, P))
-    # pair j sits in segment j at a random offset; with one segment, before the query that closes it
-    room = T - 1 if S > 1 else T - 3
+    # pair j sits in segment j at a random offset; with one segment, before the queries that close it
+    room = T - 1 if S > 1 else T - 1 - 2 * A
     starts = np.arange(P) * T + rng.integers(0, room, size=(n, P))  # (n, P)
     tokens[rows, starts], tokens[rows, starts + 1] = pair_keys, values
     # the latest value of each key: later pairs overwrite earlier ones in this scatter, in order
     latest = np.zeros((n, Q), dtype=np.int64)
     for j in range(P):
         latest[np.arange(n), which[:, j]] = values[:, j]
-    order = np.argsort(rng.random((n, Q)), axis=1)  # the keys asked in a fresh order
-    queries = np.stack([keys[rows, order], latest[rows, order]], axis=2).reshape(n, 2 * Q)
-    tokens[:, L - 2 * Q :] = queries
+    # which keys are asked: drawn with replacement (some twice, some not at all), or every key once in a fresh order
+    drawn = queries == "drawn"
+    order = rng.integers(0, Q, size=(n, A)) if drawn else np.argsort(rng.random((n, Q)), axis=1)
+    tokens[:, L - 2 * A :] = np.stack([keys[rows, order], latest[rows, order]], axis=2).reshape(n, 2 * A)
     mask = np.zeros((n, L), dtype=np.uint8)
-    mask[:, L - 2 * Q + 1 :: 2] = 1
+    mask[:, L - 2 * A + 1 :: 2] = 1
     return tokens, mask
 
 
@@ -85,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = episode_parser("Prepare the spread memory task: one pair a segment, every key asked for at the end.", HERE)
     parser.add_argument(
         "--n_keys", type=nonnegative_int, default=0, help="0: every pair a new key (remember); K: K keys rewritten"
+    )
+    parser.add_argument(
+        "--queries", choices=MQAR_QUERIES, default="shuffled", help="each key once (shuffled) or drawn with replacement"
+    )
+    parser.add_argument(
+        "--n_queries", type=nonnegative_int, default=0, help="with --queries drawn: questions per episode (0 = keys)"
     )
     try:
         args = parser.parse_args(argv)
@@ -94,14 +120,20 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--n_segments {S} writes {Q} keys: at most {N_KEYS} distinct keys (n_segments <= 17)")
         if K and S < K + 1:
             raise UsageError(f"--n_segments {S} is too few to write {K} keys one a segment and ask: need >= {K + 1}")
-        if 2 * Q > T or (S == 1 and T < 4):
-            need = 4 if S == 1 else 2 * Q
-            raise UsageError(f"--block_size {T} cannot hold the last segment's {Q} queries: need >= {need}")
+        if args.n_queries and args.queries != "drawn":
+            raise UsageError(f"--n_queries {args.n_queries} needs --queries drawn (shuffled asks each key once)")
+        A = asked(S, K, args.queries, args.n_queries)
+        need = 2 * A + (2 if S == 1 else 0)  # one segment holds its pair too
+        if need > T:
+            raise UsageError(f"--block_size {T} cannot hold the last segment's {A} queries: need >= {need}")
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    gen = partial(generate, n_segments=S, block_size=T, n_keys=K)
-    return prepare_episodes(args, "spread", gen, answer_len=Q, settings={"n_keys": K, "n_pairs": P})
+    gen = partial(generate, n_segments=S, block_size=T, n_keys=K, queries=args.queries, n_queries=args.n_queries)
+    settings: dict[str, int | str] = {"n_keys": K, "n_pairs": P}
+    if args.queries != "shuffled":  # named only when not the default, so folders prepared before stay current
+        settings.update(queries=args.queries, n_queries=args.n_queries)
+    return prepare_episodes(args, "spread", gen, answer_len=A, settings=settings)
 
 
 if __name__ == "__main__":
