@@ -83,7 +83,7 @@ from tracking import TRACKERS
 ROOT = Path(__file__).resolve().parent
 SYNTHETIC = ("recall", "copy", "needle")  # and mqar<P>: multi-query associative recall with P pairs
 # the synthetic tasks' prepare.py settings that folders prepared before them do not name, at their defaults
-PREPARE_DEFAULTS = {"--queries": "shuffled", "--n_queries": "0", "--train_min_pairs": "0"}
+PREPARE_DEFAULTS = {"--queries": "shuffled", "--n_queries": "0", "--train_min_pairs": "0", "--context_pairs": "1"}
 # the settings of a record that change only its evaluation: a cell asked again with other values of these alone is
 # evaluated again from its checkpoint, not trained again (same_training)
 EVALUATION = ("eval_segments", "eval_iters")
@@ -202,6 +202,9 @@ class GridConfig:
     # the episode's keys (0 = as many as keys), the same number at every length (data/spread/prepare.py)
     spread_queries: str = "shuffled"
     spread_n_queries: int = 0
+    # spread: pairs in the curriculum's one-segment stage (before its queries), so that it teaches the lookup among
+    # several keys, as mqar's first stage does; 1 = the one pair of a one-segment episode
+    spread_context_pairs: int = 1
     recall_pairs: int = 1  # key-value pairs per recall episode
     copy_len: int = 4  # tokens to copy
     # text tasks: each variant trained on the task's config (TEXT), or on this one if given
@@ -258,6 +261,8 @@ class GridConfig:
                     f"task '{task}': rewrite<K> takes 1 <= K <= 16 keys, whose K queries fit one segment of "
                     f"{self.block_size} tokens (2K <= block_size)"
                 )
+            if spread_keys(task) is not None and self.spread_context_pairs < 1:
+                raise ValueError(f"spread_context_pairs = {self.spread_context_pairs} must be >= 1")
             if spread_keys(task) is not None and not 2 * self.spread_n_queries + 2 <= self.block_size:
                 raise ValueError(
                     f"task '{task}': spread_n_queries = {self.spread_n_queries} questions do not fit one segment of "
@@ -351,7 +356,8 @@ def task_prepare_args(task: str, cfg: GridConfig) -> list[str]:
         return ["--n_pairs", str(P), "--train_min_pairs", str(min(cfg.mqar_train_min_pairs, P)),
                 "--queries", cfg.mqar_queries, "--n_queries", str(cfg.mqar_n_queries)]  # fmt: skip
     if (K := spread_keys(task)) is not None:
-        return ["--n_keys", str(K), "--queries", cfg.spread_queries, "--n_queries", str(cfg.spread_n_queries)]
+        return ["--n_keys", str(K), "--queries", cfg.spread_queries, "--n_queries", str(cfg.spread_n_queries),
+                "--context_pairs", str(cfg.spread_context_pairs)]  # fmt: skip
     return []
 
 
@@ -388,9 +394,13 @@ def max_segments(task: str, cfg: GridConfig) -> int | None:
 
 def task_lengths(task: str, cfg: GridConfig) -> tuple[list[int], list[int]]:
     """The task's curriculum (stages below its minimum length raised to it) and its evaluation lengths (those below
-    its minimum, or above its maximum, dropped)."""
+    its minimum, or above its maximum, dropped; spread's one segment too when it holds context_pairs > 1, a training
+    stage whose pairs are not the task's one a segment)."""
     low, high = min_segments(task, cfg), max_segments(task, cfg) or math.inf
-    return [max(low, n) for n in cfg.segment_curriculum], [n for n in cfg.eval_segments if low <= n <= high]
+    evals = [n for n in cfg.eval_segments if low <= n <= high]
+    if spread_keys(task) is not None and cfg.spread_context_pairs > 1:
+        evals = [n for n in evals if n > 1]
+    return [max(low, n) for n in cfg.segment_curriculum], evals
 
 
 def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str) -> list[str]:

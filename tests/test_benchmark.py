@@ -263,18 +263,14 @@ def test_spread_tasks_in_the_grid() -> None:
         "spread",
         "k2",
     )
-    assert benchmark.task_prepare_args("rewrite2", cfg) == [
-        "--n_keys",
-        "2",
-        "--queries",
-        "shuffled",
-        "--n_queries",
-        "0",
-    ]
+    rewrite_args = ["--n_keys", "2", "--queries", "shuffled", "--n_queries", "0", "--context_pairs", "1"]
+    assert benchmark.task_prepare_args("rewrite2", cfg) == rewrite_args
     assert benchmark.task_lengths("spread", cfg) == ([1, 2, 3, 4], [4, 8])  # 16 segments: 15 queries > 16 / 2
-    drawn = replace(cfg, spread_queries="drawn", spread_n_queries=6)  # six questions at every length
-    assert benchmark.task_prepare_args("spread", drawn) == ["--n_keys", "0", "--queries", "drawn", "--n_queries", "6"]
+    drawn = replace(cfg, spread_queries="drawn", spread_n_queries=6, spread_context_pairs=3)  # six questions always
+    assert benchmark.task_prepare_args("spread", drawn) == [
+        "--n_keys", "0", "--queries", "drawn", "--n_queries", "6", "--context_pairs", "3"]  # fmt: skip
     assert benchmark.task_lengths("spread", drawn) == ([1, 2, 3, 4], [4, 8, 16])
+    assert benchmark.task_lengths("spread", replace(drawn, eval_segments=[1, 4]))[1] == [4]  # a stage, not a length
     assert benchmark.task_lengths("rewrite2", cfg) == ([3, 3, 3, 4], [4, 8, 16])
     assert [benchmark.pairs_asked("spread", n) for n in (1, 4, 8)] == [1, 3, 7]
     assert benchmark.pairs_asked("rewrite2", 16) == 2 and benchmark.pairs_asked("mqar4", 8) == 4

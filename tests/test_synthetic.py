@@ -286,6 +286,8 @@ BAD_ARGS = [
     ("spread", ["--n_queries", "3"], "--n_queries 3 needs --queries drawn"),
     ("spread", ["--queries", "drawn", "--n_queries", "17", "--block_size", "32"], "need >= 34"),
     ("spread", ["--queries", "drawn", "--n_queries", "4", "--n_segments", "1", "--block_size", "8"], "need >= 10"),
+    ("spread", ["--context_pairs", "4", "--n_segments", "1", "--block_size", "12"], "need >= 16"),
+    ("spread", ["--context_pairs", "0"], "--context_pairs"),
 ]
 
 
@@ -435,6 +437,30 @@ def test_spread_drawn_queries(n_segments: int, n_keys: int, tmp_path: Path) -> N
         for name in (f"{split}.bin", f"{split}_mask.bin"):
             assert (tmp_path / "shuffled" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     assert again == shuffled
+
+
+def test_spread_one_segment_with_several_pairs(tmp_path: Path) -> None:
+    """--context_pairs 3: a one-segment episode holds 3 pairs of distinct keys in separate places, then the drawn
+    questions, each answered with its key's value; longer episodes keep one pair a segment."""
+    T, A = 32, 6
+    args = ["--block_size", str(T), "--queries", "drawn", "--n_queries", str(A), "--context_pairs", "3"]
+    meta = prepare("spread", tmp_path / "one", "--n_segments", "1", *args)
+    assert (meta["n_pairs"], meta["answer_len"], meta["context_pairs"]) == (3, A, 3)
+    tokens, mask = episodes(tmp_path / "one", "train", meta["episode_len"])
+    for ep, m in zip(tokens.tolist(), mask, strict=True):
+        body = ep[: T - 2 * A]
+        at = [i for i, t in enumerate(body) if is_key(t)]
+        assert len(at) == 3 and all(is_value(body[i + 1]) for i in at) and sum(map(is_value, body)) == 3
+        pairs = {body[i]: body[i + 1] for i in at}
+        assert len(pairs) == 3, "distinct keys"
+        asked = ep[T - 2 * A :: 2]
+        assert all(ep[T - 2 * A + 2 * j + 1] == pairs[k] for j, k in enumerate(asked))
+        assert np.flatnonzero(m).tolist() == list(range(T - 2 * A + 1, T, 2))
+    longer = prepare("spread", tmp_path / "four", "--n_segments", "4", *args)
+    assert longer["n_pairs"] == 3  # one a segment, as without the option
+    tokens, _ = episodes(tmp_path / "four", "train", longer["episode_len"])
+    for ep in tokens.tolist()[:50]:
+        oracle_spread(ep, T, 0, drawn=A)
 
 
 def test_spread_by_hand() -> None:
