@@ -856,11 +856,23 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 cell["chance_exact"] = runs[0].get("chance_exact") or runs[0]["chance"]
                 cell["learned_at"] = [learned_at(r) for r in runs]  # per seed: first iteration at >= LEARNED
                 cell["curve"] = learning_curve(runs)
-                cell["acc"] = {n: accuracy_stats(runs, n, "acc_answer") for n in runs[0]["eval"]}
-                if all("acc_token" in e for r in runs for e in r["eval"].values()):
-                    cell["acc_token"] = {n: accuracy_stats(runs, n, "acc_token") for n in runs[0]["eval"]}
+                counts = evaluated_everywhere(runs)  # a seed evaluated at fewer lengths (an older record) limits it
+                cell["acc"] = {n: accuracy_stats(runs, n, "acc_answer") for n in counts}
+                if all("acc_token" in r["eval"][n] for r in runs for n in counts):
+                    cell["acc_token"] = {n: accuracy_stats(runs, n, "acc_token") for n in counts}
             out[task][variant] = cell
     return out
+
+
+def evaluated_everywhere(runs: list[dict[str, Any]]) -> list[str]:
+    """The segment counts at which every one of the runs was evaluated, in increasing order."""
+    common = set.intersection(*(set(r["eval"]) for r in runs))
+    return sorted(common, key=int)
+
+
+def columns_of(cells: dict[str, Any], key: str) -> list[str]:
+    """The segment counts any cell has for key (acc, acc_token), in increasing order: a table's columns."""
+    return sorted({n for cell in cells.values() for n in cell.get(key, {})}, key=int)
 
 
 def by_seed(runs: list[dict[str, Any]], values: np.ndarray) -> dict[str, float]:
@@ -886,7 +898,7 @@ def format_tables(summary: dict[str, Any]) -> str:
             lines += text_table(task, cells)
             continue
         first = next(iter(cells.values()))
-        counts, setup = list(first["acc"]), first["setup"]
+        counts, setup = columns_of(cells, "acc"), first["setup"]
         seeds = sorted({seed for cell in cells.values() for seed in cell["seeds"]})  # every variant's, not the first's
         trained = (
             f"trained on {setup['n_segments']} segments of {setup['block_size']} tokens (curriculum "
@@ -905,7 +917,8 @@ def format_tables(summary: dict[str, Any]) -> str:
         for variant, cell in cells.items():
             hits = [it for it in cell["learned_at"] if it is not None]
             median = f", median step {np.median(hits):.0f}" if hits else ""
-            lines.append(accuracy_row(variant, cell, "acc") + f" {len(hits)}/{len(cell['learned_at'])}{median} |")
+            row = accuracy_row(variant, cell, "acc", counts)
+            lines.append(row + f" {len(hits)}/{len(cell['learned_at'])}{median} |")
         lines += [
             "",
             f"learned: seeds whose evaluation at the trained length reached {LEARNED} accuracy (per answer token "
@@ -922,7 +935,7 @@ def format_tables(summary: dict[str, Any]) -> str:
                 "",
                 columns,
                 "|---|---|" + "---|" * len(counts),
-                *(accuracy_row(variant, cell, "acc_token") for variant, cell in cells.items()),
+                *(accuracy_row(variant, cell, "acc_token", counts) for variant, cell in cells.items()),
                 "",
             ]
         if pairs_asked(task, 1) is not None and all("acc_token" in c for c in cells.values()):
@@ -933,13 +946,17 @@ def format_tables(summary: dict[str, Any]) -> str:
 def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str) -> list[str]:
     """mqar, spread, rewrite: the pairs each variant stores (stored_pairs of each seed's per-value accuracy), mean ±
     std over seeds and the best seed, at every evaluated segment count, of the pairs asked there."""
-    first = next(iter(cells.values()))
-    counts = list(first["acc_token"])
+    counts = columns_of(cells, "acc_token")
     asked = {n: pairs_asked(task, int(n)) or 0 for n in counts}
     rows = []
     for variant, cell in cells.items():
-        stats = [[stored_pairs(asked[n], n_values, a) for a in cell["acc_token"][n]["values"]] for n in counts]
-        row = [f"{mean_std(s)[0]:.2f} ± {mean_std(s)[1]:.2f} ({max(s):.2f})" for s in stats]
+        row = []
+        for n in counts:
+            if n not in cell["acc_token"]:
+                row.append("-")
+                continue
+            stored = [stored_pairs(asked[n], n_values, a) for a in cell["acc_token"][n]["values"]]
+            row.append(f"{mean_std(stored)[0]:.2f} ± {mean_std(stored)[1]:.2f} ({max(stored):.2f})")
         rows.append(f"| {variant} | " + " | ".join(row) + " |")
     return [
         f"### {task}: pairs stored (ARMT's estimator from the per-value accuracy, {n_values} values; mean ± std over "
@@ -980,6 +997,9 @@ def paired_capacity_table(
             continue
         row = [variant, base]
         for n, k in asked.items():
+            if n not in cell["acc_token"] or n not in cells[base]["acc_token"]:
+                row.append("-")
+                continue
             mine, theirs = (by_seed_values(c, n, k, n_values) for c in (cell, cells[base]))
             diffs = [mine[s] - theirs[s] for s in mine if s in theirs]
             if not diffs:
@@ -1048,9 +1068,9 @@ def sign_flip_p(diffs: list[float]) -> float:
     return float(np.mean(np.abs((signs * a).mean(axis=1)) >= observed - 1e-12))
 
 
-def accuracy_row(variant: str, cell: dict[str, Any], key: str) -> str:
+def accuracy_row(variant: str, cell: dict[str, Any], key: str, counts: list[str]) -> str:
     """'| variant | params | mean ± std (best) | ... |' for one accuracy of a synthetic task's cell."""
-    row = [f"{a['mean']:.3f} ± {a['std']:.3f} ({a['max']:.2f})" for a in cell[key].values()]
+    row = [f"{a['mean']:.3f} ± {a['std']:.3f} ({a['max']:.2f})" if (a := cell[key].get(n)) else "-" for n in counts]
     return f"| {variant} | {cell['params'] / 1e6:.3f}M | " + " | ".join(row) + " |"
 
 

@@ -220,6 +220,17 @@ def test_mqar_reports_the_pairs_each_variant_stores() -> None:
     assert "| variant | 4 seg, of 4 |" in table
     assert "| k1 | 2.93 ± 1.51 (4.00) |" in table  # 4 and 1.87
     assert "against one bank" not in table  # nothing to compare with
+    # a seed evaluated at fewer lengths (a record older than the grid's --eval_segments) limits its cell, not the table
+    e = {"acc_answer": 0.0, "acc_token": 1.0}
+    mixed = [
+        {**record("mqar4", "k1", 1, {"4": e, "8": e, "16": e}), "chance_exact": 0.0625**4},
+        {**record("mqar4", "k1", 2, {"4": e, "8": e}), "chance_exact": 0.0625**4},
+        {**record("mqar4", "k4", 1, {"4": e, "8": e, "16": e}), "chance_exact": 0.0625**4},
+    ]
+    table = format_tables(summarize(mixed))
+    assert "| variant | 4 seg, of 4 | 8 seg, of 4 | 16 seg, of 4 |" in table
+    assert "| k1 | 4.00 ± 0.00 (4.00) | 4.00 ± 0.00 (4.00) | - |" in table
+    assert "| k4 | k1 | +0.00 ± 0.00 [0/1], p 1 / 1 | +0.00 ± 0.00 [0/1], p 1 / 1 | - |" in table
 
 
 def test_mixtures_are_compared_with_one_bank_seed_by_seed() -> None:
