@@ -263,10 +263,12 @@ class GridConfig:
                 )
             if spread_keys(task) is not None and self.spread_context_pairs < 1:
                 raise ValueError(f"spread_context_pairs = {self.spread_context_pairs} must be >= 1")
-            if spread_keys(task) is not None and not 2 * self.spread_n_queries + 2 <= self.block_size:
+            context = 2 * self.spread_context_pairs  # the one-segment stage holds its pairs before the questions
+            if spread_keys(task) is not None and not 2 * self.spread_n_queries + context <= self.block_size:
                 raise ValueError(
                     f"task '{task}': spread_n_queries = {self.spread_n_queries} questions do not fit one segment of "
-                    f"{self.block_size} tokens beside a pair (2 n_queries + 2 <= block_size)"
+                    f"{self.block_size} tokens beside {self.spread_context_pairs} pair(s) (2 n_queries + 2 "
+                    "context_pairs <= block_size)"
                 )
             high = max_segments(task, self)
             if high is not None and max(self.n_segments, *self.segment_curriculum) > high:
@@ -1000,8 +1002,7 @@ def paired_capacity_table(
             if n not in cell["acc_token"] or n not in cells[base]["acc_token"]:
                 row.append("-")
                 continue
-            mine, theirs = (by_seed_values(c, n, k, n_values) for c in (cell, cells[base]))
-            diffs = [mine[s] - theirs[s] for s in mine if s in theirs]
+            diffs = seed_diffs(*(by_seed_values(c, n, k, n_values) for c in (cell, cells[base])))
             if not diffs:
                 row.append("-")
                 continue
@@ -1027,10 +1028,15 @@ def paired_capacity_table(
     ]
 
 
-def by_seed_values(cell: dict[str, Any], n: str, asked: int, n_values: int) -> dict[int, float]:
-    """{seed: pairs stored} of one cell at segment count n."""
+def by_seed_values(cell: dict[str, Any], n: str, asked: int, n_values: int) -> dict[str, float]:
+    """{seed: pairs stored} of one cell at segment count n (keyed as by_seed keys)."""
     values = cell["acc_token"][n]["values"]
-    return {s: stored_pairs(asked, n_values, a) for s, a in zip(cell["seeds"], values, strict=True)}
+    return {str(s): stored_pairs(asked, n_values, a) for s, a in zip(cell["seeds"], values, strict=True)}
+
+
+def seed_diffs(mine: dict[str, float], theirs: dict[str, float]) -> list[float]:
+    """mine minus theirs, seed by seed, over the seeds both have (what every paired comparison here rests on)."""
+    return [mine[s] - theirs[s] for s in mine if s in theirs]
 
 
 def paired_t_p(diffs: list[float]) -> float:
@@ -1159,10 +1165,9 @@ def paired_difference(cell: dict[str, Any], base: dict[str, Any], key: str) -> s
     seeds where cell is below; '-' if either lacks it."""
     if key not in cell or key not in base:
         return "-"
-    seeds = [s for s in cell[key] if s in base[key]]
-    if not seeds:
+    diffs = seed_diffs(cell[key], base[key])
+    if not diffs:
         return "-"
-    diffs = [cell[key][s] - base[key][s] for s in seeds]
     mean, std = mean_std(diffs)
     return f"{mean:+.3f} ± {std:.3f} [{sum(d < 0 for d in diffs)}/{len(diffs)}]"
 

@@ -277,9 +277,9 @@ def test_spread_tasks_in_the_grid() -> None:
     rewrite_args = ["--n_keys", "2", "--queries", "shuffled", "--n_queries", "0", "--context_pairs", "1"]
     assert benchmark.task_prepare_args("rewrite2", cfg) == rewrite_args
     assert benchmark.task_lengths("spread", cfg) == ([1, 2, 3, 4], [4, 8])  # 16 segments: 15 queries > 16 / 2
-    drawn = replace(cfg, spread_queries="drawn", spread_n_queries=6, spread_context_pairs=3)  # six questions always
+    drawn = replace(cfg, spread_queries="drawn", spread_n_queries=5, spread_context_pairs=3)  # 5 questions always
     assert benchmark.task_prepare_args("spread", drawn) == [
-        "--n_keys", "0", "--queries", "drawn", "--n_queries", "6", "--context_pairs", "3"]  # fmt: skip
+        "--n_keys", "0", "--queries", "drawn", "--n_queries", "5", "--context_pairs", "3"]  # fmt: skip
     assert benchmark.task_lengths("spread", drawn) == ([1, 2, 3, 4], [4, 8, 16])
     assert benchmark.task_lengths("spread", replace(drawn, eval_segments=[1, 4]))[1] == [4]  # a stage, not a length
     assert benchmark.task_lengths("rewrite2", cfg) == ([3, 3, 3, 4], [4, 8, 16])
@@ -294,6 +294,8 @@ def test_spread_tasks_in_the_grid() -> None:
         GridConfig(tasks="spread", block_size=16, n_segments=10, eval_segments=[10])
     with pytest.raises(ValueError, match="spread_n_queries = 8 questions do not fit one segment of 16 tokens"):
         GridConfig(tasks="spread", block_size=16, spread_queries="drawn", spread_n_queries=8)
+    with pytest.raises(ValueError, match="spread_n_queries = 6 questions do not fit one segment of 16 tokens beside 3"):
+        GridConfig(tasks="spread", block_size=16, spread_queries="drawn", spread_n_queries=6, spread_context_pairs=3)
     with pytest.raises(ValueError, match="spread_n_queries = 3 must be >= 0, and > 0 only with spread_queries=drawn"):
         GridConfig(tasks="spread", spread_n_queries=3)
     with pytest.raises(ValueError, match="spread_queries = 'all' must be one of shuffled, drawn"):
