@@ -395,14 +395,17 @@ def max_segments(task: str, cfg: GridConfig) -> int | None:
 
 
 def task_lengths(task: str, cfg: GridConfig) -> tuple[list[int], list[int]]:
-    """The task's curriculum (stages below its minimum length raised to it) and its evaluation lengths (those below
-    its minimum, or above its maximum, dropped; spread's one segment too when it holds context_pairs > 1, a training
-    stage whose pairs are not the task's one a segment)."""
+    """The task's curriculum (stages below its minimum length raised to it, but rewrite<K>'s one segment when it
+    holds spread_context_pairs >= K pairs: the K keys, then rewrites of them) and its evaluation lengths (those
+    below its minimum, or above its maximum, dropped; spread's one segment too when it holds context_pairs > 1, a
+    training stage whose pairs are not the task's one a segment)."""
     low, high = min_segments(task, cfg), max_segments(task, cfg) or math.inf
     evals = [n for n in cfg.eval_segments if low <= n <= high]
-    if spread_keys(task) is not None and cfg.spread_context_pairs > 1:
+    K = spread_keys(task)
+    if K is not None and cfg.spread_context_pairs > 1:
         evals = [n for n in evals if n > 1]
-    return [max(low, n) for n in cfg.segment_curriculum], evals
+    in_context = bool(K) and cfg.spread_context_pairs >= K  # rewrite<K> can start in one segment
+    return [n if n == 1 and in_context else max(low, n) for n in cfg.segment_curriculum], evals
 
 
 def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str) -> list[str]:

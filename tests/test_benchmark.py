@@ -283,6 +283,9 @@ def test_spread_tasks_in_the_grid() -> None:
     assert benchmark.task_lengths("spread", drawn) == ([1, 2, 3, 4], [4, 8, 16])
     assert benchmark.task_lengths("spread", replace(drawn, eval_segments=[1, 4]))[1] == [4]  # a stage, not a length
     assert benchmark.task_lengths("rewrite2", cfg) == ([3, 3, 3, 4], [4, 8, 16])
+    # 3 pairs in one segment hold rewrite2's 2 keys and a rewrite: its curriculum starts there; not rewrite4's
+    assert benchmark.task_lengths("rewrite2", drawn) == ([1, 3, 3, 4], [4, 8, 16])
+    assert benchmark.task_lengths("rewrite4", drawn) == ([5, 5, 5, 5], [8, 16])
     assert [benchmark.pairs_asked("spread", n) for n in (1, 4, 8)] == [1, 3, 7]
     assert benchmark.pairs_asked("rewrite2", 16) == 2 and benchmark.pairs_asked("mqar4", 8) == 4
     assert benchmark.pairs_asked("recall", 4) is None

@@ -281,7 +281,8 @@ BAD_ARGS = [
     ("mqar", ["--queries", "random"], "--queries"),
     ("spread", ["--n_segments", "18", "--block_size", "64"], "at most 16 distinct keys"),
     ("spread", ["--n_segments", "8", "--block_size", "12"], "--block_size 12"),  # 7 queries need 14 tokens
-    ("spread", ["--n_segments", "3", "--n_keys", "3"], "need >= 4"),
+    ("spread", ["--n_segments", "3", "--n_keys", "3"], "need 1 or >= 4"),
+    ("spread", ["--n_segments", "1", "--n_keys", "3", "--context_pairs", "2"], "--context_pairs 2 is too few"),
     ("spread", ["--n_keys", "-1"], "--n_keys"),
     ("spread", ["--n_queries", "3"], "--n_queries 3 needs --queries drawn"),
     ("spread", ["--queries", "drawn", "--n_queries", "17", "--block_size", "32"], "need >= 34"),
@@ -461,6 +462,30 @@ def test_spread_one_segment_with_several_pairs(tmp_path: Path) -> None:
     tokens, _ = episodes(tmp_path / "four", "train", longer["episode_len"])
     for ep in tokens.tolist()[:50]:
         oracle_spread(ep, T, 0, drawn=A)
+
+
+def test_rewrite_one_segment(tmp_path: Path) -> None:
+    """rewrite<K> in one segment: --context_pairs 5 with K = 2 writes the 2 keys, then 3 rewrites of them, in order;
+    every question is answered with the value its key was given last, and keys do come back."""
+    T, A, K = 32, 8, 2
+    args = ["--block_size", str(T), "--queries", "drawn", "--n_queries", str(A), "--n_keys", str(K)]
+    meta = prepare("spread", tmp_path, "--n_segments", "1", "--context_pairs", "5", *args)
+    assert (meta["n_pairs"], meta["n_keys"], meta["answer_len"]) == (5, K, A)
+    tokens, mask = episodes(tmp_path, "train", meta["episode_len"])
+    came_back = 0
+    for ep, m in zip(tokens.tolist(), mask, strict=True):
+        body = ep[: T - 2 * A]
+        at = [i for i, t in enumerate(body) if is_key(t)]
+        assert len(at) == 5 and all(is_value(body[i + 1]) for i in at) and sum(map(is_value, body)) == 5
+        written = [body[i] for i in at]
+        assert len(set(written[:K])) == K and set(written) == set(written[:K]), "the K keys first, then only them"
+        latest = {body[i]: body[i + 1] for i in at}  # later pairs overwrite earlier ones
+        asked = ep[T - 2 * A :: 2]
+        assert all(ep[T - 2 * A + 2 * j + 1] == latest[k] for j, k in enumerate(asked))
+        assert np.flatnonzero(m).tolist() == list(range(T - 2 * A + 1, T, 2))
+        first = {body[i]: body[i + 1] for i in reversed(at)}
+        came_back += first != latest  # a rewrite with a new value changed an answer
+    assert came_back > len(tokens) // 2
 
 
 def test_spread_by_hand() -> None:

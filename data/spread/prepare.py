@@ -19,10 +19,12 @@ place among fillers; the last segment ends with the queries, the keys in a fresh
   One segment is the no-gap control: one pair, then its query, in the same segment.
 - n_keys K (rewrite): the first K pairs are K distinct keys, every later pair one of them again with a fresh value;
   the K keys are asked for, and the answer is the value written last. One memory bank is rewritten by every
-  segment; routing can leave a bank untouched until its key comes back. Needs S >= K + 1.
+  segment; routing can leave a bank untouched until its key comes back. Needs S >= K + 1, or one segment (below).
 
---context_pairs C puts C pairs (distinct keys) in a one-segment episode, before its queries: the no-gap stage of a
-curriculum then teaches the lookup among several keys, which one pair cannot (every question has one answer).
+--context_pairs C puts C pairs in a one-segment episode, before its queries: the no-gap stage of a curriculum then
+teaches the lookup among several keys, which one pair cannot (every question has one answer). Their keys are
+distinct (remember), or with n_keys K <= C the K keys first and C - K rewrites after them, so that the stage also
+teaches that the latest value is the answer.
 
 With every key asked once (--queries shuffled, the default) the last answers follow by elimination (the value of
 the episode not yet given), which a model learns before any lookup (EXPERIMENTS.md, 2026-12-03, on mqar). With
@@ -133,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         P, Q = layout(S, K, C)
         if Q > N_KEYS:
             raise UsageError(f"--n_segments {S} writes {Q} keys: at most {N_KEYS} distinct keys (n_segments <= 17)")
-        if K and S < K + 1:
-            raise UsageError(f"--n_segments {S} is too few to write {K} keys one a segment and ask: need >= {K + 1}")
+        if K and S == 1 and C < K:
+            raise UsageError(f"--context_pairs {C} is too few to write {K} keys in one segment: need >= {K}")
+        if K and 1 < S < K + 1:
+            raise UsageError(
+                f"--n_segments {S} is too few to write {K} keys one a segment and ask: need 1 or >= {K + 1}"
+            )
         if args.n_queries and args.queries != "drawn":
             raise UsageError(f"--n_queries {args.n_queries} needs --queries drawn (shuffled asks each key once)")
         A = asked(S, K, args.queries, args.n_queries, C)
