@@ -34,7 +34,8 @@ is evaluated on val at every position. Writes, under out_dir:
 - <task>_<variant>_seed<S>.json: one record per run (settings, accuracy and loss at each segment count, curve);
 - table.md (mean +- sample std over seeds; text: also each variant minus no memory with the same positions, seed
   by seed, and the share of the gap to full attention it closes), summary.json, accuracy_vs_segments.png,
-  <task>_loss.png (text: loss per segment and per position).
+  accuracy_vs_episodes.png, pairs_stored.png (tasks with pairs) and <task>_loss.png (text: loss per segment and per
+  position).
 A run whose record exists with the same settings is not run again, so an interrupted grid continues where it stopped
 and a larger grid reuses the cells it shares with a smaller one; one asked only for other evaluation lengths or
 batches is evaluated again from its checkpoint (runs/...), not trained again.
@@ -943,7 +944,7 @@ def format_tables(summary: dict[str, Any]) -> str:
                 *(accuracy_row(variant, cell, "acc_token", counts) for variant, cell in cells.items()),
                 "",
             ]
-        if pairs_asked(task, 1) is not None and all("acc_token" in c for c in cells.values()):
+        if pairs_asked(task, 1) is not None and capacity_cells(cells):
             lines += capacity_table(task, round(1 / first["chance"]), cells, trained)
     return "\n".join(lines)
 
@@ -955,13 +956,8 @@ def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str
     asked = {n: pairs_asked(task, int(n)) or 0 for n in counts}
     rows = []
     for variant, cell in cells.items():
-        row = []
-        for n in counts:
-            if n not in cell["acc_token"]:
-                row.append("-")
-                continue
-            stored = [stored_pairs(asked[n], n_values, a) for a in cell["acc_token"][n]["values"]]
-            row.append(f"{mean_std(stored)[0]:.2f} ± {mean_std(stored)[1]:.2f} ({max(stored):.2f})")
+        stored = stored_by_length(task, cell, n_values)
+        row = [pairs_cell(stored[n]) if n in stored else "-" for n in counts]
         rows.append(f"| {variant} | " + " | ".join(row) + " |")
     return [
         f"### {task}: pairs stored (ARMT's estimator from the per-value accuracy, {n_values} values; mean ± std over "
@@ -975,6 +971,21 @@ def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str
         "",
         *paired_capacity_table(task, asked, n_values, cells, trained),
     ]
+
+
+def pairs_cell(stored: list[float]) -> str:
+    """Pairs stored over seeds as a table shows them: mean ± std (best seed)."""
+    mean, std = mean_std(stored)
+    return f"{mean:.2f} ± {std:.2f} ({max(stored):.2f})"
+
+
+def stored_by_length(task: str, cell: dict[str, Any], n_values: int) -> dict[str, list[float]]:
+    """{segment count: the pairs each seed stores there} of one variant (stored_pairs of the per-value accuracy,
+    against the pairs the task asks at that length)."""
+    return {
+        n: [stored_pairs(pairs_asked(task, int(n)) or 0, n_values, a) for a in acc["values"]]
+        for n, acc in cell["acc_token"].items()
+    }
 
 
 def one_bank(variant: str, cells: dict[str, Any]) -> str | None:
@@ -1198,7 +1209,70 @@ def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
     """accuracy_vs_segments.png (one panel per synthetic task) and <task>_loss.png per text task; returns the paths."""
     synthetic = {t: c for t, c in summary.items() if is_synthetic(t) and c}
     paths = [plot_synthetic(synthetic, out_dir), plot_learning(synthetic, out_dir)] if synthetic else []
+    with_pairs = {t: c for t, c in synthetic.items() if pairs_asked(t, 1) is not None and capacity_cells(c)}
+    if with_pairs:
+        paths.append(plot_capacity(with_pairs, out_dir))
     return paths + [plot_text(task, cells, out_dir) for task, cells in summary.items() if task in TEXT and cells]
+
+
+def capacity_cells(cells: dict[str, Any]) -> bool:
+    """Whether a task's cells have the per-value accuracy the pairs stored are counted from."""
+    return all("acc_token" in c for c in cells.values())
+
+
+def variant_colors(variants: set[str]) -> dict[str, Any]:
+    """One colour per variant, the same in every panel of a figure."""
+    import matplotlib
+
+    ordered = sorted(variants, key=variant_order)
+    cmap = matplotlib.colormaps["tab20" if len(ordered) > 10 else "tab10"]  # an int picks the cmap's i-th colour
+    return {v: cmap(i % cmap.N) for i, v in enumerate(ordered)}
+
+
+def draw_seeds(ax: Any, by_x: dict[int, list[float]], color: Any, label: str, clip: tuple[float, float]) -> None:
+    """A variant's line over x: the mean over seeds, a band of +- one std (clipped to what the measure can be), and
+    every seed faint."""
+    x = sorted(by_x)
+    mean, std = (np.array(m) for m in zip(*(mean_std(by_x[n]) for n in x), strict=True))
+    ax.plot(x, mean, marker="o", label=label, color=color)
+    ax.fill_between(x, np.clip(mean - std, *clip), np.clip(mean + std, *clip), color=color, alpha=0.15)
+    for n in x:
+        ax.scatter([n] * len(by_x[n]), by_x[n], color=color, alpha=0.3, s=10)
+
+
+def finish_panels(fig: Any, axes: Any, name: str, out_dir: str) -> str:
+    """One legend for all the panels, right of the last, and the figure saved as out_dir/name."""
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    axes[0][-1].legend(list(handles.values()), list(handles), fontsize=8, loc="center left",
+                       bbox_to_anchor=(1.02, 0.5))  # fmt: skip
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_capacity(with_pairs: dict[str, Any], out_dir: str) -> str:
+    """pairs_stored.png: the pairs each variant stores (ARMT's estimator) against segment count, one panel per task
+    with pairs, mean +- std over seeds and every seed faint, beside the pairs the task asks there."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5 * len(with_pairs), 4))
+    axes = fig.subplots(1, len(with_pairs), squeeze=False)
+    colors = variant_colors({v for cells in with_pairs.values() for v in cells})
+    for ax, (task, cells) in zip(axes[0], with_pairs.items(), strict=True):
+        n_values = round(1 / next(iter(cells.values()))["chance"])
+        for variant, cell in cells.items():
+            stored = stored_by_length(task, cell, n_values)
+            draw_seeds(ax, {int(n): v for n, v in stored.items()}, colors[variant], variant, (-math.inf, math.inf))
+        counts = sorted({int(n) for cell in cells.values() for n in cell["acc_token"]})
+        asked = [pairs_asked(task, n) for n in counts]
+        ax.plot(counts, asked, color="black", linestyle=":", linewidth=1, label="pairs asked (all stored)")
+        ax.axhline(0, color="gray", linestyle="--", linewidth=1, label="none stored (chance)")
+        ax.set(title=task, xlabel="segments per episode", ylabel="pairs stored (ARMT's estimator)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(counts, [str(n) for n in counts])
+        ax.grid(alpha=0.3)
+    return finish_panels(fig, axes, "pairs_stored.png", out_dir)
 
 
 def plot_learning(synthetic: dict[str, Any], out_dir: str) -> str:
@@ -1228,26 +1302,17 @@ def plot_learning(synthetic: dict[str, Any], out_dir: str) -> str:
 
 def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
     """Accuracy against segment count, one panel per synthetic task: mean +- std over seeds, every seed faint."""
-    import matplotlib
     from matplotlib.figure import Figure  # drawn without pyplot: no backend or global state is touched
 
     fig = Figure(figsize=(5.5 * len(synthetic), 4))
     axes = fig.subplots(1, len(synthetic), squeeze=False)
-    # one colour per variant in every panel, and one legend for them all
-    variants = sorted({v for cells in synthetic.values() for v in cells}, key=variant_order)
-    cmap = matplotlib.colormaps["tab20" if len(variants) > 10 else "tab10"]  # an int picks the cmap's i-th colour
-    colors = {v: cmap(i % cmap.N) for i, v in enumerate(variants)}
+    colors = variant_colors({v for cells in synthetic.values() for v in cells})
     for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
         key = "acc_token" if multi_token(cells) else "acc"  # copy: per answer token, exact match is near 0
         for variant, cell in cells.items():
-            counts = [int(n) for n in cell[key]]
-            mean = np.array([a["mean"] for a in cell[key].values()])
-            std = np.array([a["std"] for a in cell[key].values()])
-            (line,) = ax.plot(counts, mean, marker="o", label=variant, color=colors[variant])
-            low, high = np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)  # accuracy lives in [0, 1]
-            ax.fill_between(counts, low, high, color=line.get_color(), alpha=0.15)
-            for n, a in zip(counts, cell[key].values(), strict=True):  # every seed, faint
-                ax.scatter([n] * len(a["values"]), a["values"], color=line.get_color(), alpha=0.3, s=10)
+            by_n = {int(n): a["values"] for n, a in cell[key].items()}
+            draw_seeds(ax, by_n, colors[variant], variant, (0, 1))  # accuracy lives in [0, 1]
+        counts = sorted({int(n) for cell in cells.values() for n in cell[key]})
         chance = next(iter(cells.values()))["chance"]
         ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
         setup = next(iter(cells.values()))["setup"]
@@ -1258,13 +1323,7 @@ def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
         ax.set_xscale("log", base=2)
         ax.set_xticks(counts, [str(n) for n in counts])
         ax.grid(alpha=0.3)
-    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
-    axes[0][-1].legend(list(handles.values()), list(handles), fontsize=8, loc="center left",
-                       bbox_to_anchor=(1.02, 0.5))  # fmt: skip
-    fig.tight_layout()
-    path = os.path.join(out_dir, "accuracy_vs_segments.png")
-    fig.savefig(path, dpi=120)
-    return path
+    return finish_panels(fig, axes, "accuracy_vs_segments.png", out_dir)
 
 
 def plot_text(task: str, cells: dict[str, Any], out_dir: str) -> str:

@@ -231,6 +231,33 @@ def test_mqar_reports_the_pairs_each_variant_stores() -> None:
     assert "| variant | 4 seg, of 4 | 8 seg, of 4 | 16 seg, of 4 |" in table
     assert "| k1 | 4.00 ± 0.00 (4.00) | 4.00 ± 0.00 (4.00) | - |" in table
     assert "| k4 | k1 | +0.00 ± 0.00 [0/1], p 1 / 1 | +0.00 ± 0.00 [0/1], p 1 / 1 | - |" in table
+    # the same numbers, per segment count and seed, are what pairs_stored.png draws
+    assert benchmark.stored_by_length("mqar4", summarize(recs)["mqar4"]["k1"], 16) == {
+        "4": [4.0, pytest.approx(4 * 7 / 15)]}  # fmt: skip
+
+
+def test_tasks_with_pairs_get_a_plot_of_the_pairs_stored(tmp_path: Path) -> None:
+    """pairs_stored.png: one panel per task with pairs (mqar, spread), none for a task without (recall)."""
+    recs = [
+        {
+            **record(task, v, seed, {"4": {"acc_answer": a, "acc_token": a}, "8": {"acc_answer": a, "acc_token": a}}),
+            "chance_exact": 0.0625**4,
+        }  # fmt: skip
+        for task in ("mqar4", "spread", "recall")
+        for v, seed, a in [("k1", 1, 0.9), ("k1", 2, 0.7), ("k4", 1, 0.5)]
+    ]
+    summary = summarize(recs)
+    assert benchmark.stored_by_length("spread", summary["spread"]["k4"], 16) == {
+        "4": [pytest.approx(3 * 7 / 15)],
+        "8": [pytest.approx(7 * 7 / 15)],
+    }  # fmt: skip: 3 and 7 pairs asked
+    paths = benchmark.plot(summary, str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == [
+        "accuracy_vs_segments.png", "accuracy_vs_episodes.png", "pairs_stored.png"]  # fmt: skip
+    assert os.path.getsize(tmp_path / "pairs_stored.png") > 10_000
+    (tmp_path / "recall").mkdir()
+    without = benchmark.plot({"recall": summary["recall"]}, str(tmp_path / "recall"))
+    assert "pairs_stored.png" not in map(os.path.basename, without)
 
 
 def test_mixtures_are_compared_with_one_bank_seed_by_seed() -> None:
