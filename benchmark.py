@@ -405,7 +405,7 @@ def task_lengths(task: str, cfg: GridConfig) -> tuple[list[int], list[int]]:
     K = spread_keys(task)
     if K is not None and cfg.spread_context_pairs > 1:
         evals = [n for n in evals if n > 1]
-    in_context = bool(K) and cfg.spread_context_pairs >= K  # rewrite<K> can start in one segment
+    in_context = K is not None and 0 < K <= cfg.spread_context_pairs  # rewrite<K> can start in one segment
     return [n if n == 1 and in_context else max(low, n) for n in cfg.segment_curriculum], evals
 
 
