@@ -1012,11 +1012,11 @@ def paired_capacity_table(
         if base is None:
             continue
         row = [variant, base]
-        for n, k in asked.items():
+        for n in asked:
             if n not in cell["acc_token"] or n not in cells[base]["acc_token"]:
                 row.append("-")
                 continue
-            diffs = seed_diffs(*(by_seed_values(c, n, k, n_values) for c in (cell, cells[base])))
+            diffs = seed_diffs(*(by_seed_values(task, c, n, n_values) for c in (cell, cells[base])))
             if not diffs:
                 row.append("-")
                 continue
@@ -1042,10 +1042,9 @@ def paired_capacity_table(
     ]
 
 
-def by_seed_values(cell: dict[str, Any], n: str, asked: int, n_values: int) -> dict[str, float]:
+def by_seed_values(task: str, cell: dict[str, Any], n: str, n_values: int) -> dict[str, float]:
     """{seed: pairs stored} of one cell at segment count n (keyed as by_seed keys)."""
-    values = cell["acc_token"][n]["values"]
-    return {str(s): stored_pairs(asked, n_values, a) for s, a in zip(cell["seeds"], values, strict=True)}
+    return dict(zip(map(str, cell["seeds"]), stored_by_length(task, cell, n_values)[n], strict=True))
 
 
 def seed_diffs(mine: dict[str, float], theirs: dict[str, float]) -> list[float]:
