@@ -422,14 +422,13 @@ HELD = ("weight_bytes", "grad_bytes", "optimizer_bytes")
 
 
 def gather_ranks(result: dict[str, Any], cfg: BenchConfig, ranks: Ranks) -> None:
-    """Under torchrun: every rank's figures into each rank's result (result['ranks']); then the process group
-    is done."""
+    """Under torchrun: every rank's figures into each rank's result (result['ranks']). The process group is left
+    by main, once bench_train has returned and its model is gone (parallel.finish)."""
     result.update(parallel=cfg.parallel, world_size=ranks.world_size, rank=ranks.rank)
     mine = {k: result[k] for k in ("rank", "memory_bytes", "memory_start_bytes", "ms_per_iter", *HELD)}
     everyone: list[Any] = [None] * ranks.world_size
     torch.distributed.all_gather_object(everyone, mine)
     result["ranks"] = everyone
-    parallel.finish()
 
 
 def under_torchrun() -> bool:
@@ -752,14 +751,29 @@ def train_in_new_process(cfg: BenchConfig, model_cfg: GPTConfig, nproc: int = 0)
         if nproc:
             launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         done = subprocess.run([*launcher, os.path.abspath(__file__), *args], env={**os.environ, **EXACT_RSS})
-        if done.returncode != 0:
-            what = (
-                f"--parallel={cfg.parallel} on {nproc} processes" if nproc else f"--gmm_experts={model_cfg.gmm_experts}"
-            )
-            raise RuntimeError(f"bench.py --mode=train {what} exited with {done.returncode}")
-        with open(path) as f:
+        what = f"--parallel={cfg.parallel} on {nproc} processes" if nproc else f"--gmm_experts={model_cfg.gmm_experts}"
+        result = read_result(path, nproc)
+        if result is None:
+            raise RuntimeError(f"bench.py --mode=train {what} exited with {done.returncode} and no complete result")
+        if done.returncode != 0:  # e.g. a rank aborted in torch's teardown after every rank had reported
+            print(f"warning: bench.py --mode=train {what} exited with {done.returncode} after writing its complete "
+                  f"result (every rank's figures); the result is kept", file=sys.stderr)  # fmt: skip
+        return result
+
+
+def read_result(path: str, nproc: int) -> dict[str, Any] | None:
+    """The result a bench.py --mode=train process wrote to path: None if it wrote none, or under torchrun (nproc)
+    if it lacks any rank's figures."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        try:
             result: dict[str, Any] = json.load(f)
-            return result
+        except json.JSONDecodeError:  # cut off mid-write
+            return None
+    if nproc and len(result.get("ranks") or []) != nproc:
+        return None
+    return result
 
 
 def bench_parallel(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
@@ -943,8 +957,14 @@ def main(argv: list[str]) -> dict[str, Any]:
         result = bench(cfg, model_cfg)
     except ValueError as e:  # bad device, dtype, data, output path or model setting: one line
         fail(str(e))
-    if result.get("rank", 0) != 0:  # under torchrun, rank 0 reports for every rank
-        return result
+    if result.get("rank", 0) == 0:  # under torchrun, rank 0 reports for every rank
+        report(result, cfg, model_cfg)
+    parallel.finish()  # after the report: the other ranks wait at its barrier until the result is written
+    return result
+
+
+def report(result: dict[str, Any], cfg: BenchConfig, model_cfg: GPTConfig) -> None:
+    """The table on stdout; the profiler trace, the context plot and the JSON file where they were asked for."""
     print(format_table(result))
     if "trace" in result:
         print(f"profiler trace written to {result['trace']}")
@@ -956,7 +976,6 @@ def main(argv: list[str]) -> dict[str, Any]:
         with open(cfg.json, "w") as f:
             json.dump({**result, "config": asdict(cfg), "model_args": asdict(model_cfg)}, f, indent=2)
         print(f"results written to {cfg.json}")
-    return result
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ and the reverse, exactly.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -64,8 +65,14 @@ def start(device: str, backend: str) -> tuple[Ranks, str]:
 
 
 def finish() -> None:
-    """The end of a run every rank reaches together: wait for the others (no rank tears down its connections while
-    a peer's last collective is still in flight), then leave the process group."""
+    """The end of a run every rank reaches together, called once the run's model is out of scope (a no-op without a
+    process group). Frees what the model, its optimizer and closures held (under fsdp, the last collectives' work
+    objects among them) while the interpreter is whole: left to the interpreter's exit, gloo's teardown can abort
+    the process (SIGABRT, 'terminate called without an active exception') after the run is done. Then waits for the
+    others (no rank tears down its connections while a peer's last collective is in flight) and leaves the group."""
+    if not torch.distributed.is_initialized():
+        return
+    gc.collect()
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 

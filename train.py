@@ -444,6 +444,7 @@ def main(argv: list[str]) -> None:
         train(cfg, model_cfg, explicit, argv)
     except ValueError as e:  # bad data, checkpoint or device: one line, nothing written
         fail(str(e))
+    parallel.finish()  # under torchrun: every rank ended its loop at the same iteration
 
 
 def train(
@@ -915,18 +916,16 @@ def log_step(
 
 
 def end_run(run: Run, meter: Meter, stop: StopSignals, exit_code: int | None = None) -> None:
-    """Close the bar, the signal handlers, the tracker (at the normal end) and the process group; exit with
-    exit_code if one is given."""
+    """Close the bar, the signal handlers and the tracker (at the normal end); with exit_code, leave the process
+    group and exit with it. At the normal end main leaves the group, once the run's model is out of scope."""
     meter.progress.close()
     stop.restore()
     if exit_code is None:
         run.tracker.finish()
-    if run.place.ranks.distributed and exit_code is None:
-        parallel.finish()  # every rank ends its loop at the same iteration
-    elif run.place.ranks.distributed:  # a stop: the ranks agreed on it at a check, but wait for no one
+        return
+    if run.place.ranks.distributed:  # a stop: the ranks agreed on it at a check, but wait for no one
         destroy_process_group()
-    if exit_code is not None:
-        sys.exit(exit_code)
+    sys.exit(exit_code)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ grow by exactly the memory's, with ratios of 1.0 for k = 0, in one process and w
 are the GMM quick start's shape; and that a bad setting or a bad k list is one line and exit 2.
 """
 
+import ast
 import json
 import re
 import subprocess
@@ -163,6 +164,37 @@ def test_parallel_mode_fsdp_holds_half_of_ddp_per_rank(capsys: pytest.CaptureFix
     assert rows[("fsdp", 0)]["weight_bytes"] + rows[("fsdp", 1)]["weight_bytes"] == whole  # the shards are all of it
     out = capsys.readouterr().out
     assert "| fsdp | 1 |" in out and "held: the rank's weights, gradients and AdamW moments" in out
+
+
+def fake_torchrun(monkeypatch: pytest.MonkeyPatch, returncode: int, result: str | None) -> None:
+    """subprocess.run in bench as a torchrun that writes result (or nothing) to --json and exits with returncode."""
+
+    def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        path = next(a.split("=", 1)[1] for a in argv if a.startswith("--json="))
+        if result is not None:
+            Path(ast.literal_eval(path)).write_text(result)  # settings are passed as repr
+        return subprocess.CompletedProcess(argv, returncode)
+
+    monkeypatch.setattr(subprocess, "run", run)  # what bench calls to start torchrun
+
+
+def test_parallel_run_keeps_a_complete_result_when_torchrun_aborts_after_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rank that aborts in torch's teardown after rank 0 wrote every rank's figures costs a warning, not the
+    measurement; without a result, or with a rank's figures missing or the file cut off, the run fails."""
+    cfg, model_cfg = bench.defaults("train")
+    complete = json.dumps({"mode": "train", "ranks": [{"rank": 0}, {"rank": 1}]})
+    fake_torchrun(monkeypatch, -6, complete)
+    assert bench.train_in_new_process(cfg, model_cfg, nproc=2)["ranks"] == [{"rank": 0}, {"rank": 1}]
+    assert "exited with -6 after writing its complete result" in capsys.readouterr().err
+    for returncode, result in ((-6, None), (1, json.dumps({"ranks": [{"rank": 0}]})), (-6, complete[:20])):
+        fake_torchrun(monkeypatch, returncode, result)
+        with pytest.raises(RuntimeError, match=f"on 2 processes exited with {returncode} and no complete result"):
+            bench.train_in_new_process(cfg, model_cfg, nproc=2)
+    fake_torchrun(monkeypatch, 0, complete)  # one process (memory mode's fresh process): no ranks to count
+    assert bench.train_in_new_process(cfg, model_cfg)["mode"] == "train"
+    assert capsys.readouterr().err == ""
 
 
 def test_memory_mode_defaults_are_the_quick_start() -> None:
