@@ -1000,17 +1000,39 @@ def one_bank(variant: str, cells: dict[str, Any]) -> str | None:
     return same if same in cells and same != variant else None
 
 
+def read_slots(cell: dict[str, Any]) -> int:
+    """The memory slots a variant's text reads (from its settings): a bank's slots, all k banks' under concat."""
+    setup = cell["setup"]
+    slots = int(setup.get("gmm_slots", GridConfig.gmm_slots))
+    return slots * int(setup.get("gmm_experts", 1)) if setup.get("gmm_read") == "concat" else slots
+
+
+def same_read_slots_bank(variant: str, cells: dict[str, Any]) -> str | None:
+    """For a variant that reads more slots than its one bank (concat: k banks of M), the one-bank variant with the
+    same whole-model flags reading as many (k1-slots<kM>), where the grid has it; else None."""
+    base = one_bank(variant, cells)
+    if base is None or read_slots(cells[variant]) == read_slots(cells[base]):
+        return None
+    wanted = sorted(base.split("-")[1:])
+    for name, cell in cells.items():
+        head, *mods = name.split("-")
+        kept = sorted(m for m in mods if not re.fullmatch(r"slots\d+", m))
+        if head == "k1" and name != variant and kept == wanted and read_slots(cell) == read_slots(cells[variant]):
+            return name
+    return None
+
+
 def paired_capacity_table(
     task: str, asked: dict[str, int], n_values: int, cells: dict[str, Any], trained: str
 ) -> list[str]:
-    """Each memory variant's stored pairs minus its one bank's (one_bank), seed by seed (the same batches in the
-    same order), at every segment count: mean ± std, the seeds above, and two-sided p-values of a paired t-test and
-    of an exact sign-flip test (which needs no normality, and cannot go below 2 / 2^seeds)."""
+    """Each memory variant's stored pairs minus its one bank's (one_bank), and minus the one bank that reads as many
+    slots where that differs (same_read_slots_bank), seed by seed (the same batches in the same order), at every
+    segment count: mean ± std, the seeds above, and two-sided p-values of a paired t-test and of an exact sign-flip
+    test (which needs no normality, and cannot go below 2 / 2^seeds)."""
     rows = []
-    for variant, cell in cells.items():
-        base = one_bank(variant, cells)
-        if base is None:
-            continue
+    pairs = [(v, b) for v in cells for b in (one_bank(v, cells), same_read_slots_bank(v, cells)) if b is not None]
+    for variant, base in pairs:
+        cell = cells[variant]
         row = [variant, base]
         for n in asked:
             if n not in cell["acc_token"] or n not in cells[base]["acc_token"]:
@@ -1027,7 +1049,8 @@ def paired_capacity_table(
     if not rows:
         return []
     return [
-        f"### {task}: pairs stored against one bank, paired by seed (variant minus one bank; positive: holds more)",
+        f"### {task}: pairs stored against one bank, paired by seed (variant minus one bank, k1 with M slots, and "
+        "minus the one bank reading as many slots where the variant reads more; positive: holds more)",
         "",
         trained,
         "",

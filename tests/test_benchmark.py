@@ -290,6 +290,37 @@ def test_mixtures_are_compared_with_one_bank_seed_by_seed() -> None:
     assert "| k4-shift | k1-shift | +0.71 ± 0.62 [2/3], p 0.18 / 0.5 |" in table
 
 
+def test_concat_is_also_compared_with_one_bank_of_as_many_read_slots() -> None:
+    """k4-concat reads 4 banks of M slots: beside k1 (M slots) it is paired with the one bank of 4M slots, the
+    comparison at equal read slots; variants reading M slots, and grids without that bank, get no second row."""
+
+    def setup(experts: int, slots: int, concat: bool = False) -> dict[str, Any]:
+        return {"setup": {"gmm_experts": str(experts), "gmm_slots": str(slots), **({"gmm_read": "concat"} if concat
+                else {})}}  # fmt: skip
+
+    cells = {"k1-shift": setup(1, 4), "k1-shift-slots16": setup(1, 16), "k4-shift": setup(4, 4),
+             "k4-shift-concat": setup(4, 4, concat=True), "k1-slots16": setup(1, 16)}  # fmt: skip
+    assert [benchmark.read_slots(c) for c in cells.values()] == [4, 16, 4, 16, 16]
+    assert benchmark.same_read_slots_bank("k4-shift-concat", cells) == "k1-shift-slots16"  # not k1-slots16
+    assert benchmark.same_read_slots_bank("k4-shift", cells) is None
+    assert benchmark.same_read_slots_bank("k1-shift-slots16", cells) is None  # its one bank is k1-shift
+    del cells["k1-shift-slots16"]
+    assert benchmark.same_read_slots_bank("k4-shift-concat", cells) is None
+    accs = {"k1-shift": [0.5, 0.5], "k1-shift-slots16": [1.0, 0.75], "k4-shift-concat": [1.0, 1.0]}
+    argv = {"k1-shift": ["--gmm_experts=1", "--gmm_slots=4"], "k1-shift-slots16": ["--gmm_experts=1", "--gmm_slots=16"],
+            "k4-shift-concat": ["--gmm_experts=4", "--gmm_slots=4", "--gmm_read=concat"]}  # fmt: skip
+    recs = []
+    for v, values in accs.items():
+        for seed, a in zip([1, 2], values, strict=True):
+            rec = {**record("mqar4", v, seed, {"4": {"acc_answer": 0.0, "acc_token": a}}), "chance_exact": 0.0625**4}
+            rec["settings"]["argv"] += argv[v]
+            recs.append(rec)
+    table = format_tables(summarize(recs))
+    # against one bank of 16 slots: differences 0 and 4 * 0.25 * 16/15 = 1.07
+    assert "| k4-shift-concat | k1-shift-slots16 | +0.53 ± 0.75 [1/2]," in table
+    assert "| k4-shift-concat | k1-shift | +2.13 ± 0.00 [2/2]," in table
+
+
 def test_spread_tasks_in_the_grid() -> None:
     """spread (one new pair a segment, all asked) and rewrite<K> (K keys written again and again) are the grid's
     tasks too: their data folders, lengths (spread has a longest episode: every query fits its last segment) and
