@@ -87,7 +87,7 @@ SYNTHETIC = ("recall", "copy", "needle")  # and mqar<P>: multi-query associative
 PREPARE_DEFAULTS = {"--queries": "shuffled", "--n_queries": "0", "--train_min_pairs": "0", "--context_pairs": "1"}
 # the settings of a record that change only its evaluation: a cell asked again with other values of these alone is
 # evaluated again from its checkpoint, not trained again (same_training)
-EVALUATION = ("eval_segments", "eval_iters")
+EVALUATION = ("eval_segments", "eval_iters", "scored")
 # text tasks and the config each trains: the quick start on tiny-shakespeare; 8 segments of Python source code, where
 # names defined far above are used below (data/pycode_char)
 TEXT = {"shakespeare_char": "config/train_gmm_shakespeare.py", "pycode_char": "config/train_gmm_pycode.py"}
@@ -364,6 +364,14 @@ def task_prepare_args(task: str, cfg: GridConfig) -> list[str]:
     return []
 
 
+def asks_again(task: str, cfg: GridConfig) -> bool:
+    """Whether a task's questions can ask a key twice (drawn with replacement): then the answers to the repeats are
+    in context, and the pairs stored are counted from acc_first, the accuracy on first-asked keys alone."""
+    if mqar_pairs(task) is not None:
+        return cfg.mqar_queries == "drawn"
+    return spread_keys(task) is not None and cfg.spread_queries == "drawn"
+
+
 def task_dataset(task: str) -> tuple[str, str]:
     """(the dataset's prepare script name, the data_dir that holds its folder) of a synthetic task in this grid:
     mqar<P> is dataset mqar, each P in a folder of its own."""
@@ -484,16 +492,39 @@ def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
             want = dict(zip(args[::2], args[1::2], strict=True))
             if any(have.get(k, v) != v for k, v in want.items() if k not in ("--n_segments", "--block_size")):
                 raise ValueError(f"{base} was prepared with other settings ({' '.join(prepared)}): remove it first")
+        if unmarked(base):
+            reprepare(base)
         ensure_data(base, dataset, args)
         with open(os.path.join(base, "meta.json")) as f:
             meta = json.load(f)
         counts = {n_segments, *curriculum, *evals}
         dirs[task] = {n: episode_dir(base, meta, n, cfg.block_size) for n in sorted(counts)}
         for n, folder in dirs[task].items():
+            if unmarked(folder):
+                reprepare(folder)
             ensure_data(
                 folder, dataset, [*meta["prepare_args"], "--n_segments", str(n), "--block_size", str(cfg.block_size)]
             )
     return dirs
+
+
+def unmarked(folder: str) -> bool:
+    """Whether an episode folder was prepared before its masks marked the answers to repeated questions (REPEAT): its
+    meta.json has no repeat_mark, so acc_first would count those answers too."""
+    path = os.path.join(folder, "meta.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return "repeat_mark" not in json.load(f)
+
+
+def reprepare(folder: str) -> None:
+    """Remove an unmarked folder's files, so that ensure_data prepares it again: the same episodes (the same settings
+    and seed), with the repeats marked."""
+    print(f"{folder} was prepared before repeated questions were marked in its masks: preparing it again")
+    for name in ("meta.json", "train.bin", "val.bin", "train_mask.bin", "val_mask.bin"):  # meta.json first
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
 
 
 # -----------------------------------------------------------------------------
@@ -545,10 +576,11 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         if not episodic:  # text: the loss at each position of the window, where far context helps
             evals[str(n)]["pos_loss"] = out["val_pos_loss"]
         if episodic:
-            evals[str(n)].update(acc_answer=out["val_acc_answer"], acc_token=out["val_acc_token"])
+            evals[str(n)].update(acc_answer=out["val_acc_answer"], acc_token=out["val_acc_token"],
+                                 acc_first=out["val_acc_first"])  # fmt: skip
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         curve = [json.loads(line) for line in f if '"eval"' in line]
-    keep = ("iter", "val_loss", "val_acc_answer", "val_acc_token")
+    keep = ("iter", "val_loss", "val_acc_answer", "val_acc_token", "val_acc_first")
     return {
         **record,
         "params": sum(p.numel() for p in model.parameters()),
@@ -629,6 +661,8 @@ def plan_runs(
             evals = task_lengths(task, cfg)[1]
             eval_dirs = {n: data_dirs[task][n] for n in evals}
             evaluation = {"eval_segments": evals, "eval_iters": eval_iters}
+            if asks_again(task, cfg):  # older records of these tasks lack acc_first: evaluated again, or trained
+                evaluation["scored"] = "acc_first"
         for variant in cfg.variants_for(task):
             for seed in cfg.seeds:
                 run_dir = os.path.join(cfg.out_dir, "runs", task, variant, f"seed{seed}")
@@ -864,8 +898,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 cell["curve"] = learning_curve(runs)
                 counts = evaluated_everywhere(runs)  # a seed evaluated at fewer lengths (an older record) limits it
                 cell["acc"] = {n: accuracy_stats(runs, n, "acc_answer") for n in counts}
-                if all("acc_token" in r["eval"][n] for r in runs for n in counts):
-                    cell["acc_token"] = {n: accuracy_stats(runs, n, "acc_token") for n in counts}
+                for key in ("acc_token", "acc_first"):
+                    if all(key in r["eval"][n] for r in runs for n in counts):
+                        cell[key] = {n: accuracy_stats(runs, n, key) for n in counts}
             out[task][variant] = cell
     return out
 
@@ -949,19 +984,43 @@ def format_tables(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def capacity_key(cells: dict[str, Any]) -> str:
+    """The per-value accuracy a task's pairs stored are counted from: acc_first (first-asked keys alone) where every
+    cell has it, else acc_token (every answer; the same where no key is asked twice)."""
+    return "acc_first" if all("acc_first" in c for c in cells.values()) else "acc_token"
+
+
 def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str) -> list[str]:
-    """mqar, spread, rewrite: the pairs each variant stores (stored_pairs of each seed's per-value accuracy), mean ±
-    std over seeds and the best seed, at every evaluated segment count, of the pairs asked there."""
-    counts = columns_of(cells, "acc_token")
+    """mqar, spread, rewrite: the pairs each variant stores (stored_pairs of each seed's per-value accuracy on
+    first-asked keys where the records have it), mean ± std over seeds and the best seed, at every evaluated segment
+    count, of the pairs asked there."""
+    key = capacity_key(cells)
+    counts = columns_of(cells, key)
     asked = {n: pairs_asked(task, int(n)) or 0 for n in counts}
     rows = []
     for variant, cell in cells.items():
-        stored = stored_by_length(task, cell, n_values)
+        stored = stored_by_length(task, cell, n_values, key)
         row = [pairs_cell(stored[n]) if n in stored else "-" for n in counts]
         rows.append(f"| {variant} | " + " | ".join(row) + " |")
+    first = []
+    if key == "acc_first":
+        first = [
+            f"### {task}: per-value accuracy on first-asked keys (a key asked again has its answer in context, so "
+            f"those answers are left out; mean ± std over seeds, best seed in brackets), chance "
+            f"{1 / n_values:.4f}",
+            "",
+            trained,
+            "",
+            "| variant | params | " + " | ".join(f"{n} seg" for n in counts) + " |",
+            "|---|---|" + "---|" * len(counts),
+            *(accuracy_row(variant, cell, "acc_first", counts) for variant, cell in cells.items()),
+            "",
+        ]
+    source = "first-asked keys" if key == "acc_first" else "every answer"
     return [
-        f"### {task}: pairs stored (ARMT's estimator from the per-value accuracy, {n_values} values; mean ± std over "
-        "seeds, best seed in brackets)",
+        *first,
+        f"### {task}: pairs stored (ARMT's estimator from the per-value accuracy on {source}, {n_values} values; "
+        "mean ± std over seeds, best seed in brackets)",
         "",
         trained,
         "",
@@ -969,7 +1028,7 @@ def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str
         "|---|" + "---|" * len(counts),
         *rows,
         "",
-        *paired_capacity_table(task, asked, n_values, cells, trained),
+        *paired_capacity_table(task, asked, n_values, cells, trained, key),
     ]
 
 
@@ -979,12 +1038,12 @@ def pairs_cell(stored: list[float]) -> str:
     return f"{mean:.2f} ± {std:.2f} ({max(stored):.2f})"
 
 
-def stored_by_length(task: str, cell: dict[str, Any], n_values: int) -> dict[str, list[float]]:
-    """{segment count: the pairs each seed stores there} of one variant (stored_pairs of the per-value accuracy,
-    against the pairs the task asks at that length)."""
+def stored_by_length(task: str, cell: dict[str, Any], n_values: int, key: str) -> dict[str, list[float]]:
+    """{segment count: the pairs each seed stores there} of one variant (stored_pairs of its per-value accuracy key,
+    capacity_key's for every cell of a task, against the pairs the task asks at that length)."""
     return {
         n: [stored_pairs(pairs_asked(task, int(n)) or 0, n_values, a) for a in acc["values"]]
-        for n, acc in cell["acc_token"].items()
+        for n, acc in cell[key].items()
     }
 
 
@@ -1023,7 +1082,7 @@ def same_read_slots_bank(variant: str, cells: dict[str, Any]) -> str | None:
 
 
 def paired_capacity_table(
-    task: str, asked: dict[str, int], n_values: int, cells: dict[str, Any], trained: str
+    task: str, asked: dict[str, int], n_values: int, cells: dict[str, Any], trained: str, key: str
 ) -> list[str]:
     """Each memory variant's stored pairs minus its one bank's (one_bank), and minus the one bank that reads as many
     slots where that differs (same_read_slots_bank), seed by seed (the same batches in the same order), at every
@@ -1035,10 +1094,10 @@ def paired_capacity_table(
         cell = cells[variant]
         row = [variant, base]
         for n in asked:
-            if n not in cell["acc_token"] or n not in cells[base]["acc_token"]:
+            if n not in cell[key] or n not in cells[base][key]:
                 row.append("-")
                 continue
-            diffs = seed_diffs(*(by_seed_values(task, c, n, n_values) for c in (cell, cells[base])))
+            diffs = seed_diffs(*(by_seed_values(task, c, n, n_values, key) for c in (cell, cells[base])))
             if not diffs:
                 row.append("-")
                 continue
@@ -1065,9 +1124,9 @@ def paired_capacity_table(
     ]
 
 
-def by_seed_values(task: str, cell: dict[str, Any], n: str, n_values: int) -> dict[str, float]:
-    """{seed: pairs stored} of one cell at segment count n (keyed as by_seed keys)."""
-    return dict(zip(map(str, cell["seeds"]), stored_by_length(task, cell, n_values)[n], strict=True))
+def by_seed_values(task: str, cell: dict[str, Any], n: str, n_values: int, key: str) -> dict[str, float]:
+    """{seed: pairs stored} of one cell at segment count n (keyed as by_seed keys), from per-value accuracy key."""
+    return dict(zip(map(str, cell["seeds"]), stored_by_length(task, cell, n_values, key)[n], strict=True))
 
 
 def seed_diffs(mine: dict[str, float], theirs: dict[str, float]) -> list[float]:
@@ -1282,11 +1341,11 @@ def plot_capacity(with_pairs: dict[str, Any], out_dir: str) -> str:
     axes = fig.subplots(1, len(with_pairs), squeeze=False)
     colors = variant_colors({v for cells in with_pairs.values() for v in cells})
     for ax, (task, cells) in zip(axes[0], with_pairs.items(), strict=True):
-        n_values = round(1 / next(iter(cells.values()))["chance"])
+        n_values, key = round(1 / next(iter(cells.values()))["chance"]), capacity_key(cells)
         for variant, cell in cells.items():
-            stored = stored_by_length(task, cell, n_values)
+            stored = stored_by_length(task, cell, n_values, key)
             draw_seeds(ax, {int(n): v for n, v in stored.items()}, colors[variant], variant, (-math.inf, math.inf))
-        counts = sorted({int(n) for cell in cells.values() for n in cell["acc_token"]})
+        counts = sorted({int(n) for cell in cells.values() for n in cell[key]})
         asked = [pairs_asked(task, n) for n in counts]
         ax.plot(counts, asked, color="black", linestyle=":", linewidth=1, label="pairs asked (all stored)")
         ax.axhline(0, color="gray", linestyle="--", linewidth=1, label="none stored (chance)")

@@ -13,7 +13,8 @@ import torch
 
 import gmm
 from common import autocast
-from data.loader import BatchSampler, get_batch, open_mask, open_split
+from data.common import ANSWER
+from data.loader import BatchSampler, answer_marks, get_batch, open_mask, open_split
 from model import GPT
 
 
@@ -54,6 +55,8 @@ def estimate_loss(
     - split_seg_loss: that loss per segment index, a list of n_segments values;
     - split_acc_token, split_acc_answer: with an answer mask, the share of answer tokens predicted right
       (greedy) and of answers (all tokens of a sequence's answer) entirely right;
+    - split_acc_first: the share right of the answer tokens the mask marks 1, leaving out answers to questions asked
+      before in the episode (marked REPEAT, whose value is in context): what memory holds;
     - split_load_balance, split_entropy: with memory of k > 1 experts, the unweighted auxiliary losses;
     - split_util, split_hard_share, split_entropy_norm, split_consistency, split_segment_util: with k > 1 experts,
       how the writes were routed (gmm.routing_stats: utilisation and top-expert share per expert, entropy over
@@ -69,11 +72,12 @@ def estimate_loss(
         sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1, align=align, source=str(data.filename))
         seg_sum, seg_count = torch.zeros(n_seg), torch.zeros(n_seg)
         pos_sum, pos_count = torch.zeros(seq_len), torch.zeros(seq_len)
-        sums = {"tok_right": 0.0, "tok": 0.0, "ans_right": 0.0, "ans": 0.0}
+        sums = {"tok_right": 0.0, "tok": 0.0, "ans_right": 0.0, "ans": 0.0, "first_right": 0.0, "first": 0.0}
         aux: dict[str, float] = {}
         probs, gates = [], []  # (S, B, k) per batch: every write's routing, for the routing statistics
         for _ in range(cfg.eval_iters):
-            X, Y = get_batch(data, sampler.draw(cfg.batch_size), seq_len, device, mask, model.config.vocab_size)
+            offsets = sampler.draw(cfg.batch_size)
+            X, Y = get_batch(data, offsets, seq_len, device, mask, model.config.vocab_size)
             with autocast(device, dtype):  # the logits are kept only where answers are scored (small vocabularies)
                 result = model.forward_segments(X, Y, keep_logits=mask is not None)
             assert result.token_loss is not None
@@ -92,6 +96,10 @@ def estimate_loss(
                 sums["tok"] += valid.sum().item()
                 sums["ans_right"] += ((hit | ~valid).all(dim=1) & has_answer).sum().item()
                 sums["ans"] += has_answer.sum().item()
+                assert mask is not None  # logits are kept only with a mask
+                first = valid & (answer_marks(mask, offsets, seq_len, Y.device) == ANSWER)
+                sums["first_right"] += (hit & first).sum().item()
+                sums["first"] += first.sum().item()
             for k, v in result.aux.items():
                 aux[f"{split}_{k}"] = aux.get(f"{split}_{k}", 0.0) + v.item() / cfg.eval_iters
             if model.config.gmm_experts > 1:
@@ -104,6 +112,7 @@ def estimate_loss(
         if mask is not None:
             out[f"{split}_acc_token"] = sums["tok_right"] / max(1.0, sums["tok"])
             out[f"{split}_acc_answer"] = sums["ans_right"] / max(1.0, sums["ans"])
+            out[f"{split}_acc_first"] = sums["first_right"] / max(1.0, sums["first"])
         out.update(aux)
         if probs:
             stats = gmm.routing_stats(torch.cat(probs, dim=1), torch.cat(gates, dim=1))

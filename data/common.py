@@ -118,6 +118,10 @@ N_FILLERS, N_KEYS, N_VALUES = 64, 16, 16
 # still get the last answers right by elimination (a pair's value not yet answered: 1/4, 1/3, 1/2 and 1 at P = 4,
 # about 0.52 per value); "drawn", P keys drawn with replacement, leaves only the lookup
 MQAR_QUERIES = ("shuffled", "drawn")
+# the answer mask's values: 1 an answer only memory (or the episode's earlier segments) can give; REPEAT an answer to
+# a question asked before in the same episode (drawn questions ask some keys twice), whose value is then in the
+# context: it trains and counts in acc_token like any answer, but acc_first, what memory holds, leaves it out
+ANSWER, REPEAT = 1, 2
 QUERY, COPY = 0, 1  # the markers "<q>" and "<copy>"
 FILLER0 = 2
 KEY0 = FILLER0 + N_FILLERS
@@ -181,12 +185,23 @@ def distinct_keys(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
     return KEY0 + np.argsort(rng.random((n, N_KEYS)), axis=1)[:, :count]
 
 
-# generate(rng, n) -> (tokens, mask), both (n, episode_len): ids, and 1 where the token is a scored answer
+def question_marks(order: np.ndarray) -> np.ndarray:
+    """(n, Q) which key each question asks, in the order asked -> (n, Q) mask values of their answers: ANSWER where
+    the key is asked for the first time in its row, REPEAT where it was asked before (its answer is in context)."""
+    n, Q = order.shape
+    marks = np.full((n, Q), ANSWER, dtype=np.uint8)
+    for j in range(1, Q):
+        marks[:, j] = np.where((order[:, :j] == order[:, j : j + 1]).any(axis=1), REPEAT, ANSWER)
+    return marks
+
+
+# generate(rng, n) -> (tokens, mask), both (n, episode_len): ids, and ANSWER (or REPEAT) where the token is a scored
+# answer
 EpisodeGenerator = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 
 
 def write_episodes(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict[str, Any]) -> None:
-    """For each split ("train", "val"): <split>.bin (uint16 ids) and <split>_mask.bin (uint8, 1 = answer), both
+    """For each split ("train", "val"): <split>.bin (uint16 ids) and <split>_mask.bin (uint8, 0 = not an answer), both
     flat, episode after episode; then meta.json last. An old meta.json goes first, so a folder interrupted halfway
     never looks complete, and each file appears whole (temp file, then rename)."""
     make_dir(out_dir)
@@ -248,6 +263,8 @@ def prepare_episodes(
         "train_tokens": args.train_episodes * episode_len,
         "val_tokens": args.val_episodes * episode_len,
         "seed": args.seed,
+        # the mask marks answers to repeated questions REPEAT (folders without this key predate the mark)
+        "repeat_mark": REPEAT,
         **settings,
         # what regenerates these episodes at another length (train.py's segment curriculum and length sweeps)
         "prepare_args": [

@@ -78,6 +78,13 @@ def get_batch(
     return x.to(device), y.to(device)
 
 
+def answer_marks(mask: np.ndarray, offsets: torch.Tensor, seq_len: int, device: str | torch.device) -> torch.Tensor:
+    """The answer mask's value at each target of get_batch's rows, (B, seq_len) uint8: 0 where the target is not an
+    answer, 1 an answer, 2 (data.common.REPEAT) the answer to a question asked before in the episode."""
+    marks = torch.stack([torch.from_numpy(mask[i + 1 : i + 1 + seq_len].astype(np.uint8)) for i in offsets.tolist()])
+    return marks.to(device)
+
+
 def open_split(data_dir: str, split: str) -> np.memmap:
     """The split's tokens as a read-only memory map (re-opened per use, which avoids a numpy memmap leak); a
     missing, empty or odd-sized file is a one-line ValueError."""

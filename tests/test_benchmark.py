@@ -21,6 +21,7 @@ import torch
 
 import benchmark
 from benchmark import GridConfig, format_tables, summarize, train_args, variant_settings
+from data.common import REPEAT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,7 +217,7 @@ def test_mqar_reports_the_pairs_each_variant_stores() -> None:
         for seed, a in [(1, 1.0), (2, 0.5)]
     ]
     table = format_tables(summarize(recs))
-    assert "### mqar4: pairs stored (ARMT's estimator from the per-value accuracy, 16 values" in table
+    assert "### mqar4: pairs stored (ARMT's estimator from the per-value accuracy on every answer, 16 values" in table
     assert "| variant | 4 seg, of 4 |" in table
     assert "| k1 | 2.93 ± 1.51 (4.00) |" in table  # 4 and 1.87
     assert "against one bank" not in table  # nothing to compare with
@@ -232,8 +233,35 @@ def test_mqar_reports_the_pairs_each_variant_stores() -> None:
     assert "| k1 | 4.00 ± 0.00 (4.00) | 4.00 ± 0.00 (4.00) | - |" in table
     assert "| k4 | k1 | +0.00 ± 0.00 [0/1], p 1 / 1 | +0.00 ± 0.00 [0/1], p 1 / 1 | - |" in table
     # the same numbers, per segment count and seed, are what pairs_stored.png draws
-    assert benchmark.stored_by_length("mqar4", summarize(recs)["mqar4"]["k1"], 16) == {
+    assert benchmark.stored_by_length("mqar4", summarize(recs)["mqar4"]["k1"], 16, "acc_token") == {
         "4": [4.0, pytest.approx(4 * 7 / 15)]}  # fmt: skip
+
+
+def test_pairs_stored_count_first_asked_keys_where_the_records_have_them() -> None:
+    """Drawn questions ask some keys twice, and a repeat's answer is in context: with acc_first in every record of a
+    task the pairs stored come from it, beside a table of it, and the paired comparison too; a task with a record
+    that lacks it counts every cell from acc_token, never mixing the two."""
+
+    def rec(variant: str, seed: int, token: float, first: float | None) -> dict[str, Any]:
+        e = {"acc_answer": 0.0, "acc_token": token, **({"acc_first": first} if first is not None else {})}
+        return {**record("mqar4", variant, seed, {"4": e}), "chance_exact": 0.0625**4}
+
+    recs = [rec("k1", 1, 0.9, 0.5), rec("k1", 2, 0.9, 1.0), rec("k4", 1, 1.0, 1.0), rec("k4", 2, 1.0, 1.0)]
+    summary = summarize(recs)
+    assert summary["mqar4"]["k1"]["acc_first"]["4"]["values"] == [0.5, 1.0]
+    assert benchmark.capacity_key(summary["mqar4"]) == "acc_first"
+    table = format_tables(summary)
+    assert "### mqar4: per-value accuracy on first-asked keys" in table
+    assert "| k1 | 0.001M | 0.750 ± 0.354 (1.00) |" in table
+    assert "pairs stored (ARMT's estimator from the per-value accuracy on first-asked keys" in table
+    assert "| k1 | 2.93 ± 1.51 (4.00) |" in table  # stored_pairs of 0.5 and 1.0: 1.87 and 4
+    # k4 minus k1 by seed: 4 - 1.87 = 2.13 and 0
+    assert "| k4 | k1 | +1.07 ± 1.51 [1/2], p 0.5 / 1 |" in table
+    older = summarize([*recs, rec("k4", 3, 1.0, None)])
+    assert "acc_first" not in older["mqar4"]["k4"] and benchmark.capacity_key(older["mqar4"]) == "acc_token"
+    table = format_tables(older)
+    assert "first-asked" not in table and "per-value accuracy on every answer" in table
+    assert "| k1 | 3.57 ± 0.00 (3.57) |" in table  # acc_token 0.9 on both seeds
 
 
 def test_tasks_with_pairs_get_a_plot_of_the_pairs_stored(tmp_path: Path) -> None:
@@ -247,7 +275,7 @@ def test_tasks_with_pairs_get_a_plot_of_the_pairs_stored(tmp_path: Path) -> None
         for v, seed, a in [("k1", 1, 0.9), ("k1", 2, 0.7), ("k4", 1, 0.5)]
     ]
     summary = summarize(recs)
-    assert benchmark.stored_by_length("spread", summary["spread"]["k4"], 16) == {
+    assert benchmark.stored_by_length("spread", summary["spread"]["k4"], 16, "acc_token") == {
         "4": [pytest.approx(3 * 7 / 15)],
         "8": [pytest.approx(7 * 7 / 15)],
     }  # fmt: skip: 3 and 7 pairs asked
@@ -388,6 +416,30 @@ def test_a_grid_prepares_as_many_training_episodes_as_asked(tmp_path: Path) -> N
     assert benchmark.prepare_data(replace(cfg, tasks="mqar4")) == {"mqar4": dirs["mqar4"]}
     with pytest.raises(ValueError, match="was prepared with other settings .* remove it first"):
         benchmark.prepare_data(replace(cfg, tasks="mqar4", mqar_queries="drawn"))
+
+
+def test_folders_prepared_before_repeats_were_marked_are_prepared_again(tmp_path: Path, capsys: Any) -> None:
+    """A drawn-questions folder without repeat_mark in its meta (its masks mark every answer 1) is prepared again, at
+    every length: the same episodes, now with the repeats marked; a grid's records ask for acc_first on such tasks."""
+    cfg = GridConfig(tasks="mqar4", block_size=16, n_segments=4, segment_curriculum=[2, 4], eval_segments=[4],
+                     train_episodes=300, data_dir=str(tmp_path), mqar_queries="drawn")  # fmt: skip
+    dirs = benchmark.prepare_data(cfg)["mqar4"]
+    marked = {n: (Path(f) / "val_mask.bin").read_bytes() for n, f in dirs.items()}
+    tokens = (Path(dirs[4]) / "val.bin").read_bytes()
+    assert any(REPEAT in m for m in marked.values())
+    for folder in dirs.values():  # as a folder from before the mark
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+        del meta["repeat_mark"]
+        (Path(folder) / "meta.json").write_text(json.dumps(meta))
+        mask = np.fromfile(Path(folder) / "val_mask.bin", dtype=np.uint8)
+        np.minimum(mask, 1).tofile(Path(folder) / "val_mask.bin")
+    assert benchmark.prepare_data(cfg)["mqar4"] == dirs
+    assert "was prepared before repeated questions were marked" in capsys.readouterr().out
+    assert {n: (Path(f) / "val_mask.bin").read_bytes() for n, f in dirs.items()} == marked
+    assert (Path(dirs[4]) / "val.bin").read_bytes() == tokens
+    assert benchmark.asks_again("mqar4", cfg) and benchmark.asks_again("spread", replace(cfg, spread_queries="drawn"))
+    assert not benchmark.asks_again("mqar4", replace(cfg, mqar_queries="shuffled"))
+    assert not benchmark.asks_again("spread", cfg) and not benchmark.asks_again("recall", cfg)
 
 
 def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:
@@ -570,6 +622,8 @@ def test_a_cell_asked_only_for_another_evaluation_keeps_its_training(tmp_path: P
     assert not benchmark.same_training(None, longer, str(path), str(run_dir))
     assert not benchmark.same_training({**old, "error": "x"}, longer, str(path), str(run_dir))
     assert not benchmark.same_training({**old, "iters": 50}, longer, str(path), str(run_dir))
+    # a record from before drawn questions were scored on first-asked keys: evaluated again, not trained again
+    assert benchmark.same_training(old, {**longer, "scored": "acc_first"}, str(path), str(run_dir))
     stamp = path.stat().st_mtime
     os.utime(ckpt, (stamp + 10, stamp + 10))  # rewritten since (a run of other settings, cut short)
     assert not benchmark.same_training(old, longer, str(path), str(run_dir))

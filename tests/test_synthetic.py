@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from data.common import COPY, FILLER0, KEY0, N_KEYS, N_VALUES, QUERY, SYNTHETIC_ITOS, VALUE0, episode_batch
+from data.common import COPY, FILLER0, KEY0, N_KEYS, N_VALUES, QUERY, REPEAT, SYNTHETIC_ITOS, VALUE0, episode_batch
 from tokenizer import get_tokenizer, load_meta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_files_masks_and_oracle(task: str, n_segments: int, tmp_path: Path) -> N
         assert (tmp_path / f"{split}_mask.bin").stat().st_size == n * L  # uint8
         tokens, mask = episodes(tmp_path, split, L)
         assert tokens.shape == (n, L) and set(np.unique(mask)) <= {0, 1}
-        assert (mask.sum(axis=1) == meta["answer_len"]).all()
+        assert (mask.sum(axis=1) == meta["answer_len"]).all() and meta["repeat_mark"] == REPEAT
         assert not mask[:, : (S - 1) * T].any(), "every answer in the last segment"
         assert not mask[:, 0].any(), "the first token of an episode, a target of the previous one, is never scored"
         for ep, m in zip(tokens.tolist(), mask, strict=True):
@@ -336,6 +336,10 @@ def test_mqar_drawn_queries_leave_nothing_to_elimination(tmp_path: Path) -> None
         oracle_mqar(ep, 16, drawn)
     repeats = [len(set(ep[L - 8 :: 2])) < 4 for ep in by_kind["drawn"].tolist()]
     assert 0.8 < np.mean(repeats) < 1.0  # all four distinct in 4!/4^4 = 9% of episodes
+    # the answer to a key asked again is in context: marked REPEAT (2), shuffled questions have none
+    marks = episodes(tmp_path / "drawn", "train", L)[1][:, L - 7 :: 2]
+    assert marks.tolist() == [repeat_marks(ep[L - 8 :: 2]) for ep in by_kind["drawn"].tolist()]
+    assert (episodes(tmp_path / "shuffled", "train", L)[1][:, L - 7 :: 2] == 1).all()
 
     def last_by_elimination(ep: list[int]) -> bool:
         left = sorted(ep[1:8:2])  # the pairs' values
@@ -359,14 +363,21 @@ def test_mqar_more_queries_than_pairs(n_segments: int, block_size: int, n_querie
     assert (meta["answer_len"], meta["n_queries"], meta["queries"]) == (Q, Q, "drawn")
     L = S * T
     tokens, mask = episodes(tmp_path, "val", L)
-    assert (mask.sum(axis=1) == Q).all() and mask[:, L - 2 * Q + 1 :: 2].all()
-    for ep in tokens.tolist():
+    assert ((mask != 0).sum(axis=1) == Q).all() and mask[:, L - 2 * Q + 1 :: 2].all()
+    for ep, m in zip(tokens.tolist(), mask, strict=True):
         pairs = dict(zip(ep[0:8:2], ep[1:8:2], strict=True))
         asked = list(zip(ep[L - 2 * Q :: 2], ep[L - 2 * Q + 1 :: 2], strict=True))
         assert all(pairs[k] == v for k, v in asked), "each answer is its key's value"
+        assert m[L - 2 * Q + 1 :: 2].tolist() == repeat_marks(ep[L - 2 * Q :: 2])
         assert not any(is_key(t) or is_value(t) for t in ep[8 : L - 2 * Q]), "only fillers between"
     if S > 1:
         assert 7 // T < (L - 2 * Q) // T, "pairs and questions in different segments"
+
+
+def repeat_marks(keys: list[int]) -> list[int]:
+    """The mask of the answers to questions asking these keys in this order, by hand: 1 the first time a key is
+    asked, 2 (REPEAT) when it was asked before and its answer is in context."""
+    return [REPEAT if k in keys[:j] else 1 for j, k in enumerate(keys)]
 
 
 def oracle_spread(ep: list[int], T: int, n_keys: int, drawn: int = 0) -> dict[int, int]:
@@ -424,11 +435,12 @@ def test_spread_drawn_queries(n_segments: int, n_keys: int, tmp_path: Path) -> N
     meta = prepare("spread", tmp_path / "drawn", *base, "--queries", "drawn", "--n_queries", str(A))
     assert (meta["answer_len"], meta["queries"], meta["n_queries"]) == (A, "drawn", A)
     tokens, mask = episodes(tmp_path / "drawn", "train", meta["episode_len"])
-    assert (mask.sum(axis=1) == A).all()
+    assert ((mask != 0).sum(axis=1) == A).all() and meta["repeat_mark"] == REPEAT
     repeats = 0
     for ep, m in zip(tokens.tolist(), mask, strict=True):
         answers = oracle_spread(ep, T, n_keys, drawn=A)
         assert sorted(answers) == np.flatnonzero(m).tolist() and all(ep[i] == v for i, v in answers.items())
+        assert m[-2 * A + 1 :: 2].tolist() == repeat_marks(ep[-2 * A :: 2]), "a key asked again is marked"
         repeats += len(set(ep[-2 * A :: 2])) < A
     assert repeats > 0
     shuffled = prepare("spread", tmp_path / "shuffled", *base)

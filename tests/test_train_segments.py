@@ -24,6 +24,7 @@ import torch
 
 import parallel
 import train
+from data.common import REPEAT
 from data.loader import BatchSampler, episode_dir, get_batch
 from evaluate import estimate_loss
 from model import GPT, GPTConfig
@@ -135,13 +136,16 @@ def test_episode_dir() -> None:
 
 
 def test_estimate_loss_accuracy_and_segment_losses(tmp_path: Path) -> None:
-    """On a hand-made episode dataset, answer accuracy and the per-segment loss equal a direct count."""
+    """On a hand-made episode dataset, answer accuracy (all answers, and first-asked ones alone) and the per-segment
+    loss equal a direct count."""
     T, S, E = 4, 2, 6
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 10, size=E * T * S).astype(np.uint16)
     mask = np.zeros_like(tokens, dtype=np.uint8)
     for e in range(E):
         mask[e * T * S + T * S - 2 : e * T * S + T * S] = 1  # two answer tokens at the end of each episode
+        if e % 2:
+            mask[e * T * S + T * S - 1] = REPEAT  # the second answers a question asked before: not in acc_first
     for split in ("train", "val"):
         tokens.tofile(tmp_path / f"{split}.bin")
         mask.tofile(tmp_path / f"{split}_mask.bin")
@@ -152,21 +156,25 @@ def test_estimate_loss_accuracy_and_segment_losses(tmp_path: Path) -> None:
 
     # the same batches by hand
     sampler = BatchSampler(len(tokens), T * S, seed=cfg.seed + 1, align=T * S)
-    right = total = exact = answers = 0
+    right = total = exact = answers = first_right = first_total = 0
     losses = []
     pos_sum, pos_count = torch.zeros(T * S), torch.zeros(T * S)
     for _ in range(cfg.eval_iters):
-        X, Y = get_batch(tokens, sampler.draw(cfg.batch_size), T * S, "cpu", mask)
+        offsets = sampler.draw(cfg.batch_size)
+        X, Y = get_batch(tokens, offsets, T * S, "cpu", mask)
         logits, _ = model(X, Y)
         valid = Y != -1
         hit = (logits.argmax(-1) == Y) & valid
         right, total = right + int(hit.sum()), total + int(valid.sum())
+        first = torch.stack([torch.from_numpy(mask[o + 1 : o + 1 + T * S] == 1) for o in offsets.tolist()])
+        first_right, first_total = first_right + int((hit & first).sum()), first_total + int(first.sum())
         exact += sum(bool(hit[b][valid[b]].all()) for b in range(len(Y)))
         answers += len(Y)
         losses.append(torch.nn.functional.cross_entropy(logits[valid], Y[valid], reduction="sum").item())
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), Y, ignore_index=-1, reduction="none")
         pos_sum, pos_count = pos_sum + ce.sum(0), pos_count + valid.sum(0)
     assert out["val_acc_token"] == pytest.approx(right / total)
+    assert out["val_acc_first"] == pytest.approx(first_right / first_total) and first_total < total
     assert out["val_acc_answer"] == pytest.approx(exact / answers)
     assert out["val"] == pytest.approx(sum(losses) / total, rel=1e-5)
     # the loss at each position: answer positions only (the others have no target), each equal to a direct count

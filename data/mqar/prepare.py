@@ -20,7 +20,8 @@ token is right by chance with 1/16, all of them with (1/16)^n_pairs: the per-ans
 is the measure. With --queries drawn the last segment asks n_pairs keys drawn with replacement (some twice, some
 not at all) instead of every key once, so that no answer follows by elimination (data/common.py, MQAR_QUERIES);
 --n_queries Q then asks Q of them (the last 2Q tokens, in the last ceil(2Q / block_size) segments), more answers
-to learn from per episode.
+to learn from per episode. A key asked twice has its first answer in context, so the mask marks the second answer 2
+(REPEAT): it trains like any other, and the accuracy on first-asked keys alone (acc_first) is what memory holds.
 With --train_min_pairs m, each training episode holds between m and n_pairs pairs (uniformly, laid out the same
 way), so training also sees easy episodes, while val keeps n_pairs in every episode. Writes train.bin, val.bin,
 train_mask.bin, val_mask.bin and meta.json; see data/README.md for the reading contract.
@@ -46,6 +47,7 @@ from data.common import (  # noqa: E402
     nonnegative_int,
     positive_int,
     prepare_episodes,
+    question_marks,
 )
 
 
@@ -73,7 +75,7 @@ def generate(
     asked = np.stack([keys[rows, order], values[rows, order]], axis=2)  # (n, Q, 2)
     tokens[:, L - 2 * Q :] = asked.reshape(n, 2 * Q)
     mask = np.zeros((n, L), dtype=np.uint8)
-    mask[:, L - 2 * Q + 1 :: 2] = 1  # each query's value
+    mask[:, L - 2 * Q + 1 :: 2] = question_marks(order)  # each query's value: REPEAT where its key was asked before
     return tokens, mask
 
 

@@ -29,7 +29,9 @@ teaches that the latest value is the answer.
 With every key asked once (--queries shuffled, the default) the last answers follow by elimination (the value of
 the episode not yet given), which a model learns before any lookup (EXPERIMENTS.md, 2026-12-03, on mqar). With
 --queries drawn the last segment asks n_queries keys (0 = as many as there are keys) drawn with replacement from the
-episode's keys, so no answer follows from the others; its size is then the same at every length.
+episode's keys, so no answer follows from the others; its size is then the same at every length. A key asked again
+has its answer in context: the mask marks that answer 2 (REPEAT), and acc_first, the accuracy on first-asked keys,
+is what memory holds.
 
 The measure is the per-answer accuracy (train.py's acc_token, chance 1/16); the pairs a model holds follow from it
 (benchmark.py's stored_pairs). Writes train.bin, val.bin, train_mask.bin, val_mask.bin and meta.json; see
@@ -56,6 +58,7 @@ from data.common import (  # noqa: E402
     nonnegative_int,
     positive_int,
     prepare_episodes,
+    question_marks,
 )
 
 
@@ -111,7 +114,7 @@ def generate(
     order = rng.integers(0, Q, size=(n, A)) if drawn else np.argsort(rng.random((n, Q)), axis=1)
     tokens[:, L - 2 * A :] = np.stack([keys[rows, order], latest[rows, order]], axis=2).reshape(n, 2 * A)
     mask = np.zeros((n, L), dtype=np.uint8)
-    mask[:, L - 2 * A + 1 :: 2] = 1
+    mask[:, L - 2 * A + 1 :: 2] = question_marks(order)  # REPEAT where the key was asked before (answer in context)
     return tokens, mask
 
 
