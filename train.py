@@ -540,6 +540,9 @@ def prepare_data(cfg: TrainConfig, place: Place, ckpt: dict[str, Any] | None) ->
     meta = load_meta(data_dir)
     if ckpt is not None:
         check_tokenizer(meta, ckpt, data_dir)
+    if meta.get("queries") == "drawn" and "repeat_mark" not in meta:
+        print0(f"warning: {data_dir} was prepared before answers to repeated questions were marked: acc_first counts "
+               "them too (they are in context); prepare it again for the accuracy on first-asked keys")  # fmt: skip
     return data_dir, meta
 
 

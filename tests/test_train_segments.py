@@ -211,6 +211,30 @@ def test_curriculum_on_an_episode_dataset_prepares_each_length(tmp_path: Path) -
         assert "val_load_balance" in r and "val_entropy" in r
 
 
+def test_drawn_questions_log_the_accuracy_on_first_asked_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mqar with drawn questions: every evaluation logs acc_first beside acc_token; a folder prepared before the
+    repeats were marked trains as before, with a one-line warning that acc_first counts them."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    script = ROOT / "data" / "mqar" / "prepare.py"
+    args = ["--n_segments", "2", "--block_size", "8", "--n_pairs", "2", "--queries", "drawn", "--n_queries", "4",
+            "--train_episodes", "64", "--val_episodes", "16", "--out_dir", str(data / "mqar")]  # fmt: skip
+    subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True)
+    run = [*TINY, f"--data_dir={data}", "--dataset=mqar", "--block_size=8", "--n_segments=2", "--max_iters=2",
+           "--eval_interval=2", "--gmm_experts=1"]  # fmt: skip
+    train.main([*run, f"--out_dir={out}"])
+    evals = [r for r in metrics(out) if r["event"] == "eval"]
+    assert all(0.0 <= r["val_acc_first"] <= 1.0 and 0.0 <= r["val_acc_token"] <= 1.0 for r in evals)
+    assert "prepared before answers to repeated questions were marked" not in capsys.readouterr().out
+    meta_path = data / "mqar" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["repeat_mark"]
+    meta_path.write_text(json.dumps(meta))
+    train.main([*run, f"--out_dir={tmp_path / 'old'}"])
+    assert "prepared before answers to repeated questions were marked" in capsys.readouterr().out
+
+
 def recall_data(root: Path) -> Path:
     """A tiny recall dataset (2 segments of 8 tokens, one pair) under root/recall; returns root."""
     script = ROOT / "data" / "recall" / "prepare.py"
