@@ -791,7 +791,10 @@ def describe(rec: dict[str, Any], cfg: GridConfig) -> str:
     several = (rec.get("chance_exact") or rec["chance"]) < rec["chance"]  # mqar, copy: say the per-token accuracy
     key, what = ("acc_token", "answer-token accuracy") if several else ("acc_answer", "answer accuracy")
     accs = ", ".join(f"{n}: {e[key]:.3f}" for n, e in rec["eval"].items())
-    return f"{name}: {what} by segments {{{accs}}} ({rec['train_seconds']:.0f} s)"
+    first = ""
+    if rec["settings"].get("scored") == "acc_first":  # drawn questions: what memory holds, repeats left out
+        first = "; first-asked keys {" + ", ".join(f"{n}: {e['acc_first']:.3f}" for n, e in rec["eval"].items()) + "}"
+    return f"{name}: {what} by segments {{{accs}}}{first} ({rec['train_seconds']:.0f} s)"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -204,7 +204,9 @@ def test_multi_token_answers_get_a_per_token_table() -> None:
              "val_acc_token": 0.93}]  # fmt: skip
     assert benchmark.learned_at({**recs[0], "curve": curve}) == 200
     assert benchmark.learned_at({**recs[0], "curve": curve, "chance_exact": 0.0625}) is None  # one answer token
-    assert "answer-token accuracy by segments {4: 0.400}" in benchmark.describe(recs[1], GridConfig())
+    assert "answer-token accuracy by segments {4: 0.400} (" in benchmark.describe(recs[1], GridConfig())
+    scored = {**recs[1], "settings": {"scored": "acc_first"}, "eval": {"4": {"acc_token": 0.4, "acc_first": 0.25}}}
+    assert "{4: 0.400}; first-asked keys {4: 0.250} (" in benchmark.describe(scored, GridConfig())
 
 
 def test_mqar_reports_the_pairs_each_variant_stores() -> None:
