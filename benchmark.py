@@ -825,9 +825,12 @@ def learned_at(rec: dict[str, Any]) -> int | None:
 
 def curve_key(rec: dict[str, Any]) -> str:
     """The accuracy a synthetic run's curve is read by: per answer token where answers have several tokens (and
-    the curve records it), else per answer."""
+    the curve records it; on first-asked keys alone where the run is scored so), else per answer."""
     several = (rec.get("chance_exact") or rec["chance"]) < rec["chance"]
-    has_token = any("val_acc_token" in e for e in rec.get("curve", []))
+    curve = rec.get("curve", [])
+    if several and rec["settings"].get("scored") == "acc_first" and any("val_acc_first" in e for e in curve):
+        return "val_acc_first"
+    has_token = any("val_acc_token" in e for e in curve)
     return "val_acc_token" if several and has_token else "val_acc_answer"
 
 
@@ -835,7 +838,8 @@ def learning_curve(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
     """Accuracy at the trained length against training episodes seen (iterations x batch x accumulation), mean and
     std over the runs, at the evaluations every run made: per answer token where answers have several, else per
     answer (as learned_at reads it)."""
-    key = curve_key(runs[0])
+    keys = {curve_key(r) for r in runs}
+    key = keys.pop() if len(keys) == 1 else "val_acc_token"  # older records beside newer: what they all have
     curves = [{e["iter"]: e[key] for e in r.get("curve", []) if key in e} for r in runs]
     iters = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     settings = run_settings(runs[0])
@@ -1393,6 +1397,8 @@ def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
     colors = variant_colors({v for cells in synthetic.values() for v in cells})
     for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
         key = "acc_token" if multi_token(cells) else "acc"  # copy: per answer token, exact match is near 0
+        if key == "acc_token" and capacity_key(cells) == "acc_first":  # drawn questions: what memory holds
+            key = "acc_first"
         for variant, cell in cells.items():
             by_n = {int(n): a["values"] for n, a in cell[key].items()}
             draw_seeds(ax, by_n, colors[variant], variant, (0, 1))  # accuracy lives in [0, 1]
@@ -1402,7 +1408,9 @@ def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
         setup = next(iter(cells.values()))["setup"]
         trained = [*json.loads(setup["segment_curriculum"]), int(setup["n_segments"])]
         ax.axvspan(min(trained) - 0.2, max(trained) + 0.2, color="gray", alpha=0.1, label="trained lengths")
-        ylabel = "answer-token accuracy" if key == "acc_token" else "answer accuracy"
+        ylabel = {"acc_token": "answer-token accuracy", "acc_first": "accuracy on first-asked keys"}.get(
+            key, "answer accuracy"
+        )
         ax.set(title=task, xlabel="segments per episode", ylabel=ylabel, ylim=(-0.03, 1.03))
         ax.set_xscale("log", base=2)
         ax.set_xticks(counts, [str(n) for n in counts])

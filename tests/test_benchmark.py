@@ -204,6 +204,12 @@ def test_multi_token_answers_get_a_per_token_table() -> None:
              "val_acc_token": 0.93}]  # fmt: skip
     assert benchmark.learned_at({**recs[0], "curve": curve}) == 200
     assert benchmark.learned_at({**recs[0], "curve": curve, "chance_exact": 0.0625}) is None  # one answer token
+    # drawn questions: learned when the first-asked keys are right, not the repeats, whose answers are in context
+    first = [{**e, "val_acc_first": f} for e, f in zip(curve, [0.3, 0.6], strict=True)]
+    scored = {**recs[0], "curve": first, "settings": {**recs[0]["settings"], "scored": "acc_first"}}
+    assert benchmark.learned_at(scored) is None and benchmark.learned_at({**recs[0], "curve": first}) == 200
+    assert benchmark.learning_curve([scored])["mean"] == [0.3, 0.6]
+    assert benchmark.learning_curve([scored, {**recs[0], "curve": first}])["mean"] == [0.7, 0.93]  # mixed: all
     assert "answer-token accuracy by segments {4: 0.400} (" in benchmark.describe(recs[1], GridConfig())
     scored = {**recs[1], "settings": {"scored": "acc_first"}, "eval": {"4": {"acc_token": 0.4, "acc_first": 0.25}}}
     assert "{4: 0.400}; first-asked keys {4: 0.250} (" in benchmark.describe(scored, GridConfig())
@@ -239,7 +245,7 @@ def test_mqar_reports_the_pairs_each_variant_stores() -> None:
         "4": [4.0, pytest.approx(4 * 7 / 15)]}  # fmt: skip
 
 
-def test_pairs_stored_count_first_asked_keys_where_the_records_have_them() -> None:
+def test_pairs_stored_count_first_asked_keys_where_the_records_have_them(tmp_path: Path) -> None:
     """Drawn questions ask some keys twice, and a repeat's answer is in context: with acc_first in every record of a
     task the pairs stored come from it, beside a table of it, and the paired comparison too; a task with a record
     that lacks it counts every cell from acc_token, never mixing the two."""
@@ -259,6 +265,8 @@ def test_pairs_stored_count_first_asked_keys_where_the_records_have_them() -> No
     assert "| k1 | 2.93 ± 1.51 (4.00) |" in table  # stored_pairs of 0.5 and 1.0: 1.87 and 4
     # k4 minus k1 by seed: 4 - 1.87 = 2.13 and 0
     assert "| k4 | k1 | +1.07 ± 1.51 [1/2], p 0.5 / 1 |" in table
+    paths = benchmark.plot(summary, str(tmp_path))  # accuracy against segments drawn from acc_first too
+    assert len(paths) == 3 and all(os.path.getsize(p) > 10_000 for p in paths)
     older = summarize([*recs, rec("k4", 3, 1.0, None)])
     assert "acc_first" not in older["mqar4"]["k4"] and benchmark.capacity_key(older["mqar4"]) == "acc_token"
     table = format_tables(older)
