@@ -576,8 +576,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         if not episodic:  # text: the loss at each position of the window, where far context helps
             evals[str(n)]["pos_loss"] = out["val_pos_loss"]
         if episodic:
-            evals[str(n)].update(acc_answer=out["val_acc_answer"], acc_token=out["val_acc_token"],
-                                 acc_first=out["val_acc_first"])  # fmt: skip
+            evals[str(n)].update(acc_answer=out["val_acc_answer"], acc_token=out["val_acc_token"])
+            if spec["settings"].get("scored") == "acc_first":  # drawn questions: what memory holds
+                evals[str(n)]["acc_first"] = out["val_acc_first"]
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         curve = [json.loads(line) for line in f if '"eval"' in line]
     keep = ("iter", "val_loss", "val_acc_answer", "val_acc_token", "val_acc_first")
@@ -975,17 +976,7 @@ def format_tables(summary: dict[str, Any]) -> str:
             "",
         ]
         if multi_token(cells):
-            lines += [
-                f"### {task}: answer-token accuracy (mean ± std over seeds; best seed in brackets), chance "
-                f"{first['chance']:.4f}",
-                "",
-                trained,
-                "",
-                columns,
-                "|---|---|" + "---|" * len(counts),
-                *(accuracy_row(variant, cell, "acc_token", counts) for variant, cell in cells.items()),
-                "",
-            ]
+            lines += accuracy_table(f"{task}: answer-token accuracy", cells, "acc_token", counts, trained)
         if pairs_asked(task, 1) is not None and capacity_cells(cells):
             lines += capacity_table(task, round(1 / first["chance"]), cells, trained)
     return "\n".join(lines)
@@ -1011,18 +1002,8 @@ def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str
         rows.append(f"| {variant} | " + " | ".join(row) + " |")
     first = []
     if key == "acc_first":
-        first = [
-            f"### {task}: per-value accuracy on first-asked keys (a key asked again has its answer in context, so "
-            f"those answers are left out; mean ± std over seeds, best seed in brackets), chance "
-            f"{1 / n_values:.4f}",
-            "",
-            trained,
-            "",
-            "| variant | params | " + " | ".join(f"{n} seg" for n in counts) + " |",
-            "|---|---|" + "---|" * len(counts),
-            *(accuracy_row(variant, cell, "acc_first", counts) for variant, cell in cells.items()),
-            "",
-        ]
+        title = f"{task}: per-value accuracy on first-asked keys (a key asked again has its answer in context)"
+        first = accuracy_table(title, cells, "acc_first", counts, trained)
     source = "first-asked keys" if key == "acc_first" else "every answer"
     return [
         *first,
@@ -1174,6 +1155,21 @@ def sign_flip_p(diffs: list[float]) -> float:
     signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(a))))
     observed = abs(a.mean())
     return float(np.mean(np.abs((signs * a).mean(axis=1)) >= observed - 1e-12))
+
+
+def accuracy_table(title: str, cells: dict[str, Any], key: str, counts: list[str], trained: str) -> list[str]:
+    """A table of one accuracy of a synthetic task's cells, a row per variant and a column per segment count."""
+    chance = next(iter(cells.values()))["chance"]
+    return [
+        f"### {title} (mean ± std over seeds; best seed in brackets), chance {chance:.4f}",
+        "",
+        trained,
+        "",
+        "| variant | params | " + " | ".join(f"{n} seg" for n in counts) + " |",
+        "|---|---|" + "---|" * len(counts),
+        *(accuracy_row(variant, cell, key, counts) for variant, cell in cells.items()),
+        "",
+    ]
 
 
 def accuracy_row(variant: str, cell: dict[str, Any], key: str, counts: list[str]) -> str:
@@ -1397,7 +1393,7 @@ def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
     colors = variant_colors({v for cells in synthetic.values() for v in cells})
     for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
         key = "acc_token" if multi_token(cells) else "acc"  # copy: per answer token, exact match is near 0
-        if key == "acc_token" and capacity_key(cells) == "acc_first":  # drawn questions: what memory holds
+        if capacity_key(cells) == "acc_first":  # drawn questions: what memory holds
             key = "acc_first"
         for variant, cell in cells.items():
             by_n = {int(n): a["values"] for n, a in cell[key].items()}

@@ -70,8 +70,7 @@ def get_batch(
         raise out_of_vocabulary(data, int(rows.max()), int(offsets[b]) + t, vocab_size)
     x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
     if mask is not None:
-        answer = torch.stack([torch.from_numpy(mask[i + 1 : i + 1 + seq_len] != 0) for i in offsets.tolist()])
-        y = y.masked_fill(~answer, -1)
+        y = y.masked_fill(answer_marks(mask, offsets, seq_len, "cpu") == 0, -1)
     if device.startswith("cuda"):
         # pin arrays x,y, which allows us to move them to GPU asynchronously (non_blocking=True)
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)

@@ -616,6 +616,20 @@ def test_grid_end_to_end_where_memory_learns_recall_and_no_memory_cannot(
         benchmark.main([*args, "--recall_pairs=2"])
 
 
+def test_drawn_questions_record_the_accuracy_on_first_asked_keys(tmp_path: Path) -> None:
+    """A grid whose questions are drawn (mqar here) records acc_first beside acc_token and says it scored so; a task
+    that never asks a key twice (recall) records no acc_first, so its tables and plots stay on every answer."""
+    args = [f"--out_dir={tmp_path}", "--tasks=recall,mqar4", "--variants=k1", "--seeds=1", "--max_iters=2",
+            "--eval_interval=2", "--eval_segments=4", "--block_size=32", "--mqar_queries=drawn",
+            "--mqar_n_queries=12", "--train_episodes=64", "--eval_iters=2", "--n_layer=1", "--n_embd=16",
+            "--device=cpu"]  # fmt: skip
+    by_task = {r["task"]: r for r in benchmark.main(args)}
+    mqar, recall = by_task["mqar4"], by_task["recall"]
+    assert mqar["settings"]["scored"] == "acc_first" and 0.0 <= mqar["eval"]["4"]["acc_first"] <= 1.0
+    assert "scored" not in recall["settings"] and "acc_first" not in recall["eval"]["4"]
+    assert all("val_acc_first" in e for e in mqar["curve"])
+
+
 def test_a_cell_asked_only_for_another_evaluation_keeps_its_training(tmp_path: Path) -> None:
     """same_training: a record's run is evaluated again instead of trained again only when its train.py argv is the
     same and its checkpoint is the one the record evaluated (same iterations, saved before the record)."""
