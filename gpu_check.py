@@ -64,6 +64,7 @@ def main(argv: list[str]) -> int:
         tests = [python, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-p", "no:cacheprovider", "--no-cov",
                  "-n", "0", "-q", f"--junitxml={junit}"]  # fmt: skip
         report["tests"] = run_part("GPU tests", tests, None, 900)
+        Path(out).write_text(json.dumps(report, indent=1))  # after each part: a run cut short keeps what it measured
         parts = {
             "train_gpt2": ["--mode=train", *(TOY if quick else ["--iters=30", "--warmup_iters=10"])],
             "context": ["--mode=context", "--segments=" + ("2" if quick else "4,16,64"),
@@ -76,6 +77,7 @@ def main(argv: list[str]) -> int:
             path = os.path.join(tmp, f"{name}.json")
             cmd = [python, "bench.py", *args, *device, f"--json={path}", f"--out_dir={tmp}"]
             report[name] = run_part(name, cmd, path, 900)
+            Path(out).write_text(json.dumps(report, indent=1))
     Path(out).write_text(json.dumps(report, indent=1))
     failed = [k for k, v in report.items() if isinstance(v, dict) and v["exit"] != 0]
     print(f"wrote {out}; {'all parts ran' if not failed else 'failed: ' + ', '.join(failed)}")
