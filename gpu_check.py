@@ -6,7 +6,7 @@ $ python gpu_check.py --out=gpu_check.json
 1. `pytest -m gpu tests/test_gpu.py`: bf16 near fp32, fp16 with the scaler, the flash kernel, compile with memory,
    the memory's decoding equal to its forward, peak memory flat in segments with gradient_checkpointing=segment;
 2. bench.py's training step at GPT-2 124M (batch 12 x 1024, bf16, compiled): ms/iter, tokens/s, MFU, peak memory;
-3. bench.py --mode=context on the GPU: memory (k1, k4 top-2 with a shared bank) against full attention over 4 to 64
+3. bench.py --mode=context on the GPU: memory (k1, k4 top-2 with a shared bank) against full attention at 4 and 64
    segments of 64 tokens, without and with per-segment recomputation: time and peak memory;
 4. bench.py --mode=logits: the loss with all logits kept against in chunks, at GPT-2's vocabulary.
 Each part's result (or its error) goes into the JSON, so a part that fails leaves the others' figures. --quick runs
@@ -67,10 +67,10 @@ def main(argv: list[str]) -> int:
         Path(out).write_text(json.dumps(report, indent=1))  # after each part: a run cut short keeps what it measured
         parts = {
             "train_gpt2": ["--mode=train", *(TOY if quick else ["--iters=30", "--warmup_iters=10"])],
-            "context": ["--mode=context", "--segments=" + ("2" if quick else "4,16,64"),
+            "context": ["--mode=context", "--segments=" + ("2" if quick else "4,64"),
                         "--variants=" + ("k1" if quick else "k1,k4,full"),
                         "--gmm_top_k=2", "--gmm_shared_expert=True", "--gradient_checkpointing=none,segment",
-                        "--full_max_tokens=4096", *(TOY if quick else ["--iters=10", "--warmup_iters=3"])],
+                        "--full_max_tokens=4096", *(TOY if quick else ["--iters=5", "--warmup_iters=2"])],
             "logits": ["--mode=logits", *(TOY if quick else ["--batch_size=8", "--block_size=1024"])],
         }  # fmt: skip
         for name, args in parts.items():

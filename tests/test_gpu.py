@@ -129,10 +129,20 @@ def peak_training_memory(n_segments: int, recompute: str) -> int:
 @pytest.mark.gpu
 @gpu
 def test_segment_recompute_keeps_training_memory_flat() -> None:
-    flat = [peak_training_memory(S, "segment") for S in (4, 64)]
-    grows = [peak_training_memory(S, "none") for S in (4, 64)]
-    assert flat[1] <= 1.15 * flat[0], flat
-    assert grows[1] > 4 * grows[0], grows
+    """With segment recompute a step keeps of each segment only what backward needs to run it again: the memory it
+    read (every bank, (B, banks, M, D) float32) and its tokens, not its activations. So the peak still grows with
+    the segments, by one memory state a segment (measured on an H200: 150 kB a segment here, against 24 MB without
+    recompute), not by the activations."""
+    S0, S1, B = 4, 64, 8
+    peak_training_memory(S0, "segment")  # the first step in a process also allocates the libraries' workspaces
+    flat = [peak_training_memory(S, "segment") for S in (S0, S1)]
+    grows = [peak_training_memory(S, "none") for S in (S0, S1)]
+    c = model_on_cuda().config
+    state = B * (c.gmm_experts + int(c.gmm_shared_expert)) * c.gmm_slots * c.n_embd * 4 + B * c.gmm_experts * 4
+    tokens = 2 * B * c.block_size * 8  # the segment's inputs and targets, int64
+    per_segment = (flat[1] - flat[0]) / (S1 - S0)
+    assert per_segment <= 1.25 * (state + tokens), (flat, state + tokens)
+    assert grows[1] - grows[0] > 50 * (flat[1] - flat[0]), (grows, flat)
 
 
 @pytest.mark.slow
