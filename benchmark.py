@@ -7,6 +7,7 @@ $ python benchmark.py --tasks=shakespeare_char --variants=off,k1,k4,full     # r
 $ python benchmark.py --out_dir=results/pycode --tasks=pycode_char --variants=off,k1,k4-top2-shared,full
 $ python benchmark.py --device=cuda --jobs=1 --n_layer=4 --n_embd=128 --max_iters=10000   # scaled up on a GPU
 $ python benchmark.py --tracker=trackio && python dashboard.py --trackio_dir=results/trackio   # watch it train
+$ python benchmark.py --compare=results/a,results/b:k1 --out_dir=results   # recipes side by side, nothing trained
 
 The grid is tasks x variants x seeds. Each cell is one `train.py` run (in its own process, `jobs` at a time), whose
 checkpoint is then evaluated on the validation episodes at every segment count in `eval_segments`; counts beyond the
@@ -31,11 +32,16 @@ curriculum, and the tasks with pairs also get a table of the pairs each variant 
 trains its config (TEXT: shakespeare_char the quick start, pycode_char its 8-segment sibling on Python source) and
 is evaluated on val at every position. Writes, under out_dir:
 - runs/<task>/<variant>/seed<S>/: train.py's out_dir (ckpt.pt, metrics.jsonl) and train.log;
-- <task>_<variant>_seed<S>.json: one record per run (settings, accuracy and loss at each segment count, curve);
+- <task>_<variant>_seed<S>.json: one record per run (settings, the data's prepare flags, accuracy and loss at each
+  segment count, curve);
 - table.md (mean +- sample std over seeds; text: also each variant minus no memory with the same positions, seed
   by seed, and the share of the gap to full attention it closes), summary.json, accuracy_vs_segments.png,
   accuracy_vs_episodes.png, pairs_stored.png (tasks with pairs) and <task>_loss.png (text: loss per segment and per
   position).
+With --compare=<out_dir>[:<variant>],... nothing trains: the folders' records are read and out_dir gets recipes.md
+(a row per folder and variant: the settings that differ from the same variant's other rows, steps, batch, episodes,
+the accuracy at the trained length per seed, mean +- std, the seeds at >= 0.95, seconds a run and device) and
+recipes.png (accuracy against episodes seen, and each seed's final accuracy against its run's seconds).
 A run whose record exists with the same settings is not run again, so an interrupted grid continues where it stopped
 and a larger grid reuses the cells it shares with a smaller one; one asked only for other evaluation lengths or
 batches is evaluated again from its checkpoint (runs/...), not trained again.
@@ -226,6 +232,9 @@ class GridConfig:
     tracker: str = "none"
     tracker_project: str = ""  # '' = the name of out_dir's folder
     data_dir: str = ""  # where the synthetic tasks' data is prepared; '' = out_dir/data
+    # comma-separated grid folders (or folder:variant): train nothing, compare their recipes in out_dir/recipes.md
+    # and recipes.png
+    compare: str = ""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "n_segments", "max_iters", "eval_iters", "batch_size", "recall_pairs", "copy_len",
@@ -550,6 +559,14 @@ def train_cell(spec: dict[str, Any]) -> tuple[float, str | None]:
     return seconds, f"train.py exited with {rc}: {tail[0] if tail else ''}"
 
 
+def data_settings(meta: dict[str, Any]) -> dict[str, str]:
+    """What a synthetic task's training data was prepared with (its prepare.py flags but the episode shape, which
+    train.py's settings hold): part of a recipe, e.g. the pairs curriculum; {} for a text task."""
+    args = meta.get("prepare_args", [])
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    return {k.lstrip("-"): v for k, v in flags.items() if k not in ("--n_segments", "--block_size")}
+
+
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one cell, or reuse its training where only the evaluation changed (spec["trained"]: the old record),
     evaluate its checkpoint, return its record."""
@@ -590,6 +607,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "tokens_seen": ckpt["tokens_seen"],
         "chance": ckpt["tokenizer_meta"].get("chance"),  # per answer token
         "chance_exact": ckpt["tokenizer_meta"].get("chance_exact"),  # of a whole answer (all its tokens right)
+        "data": data_settings(ckpt["tokenizer_meta"]),
         "eval": evals,
         "curve": [{k: e[k] for k in keep if k in e} for e in curve],
     }
@@ -880,7 +898,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             runs = sorted((r for r in done if (r["task"], r["variant"]) == (task, variant)), key=lambda r: r["seed"])
             cell: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "params": runs[0]["params"],
                                     "train_seconds": mean_std([r["train_seconds"] for r in runs])[0],
-                                    "setup": run_settings(runs[0])}  # fmt: skip
+                                    "setup": run_settings(runs[0]), "data": runs[0].get("data", {})}  # fmt: skip
             if task in TEXT:
                 (n,) = runs[0]["eval"]
                 per_seg = np.array([r["eval"][n]["seg_loss"] for r in runs])  # (seeds, S)
@@ -1451,14 +1469,126 @@ def plot_text(task: str, cells: dict[str, Any], out_dir: str) -> str:
     return path
 
 
-def write_outputs(out_dir: str) -> None:
-    """table.md, summary.json and the plots, from every record in out_dir: the folder's tables cover all the grids
-    run into it (each record is the latest run of its task, variant and seed)."""
+def read_records(out_dir: str) -> list[dict[str, Any]]:
+    """Every whole run record in out_dir (<task>_<variant>_seed<S>.json), in name order."""
     records = []
     for name in sorted(os.listdir(out_dir)):
         if re.fullmatch(r".+_seed-?\d+\.json", name) and (rec := read_record(os.path.join(out_dir, name))):
             records.append(rec)
-    summary = summarize(records)
+    return records
+
+
+# settings that are no part of a recipe, or that recipes.md has a column for
+PER_RUN = ("seed", "out_dir", "data_dir", "eval_interval", "log_interval", "device", "max_iters", "lr_decay_iters",
+           "batch_size", "data.train_episodes", "data.val_episodes")  # fmt: skip
+
+
+def scored_key(cell: dict[str, Any]) -> str:
+    """The accuracy a synthetic cell is judged by: first-asked keys where recorded (a key asked again has its
+    answer in context), per answer token where answers have several tokens, else per answer."""
+    if "acc_first" in cell:
+        return "acc_first"
+    return "acc_token" if "acc_token" in cell and cell["chance_exact"] < cell["chance"] else "acc"
+
+
+def recipe_rows(folders: list[str]) -> list[dict[str, Any]]:
+    """One row per folder (or folder:variant, that variant alone), synthetic task and variant: the settings that
+    differ from the same variant's other rows (the recipe), the accuracy at the trained length per seed, the
+    learning curve, and where the time went (steps, episodes, seconds a run, device)."""
+    rows = []
+    for entry in folders:
+        folder, _, only = entry.partition(":")
+        for task, cells in summarize(read_records(folder)).items():
+            for variant, cell in cells.items():
+                if not is_synthetic(task) or only not in ("", variant):
+                    continue
+                setup, key = {**cell["setup"], **{f"data.{k}": v for k, v in cell["data"].items()}}, scored_key(cell)
+                trained = setup["n_segments"]
+                steps, batch = int(setup["max_iters"]), int(setup["batch_size"])
+                rows.append({"folder": os.path.basename(os.path.normpath(folder)), "task": task, "variant": variant,
+                             "setup": setup, "key": key, "values": cell[key].get(trained, {}).get("values", []),
+                             "curve": cell["curve"], "steps": steps, "episodes": steps * batch, "batch": batch,
+                             "seconds": cell["train_seconds"], "device": setup.get("device", "cpu"),
+                             "trained": trained})  # fmt: skip
+    for task, variant in {(r["task"], r["variant"]) for r in rows}:  # a recipe differs from the same variant's others
+        same = [r for r in rows if (r["task"], r["variant"]) == (task, variant)]
+        keys = sorted({k for r in same for k in r["setup"]} - set(PER_RUN))
+        differ = [k for k in keys if len({r["setup"].get(k) for r in same}) > 1]
+        for r in same:
+            r["recipe"] = ", ".join(f"{k}={r['setup'][k]}" for k in differ if k in r["setup"]) or "-"
+    return rows
+
+
+def recipes_table(rows: list[dict[str, Any]], bar: float) -> str:
+    """recipes.md: a row per recipe, its accuracy at the trained length per seed, mean +- std, the seeds at the bar."""
+    head = ["folder", "task", "variant", "recipe (settings that differ)", "steps", "batch", "episodes", "measure",
+            "per seed", "mean ± std", f">= {bar}", "s a run (device)"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = r["values"]
+        mean, std = mean_std(vals) if vals else (math.nan, math.nan)
+        per_seed = ", ".join(f"{v:.3f}" for v in vals) or "-"
+        passed = f"{sum(v >= bar for v in vals)}/{len(vals)}"
+        lines.append(f"| {r['folder']} | {r['task']} | {r['variant']} | {r['recipe']} | {r['steps']} | {r['batch']} | "
+                     f"{r['episodes']:,} | {r['key']} at {r['trained']} seg | {per_seed} | {mean:.3f} ± {std:.3f} | "
+                     f"{passed} | {r['seconds']:.0f} ({r['device']}) |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot_recipes(rows: list[dict[str, Any]], out_dir: str) -> str:
+    """recipes.png: per task, accuracy at the trained length against training episodes seen (mean +- std over
+    seeds, one line per recipe), and each seed's final accuracy against its training seconds."""
+    from matplotlib.figure import Figure
+
+    tasks = sorted({r["task"] for r in rows}, key=task_order)
+    fig = Figure(figsize=(12, 4 * len(tasks)))
+    axes = fig.subplots(len(tasks), 2, squeeze=False)
+    for (curves, times), task in zip(axes, tasks, strict=True):
+        for r in (r for r in rows if r["task"] == task):
+            label = f"{r['folder']} ({r['variant']})"
+            x, mean, std = (np.array(r["curve"][k]) for k in ("episodes", "mean", "std"))
+            (line,) = curves.plot(x, mean, label=label)
+            curves.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=line.get_color(),
+                                alpha=0.15)  # fmt: skip
+            marker = "o" if r["device"] == "cpu" else "^"
+            times.scatter([r["seconds"]] * len(r["values"]), r["values"], color=line.get_color(), marker=marker)
+        curves.set(title=f"{task}: learning per example", xlabel="training episodes seen", ylim=(-0.03, 1.03),
+                   ylabel="val accuracy at the trained length")  # fmt: skip
+        times.set(title=f"{task}: final accuracy per seed (o cpu, ^ gpu)", xlabel="seconds a run (mean over seeds)",
+                  ylabel="accuracy at the trained length", ylim=(-0.03, 1.03))  # fmt: skip
+        for ax in (curves, times):
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+        curves.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "recipes.png")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def compare_recipes(folders: list[str], out_dir: str, bar: float = 0.95) -> list[dict[str, Any]]:
+    """Read the grid folders' records (nothing trains), write out_dir/recipes.md and recipes.png; returns the rows."""
+    for folder in (entry.partition(":")[0] for entry in folders):
+        if not os.path.isdir(folder):
+            raise ValueError(f"compare: '{folder}' is not a folder (name grid out_dirs, or out_dir:variant, "
+                             "comma-separated)")  # fmt: skip
+    rows = recipe_rows(folders)
+    if not rows:
+        raise ValueError(f"compare: no synthetic-task records in {', '.join(folders)}")
+    check_writable_dir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    table = recipes_table(rows, bar)
+    with open(os.path.join(out_dir, "recipes.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print(f"wrote {plot_recipes(rows, out_dir)}")
+    return rows
+
+
+def write_outputs(out_dir: str) -> None:
+    """table.md, summary.json and the plots, from every record in out_dir: the folder's tables cover all the grids
+    run into it (each record is the latest run of its task, variant and seed)."""
+    summary = summarize(read_records(out_dir))
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     table = format_tables(summary)
@@ -1475,6 +1605,8 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     except ConfigError as e:
         fail(str(e))
     try:
+        if cfg.compare:
+            return compare_recipes([f for f in cfg.compare.split(",") if f], cfg.out_dir)
         return run_grid(cfg)
     except ValueError as e:  # a bad setting, data prepared otherwise, or failed runs: one line
         fail(str(e))

@@ -628,6 +628,9 @@ def test_drawn_questions_record_the_accuracy_on_first_asked_keys(tmp_path: Path)
     assert mqar["settings"]["scored"] == "acc_first" and 0.0 <= mqar["eval"]["4"]["acc_first"] <= 1.0
     assert "scored" not in recall["settings"] and "acc_first" not in recall["eval"]["4"]
     assert all("val_acc_first" in e for e in mqar["curve"])
+    # the data's prepare flags are part of the record (a recipe's data is not in train.py's settings)
+    assert mqar["data"] == {"n_pairs": "4", "n_queries": "12", "queries": "drawn", "seed": "1337",
+                            "train_episodes": "64", "val_episodes": "500", "train_min_pairs": "0"}  # fmt: skip
 
 
 def test_a_cell_asked_only_for_another_evaluation_keeps_its_training(tmp_path: Path) -> None:
@@ -720,3 +723,40 @@ def test_records_are_whole_or_absent(tmp_path: Path) -> None:
     assert benchmark.read_record(path) == {"task": "recall", "seed": 1} and not Path(path + ".tmp").exists()
     Path(path).write_text('{"task": "rec')  # what a kill during a plain write could have left: run it again
     assert benchmark.read_record(path) is None
+
+
+def test_recipes_are_compared_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--compare reads grid folders and trains nothing: a row per folder and variant, its recipe (the settings that
+    differ from the same variant's other rows, the data's prepare flags included), the accuracy it is scored by at
+    the trained length per seed, the seeds at the bar; a plot; a folder that is not one is one line and exit 2."""
+
+    def rec(variant: str, seed: int, first: float, lr: str, min_pairs: str) -> dict[str, Any]:
+        r = record("mqar4", variant, seed, {"4": {"acc_answer": 0.0, "acc_token": 0.99, "acc_first": first}},
+                   curve=[{"iter": 0, "val_acc_first": 0.06}, {"iter": 3000, "val_acc_first": first}])  # fmt: skip
+        r["settings"] = {"argv": [*r["settings"]["argv"], f"--learning_rate={lr}", "--batch_size=32",
+                                  f"--out_dir=runs/{seed}"], "scored": "acc_first"}  # fmt: skip
+        return {**r, "chance_exact": 0.0625**12, "data": {"train_min_pairs": min_pairs, "train_episodes": "96000"}}
+
+    folders = {
+        "a": [rec("k1", 1, 0.9, "0.003", "0"), rec("k1", 2, 0.96, "0.003", "0"), rec("k4", 1, 0.5, "0.003", "0")],
+        "b": [rec("k1", 1, 0.97, "0.001", "1"), rec("k1", 2, 0.99, "0.001", "1")],
+    }
+    for name, recs in folders.items():
+        (tmp_path / name).mkdir()
+        for r in recs:
+            benchmark.write_record(str(tmp_path / name / f"mqar4_{r['variant']}_seed{r['seed']}.json"), r)
+    out = tmp_path / "cmp"
+    rows = benchmark.main([f"--compare={tmp_path / 'a'},{tmp_path / 'b'}:k1", f"--out_dir={out}"])
+    assert [(r["folder"], r["variant"]) for r in rows] == [("a", "k1"), ("a", "k4"), ("b", "k1")]  # b:k1 alone
+    table = (out / "recipes.md").read_text()
+    assert (
+        "| a | mqar4 | k1 | data.train_min_pairs=0, learning_rate=0.003 | 3000 | 32 | 96,000 | acc_first at 4 seg | "
+        "0.900, 0.960 | 0.930 ± 0.042 | 1/2 | 1 (cpu) |"
+    ) in table
+    assert "| b | mqar4 | k1 | data.train_min_pairs=1, learning_rate=0.001 |" in table and "| 2/2 |" in table
+    assert "| a | mqar4 | k4 | - | 3000 | 32 | 96,000 | acc_first at 4 seg | 0.500 |" in table  # nothing to differ from
+    assert os.path.getsize(out / "recipes.png") > 10_000
+    assert not (tmp_path / "a" / "runs").exists()  # nothing trained
+    with pytest.raises(SystemExit) as e:
+        benchmark.main([f"--compare={tmp_path / 'nope'}", f"--out_dir={out}"])
+    assert e.value.code == 2 and "compare: '" in capsys.readouterr().err
