@@ -98,6 +98,10 @@ EVALUATION = ("eval_segments", "eval_iters", "scored")
 # names defined far above are used below (data/pycode_char)
 TEXT = {"shakespeare_char": "config/train_gmm_shakespeare.py", "pycode_char": "config/train_gmm_pycode.py"}
 LEARNED = 0.9  # answer accuracy at the trained length from which a run counts as having learned its task
+# what a drawn-questions task can be scored on (records' settings["scored"]), and what each counts; acc_open is the
+# grid's: once the other keys were answered, a first-asked key's value can follow by elimination
+SCORED = {"acc_first": "first-asked keys (a key asked again has its answer in context)",
+          "acc_open": "opening questions (each episode's first: no answer before it can inform it)"}  # fmt: skip
 NUM = r"\d+(?:\.\d+)?"  # a number in a variant name: 2, 0.5, 0.003 ('-' joins ablations, so none is negative)
 # ablations that are a word, and ablations that carry a number: name -> the train.py settings they set
 FLAGS: dict[str, dict[str, Any]] = {
@@ -375,7 +379,8 @@ def task_prepare_args(task: str, cfg: GridConfig) -> list[str]:
 
 def asks_again(task: str, cfg: GridConfig) -> bool:
     """Whether a task's questions can ask a key twice (drawn with replacement): then the answers to the repeats are
-    in context, and the pairs stored are counted from acc_first, the accuracy on first-asked keys alone."""
+    in context, a first-asked key's value can follow by elimination once the others were given, and the pairs
+    stored are counted from acc_open, the accuracy on each episode's opening question."""
     if mqar_pairs(task) is not None:
         return cfg.mqar_queries == "drawn"
     return spread_keys(task) is not None and cfg.spread_queries == "drawn"
@@ -594,11 +599,13 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             evals[str(n)]["pos_loss"] = out["val_pos_loss"]
         if episodic:
             evals[str(n)].update(acc_answer=out["val_acc_answer"], acc_token=out["val_acc_token"])
-            if spec["settings"].get("scored") == "acc_first":  # drawn questions: what memory holds
+            if spec["settings"].get("scored") in SCORED:  # drawn questions: what memory holds
                 evals[str(n)]["acc_first"] = out["val_acc_first"]
+            if spec["settings"].get("scored") == "acc_open":
+                evals[str(n)]["acc_open"] = out["val_acc_open"]
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         curve = [json.loads(line) for line in f if '"eval"' in line]
-    keep = ("iter", "val_loss", "val_acc_answer", "val_acc_token", "val_acc_first")
+    keep = ("iter", "val_loss", "val_acc_answer", "val_acc_token", "val_acc_first", "val_acc_open")
     return {
         **record,
         "params": sum(p.numel() for p in model.parameters()),
@@ -680,8 +687,8 @@ def plan_runs(
             evals = task_lengths(task, cfg)[1]
             eval_dirs = {n: data_dirs[task][n] for n in evals}
             evaluation = {"eval_segments": evals, "eval_iters": eval_iters}
-            if asks_again(task, cfg):  # older records of these tasks lack acc_first: evaluated again, or trained
-                evaluation["scored"] = "acc_first"
+            if asks_again(task, cfg):  # older records of these tasks lack acc_open: evaluated again, or trained
+                evaluation["scored"] = "acc_open"
         for variant in cfg.variants_for(task):
             for seed in cfg.seeds:
                 run_dir = os.path.join(cfg.out_dir, "runs", task, variant, f"seed{seed}")
@@ -810,10 +817,11 @@ def describe(rec: dict[str, Any], cfg: GridConfig) -> str:
     several = (rec.get("chance_exact") or rec["chance"]) < rec["chance"]  # mqar, copy: say the per-token accuracy
     key, what = ("acc_token", "answer-token accuracy") if several else ("acc_answer", "answer accuracy")
     accs = ", ".join(f"{n}: {e[key]:.3f}" for n, e in rec["eval"].items())
-    first = ""
-    if rec["settings"].get("scored") == "acc_first":  # drawn questions: what memory holds, repeats left out
-        first = "; first-asked keys {" + ", ".join(f"{n}: {e['acc_first']:.3f}" for n, e in rec["eval"].items()) + "}"
-    return f"{name}: {what} by segments {{{accs}}}{first} ({rec['train_seconds']:.0f} s)"
+    scored = ""
+    for key, label in (("acc_first", "first-asked keys"), ("acc_open", "opening questions")):
+        if all(key in e for e in rec["eval"].values()) and rec["settings"].get("scored") in SCORED:
+            scored += f"; {label} {{" + ", ".join(f"{n}: {e[key]:.3f}" for n, e in rec["eval"].items()) + "}"
+    return f"{name}: {what} by segments {{{accs}}}{scored} ({rec['train_seconds']:.0f} s)"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -844,11 +852,12 @@ def learned_at(rec: dict[str, Any]) -> int | None:
 
 def curve_key(rec: dict[str, Any]) -> str:
     """The accuracy a synthetic run's curve is read by: per answer token where answers have several tokens (and
-    the curve records it; on first-asked keys alone where the run is scored so), else per answer."""
+    the curve records it; on opening questions, or first-asked keys, where the run is scored so), else per answer."""
     several = (rec.get("chance_exact") or rec["chance"]) < rec["chance"]
     curve = rec.get("curve", [])
-    if several and rec["settings"].get("scored") == "acc_first" and any("val_acc_first" in e for e in curve):
-        return "val_acc_first"
+    scored = rec["settings"].get("scored")
+    if several and scored in SCORED and any(f"val_{scored}" in e for e in curve):
+        return f"val_{scored}"
     has_token = any("val_acc_token" in e for e in curve)
     return "val_acc_token" if several and has_token else "val_acc_answer"
 
@@ -924,7 +933,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 cell["curve"] = learning_curve(runs)
                 counts = evaluated_everywhere(runs)  # a seed evaluated at fewer lengths (an older record) limits it
                 cell["acc"] = {n: accuracy_stats(runs, n, "acc_answer") for n in counts}
-                for key in ("acc_token", "acc_first"):
+                for key in ("acc_token", *SCORED):
                     if all(key in r["eval"][n] for r in runs for n in counts):
                         cell[key] = {n: accuracy_stats(runs, n, key) for n in counts}
             out[task][variant] = cell
@@ -1001,9 +1010,10 @@ def format_tables(summary: dict[str, Any]) -> str:
 
 
 def capacity_key(cells: dict[str, Any]) -> str:
-    """The per-value accuracy a task's pairs stored are counted from: acc_first (first-asked keys alone) where every
-    cell has it, else acc_token (every answer; the same where no key is asked twice)."""
-    return "acc_first" if all("acc_first" in c for c in cells.values()) else "acc_token"
+    """The per-value accuracy a task's pairs stored are counted from: acc_open (each episode's opening question)
+    where every cell has it, else acc_first (first-asked keys), else acc_token (every answer; the same where no key
+    is asked twice)."""
+    return next((k for k in ("acc_open", "acc_first") if all(k in c for c in cells.values())), "acc_token")
 
 
 def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str) -> list[str]:
@@ -1019,10 +1029,9 @@ def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str
         row = [pairs_cell(stored[n]) if n in stored else "-" for n in counts]
         rows.append(f"| {variant} | " + " | ".join(row) + " |")
     first = []
-    if key == "acc_first":
-        title = f"{task}: per-value accuracy on first-asked keys (a key asked again has its answer in context)"
-        first = accuracy_table(title, cells, "acc_first", counts, trained)
-    source = "first-asked keys" if key == "acc_first" else "every answer"
+    if key in SCORED:
+        first = accuracy_table(f"{task}: per-value accuracy on {SCORED[key]}", cells, key, counts, trained)
+    source = SCORED[key].split(" (")[0] if key in SCORED else "every answer"
     return [
         *first,
         f"### {task}: pairs stored (ARMT's estimator from the per-value accuracy on {source}, {n_values} values; "
@@ -1411,8 +1420,8 @@ def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
     colors = variant_colors({v for cells in synthetic.values() for v in cells})
     for ax, (task, cells) in zip(axes[0], synthetic.items(), strict=True):
         key = "acc_token" if multi_token(cells) else "acc"  # copy: per answer token, exact match is near 0
-        if capacity_key(cells) == "acc_first":  # drawn questions: what memory holds
-            key = "acc_first"
+        if capacity_key(cells) in SCORED:  # drawn questions: what memory holds
+            key = capacity_key(cells)
         for variant, cell in cells.items():
             by_n = {int(n): a["values"] for n, a in cell[key].items()}
             draw_seeds(ax, by_n, colors[variant], variant, (0, 1))  # accuracy lives in [0, 1]
@@ -1422,9 +1431,8 @@ def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
         setup = next(iter(cells.values()))["setup"]
         trained = [*json.loads(setup["segment_curriculum"]), int(setup["n_segments"])]
         ax.axvspan(min(trained) - 0.2, max(trained) + 0.2, color="gray", alpha=0.1, label="trained lengths")
-        ylabel = {"acc_token": "answer-token accuracy", "acc_first": "accuracy on first-asked keys"}.get(
-            key, "answer accuracy"
-        )
+        ylabel = {"acc_token": "answer-token accuracy", "acc_first": "accuracy on first-asked keys",
+                  "acc_open": "accuracy on opening questions"}.get(key, "answer accuracy")  # fmt: skip
         ax.set(title=task, xlabel="segments per episode", ylabel=ylabel, ylim=(-0.03, 1.03))
         ax.set_xscale("log", base=2)
         ax.set_xticks(counts, [str(n) for n in counts])
@@ -1486,8 +1494,8 @@ PER_RUN = ("seed", "out_dir", "data_dir", "eval_interval", "log_interval", "devi
 def scored_key(cell: dict[str, Any]) -> str:
     """The accuracy a synthetic cell is judged by: first-asked keys where recorded (a key asked again has its
     answer in context), per answer token where answers have several tokens, else per answer."""
-    if "acc_first" in cell:
-        return "acc_first"
+    if scored := next((k for k in ("acc_open", "acc_first") if k in cell), None):
+        return scored
     return "acc_token" if "acc_token" in cell and cell["chance_exact"] < cell["chance"] else "acc"
 
 

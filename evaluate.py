@@ -36,6 +36,15 @@ class FixedBatches:
 
 
 @torch.no_grad()
+def opening_answers(valid: torch.Tensor) -> torch.Tensor:
+    """(B, L) answer positions -> (B, L) bool, True at each row's first answer position (rows are episodes): the
+    opening question's answer, which no earlier answer of its episode can inform."""
+    first = valid.int().argmax(dim=1)  # the first True of each row (0 where a row has none)
+    opening = torch.zeros_like(valid)
+    opening[torch.arange(valid.size(0), device=valid.device), first] = valid.any(dim=1)
+    return opening
+
+
 def estimate_loss(
     model: GPT,
     data_dir: str,
@@ -56,7 +65,10 @@ def estimate_loss(
     - split_acc_token, split_acc_answer: with an answer mask, the share of answer tokens predicted right
       (greedy) and of answers (all tokens of a sequence's answer) entirely right;
     - split_acc_first: the share right of the answer tokens the mask marks 1, leaving out answers to questions asked
-      before in the episode (marked REPEAT, whose value is in context): what memory holds;
+      before in the episode (marked REPEAT, whose value is in context);
+    - split_acc_open: the share right of each episode's first answer token (its opening question): no answer
+      before it in the episode can inform it, by repetition or by elimination (the one value not yet given), so it
+      is what memory holds;
     - split_load_balance, split_entropy: with memory of k > 1 experts, the unweighted auxiliary losses;
     - split_util, split_hard_share, split_entropy_norm, split_consistency, split_segment_util: with k > 1 experts,
       how the writes were routed (gmm.routing_stats: utilisation and top-expert share per expert, entropy over
@@ -72,7 +84,9 @@ def estimate_loss(
         sampler = BatchSampler(len(data), seq_len, seed=cfg.seed + 1, align=align, source=str(data.filename))
         seg_sum, seg_count = torch.zeros(n_seg), torch.zeros(n_seg)
         pos_sum, pos_count = torch.zeros(seq_len), torch.zeros(seq_len)
-        sums = {"tok_right": 0.0, "tok": 0.0, "ans_right": 0.0, "ans": 0.0, "first_right": 0.0, "first": 0.0}
+        sums = dict.fromkeys(
+            ("tok_right", "tok", "ans_right", "ans", "first_right", "first", "open_right", "open"), 0.0
+        )
         aux: dict[str, float] = {}
         probs, gates = [], []  # (S, B, k) per batch: every write's routing, for the routing statistics
         for _ in range(cfg.eval_iters):
@@ -100,6 +114,9 @@ def estimate_loss(
                 first = valid & (answer_marks(mask, offsets, seq_len, Y.device) == ANSWER)
                 sums["first_right"] += (hit & first).sum().item()
                 sums["first"] += first.sum().item()
+                opening = opening_answers(valid)
+                sums["open_right"] += (hit & opening).sum().item()
+                sums["open"] += opening.sum().item()
             for k, v in result.aux.items():
                 aux[f"{split}_{k}"] = aux.get(f"{split}_{k}", 0.0) + v.item() / cfg.eval_iters
             if model.config.gmm_experts > 1:
@@ -113,6 +130,7 @@ def estimate_loss(
             out[f"{split}_acc_token"] = sums["tok_right"] / max(1.0, sums["tok"])
             out[f"{split}_acc_answer"] = sums["ans_right"] / max(1.0, sums["ans"])
             out[f"{split}_acc_first"] = sums["first_right"] / max(1.0, sums["first"])
+            out[f"{split}_acc_open"] = sums["open_right"] / max(1.0, sums["open"])
         out.update(aux)
         if probs:
             stats = gmm.routing_stats(torch.cat(probs, dim=1), torch.cat(gates, dim=1))

@@ -120,7 +120,7 @@ N_FILLERS, N_KEYS, N_VALUES = 64, 16, 16
 MQAR_QUERIES = ("shuffled", "drawn")
 # the answer mask's values: 1 an answer only memory (or the episode's earlier segments) can give; REPEAT an answer to
 # a question asked before in the same episode (drawn questions ask some keys twice), whose value is then in the
-# context: it trains and counts in acc_token like any answer, but acc_first, what memory holds, leaves it out
+# context: it trains and counts in acc_token like any answer, but acc_first (first-asked keys) leaves it out
 ANSWER, REPEAT = 1, 2
 QUERY, COPY = 0, 1  # the markers "<q>" and "<copy>"
 FILLER0 = 2

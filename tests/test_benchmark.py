@@ -616,18 +616,24 @@ def test_grid_end_to_end_where_memory_learns_recall_and_no_memory_cannot(
         benchmark.main([*args, "--recall_pairs=2"])
 
 
-def test_drawn_questions_record_the_accuracy_on_first_asked_keys(tmp_path: Path) -> None:
-    """A grid whose questions are drawn (mqar here) records acc_first beside acc_token and says it scored so; a task
-    that never asks a key twice (recall) records no acc_first, so its tables and plots stay on every answer."""
+def test_drawn_questions_record_the_accuracy_on_opening_questions(tmp_path: Path) -> None:
+    """A grid whose questions are drawn (mqar here) records acc_open (each episode's first question) and acc_first
+    beside acc_token, and says it is scored on acc_open; a task that never asks a key twice (recall) records
+    neither, so its tables and plots stay on every answer."""
     args = [f"--out_dir={tmp_path}", "--tasks=recall,mqar4", "--variants=k1", "--seeds=1", "--max_iters=2",
             "--eval_interval=2", "--eval_segments=4", "--block_size=32", "--mqar_queries=drawn",
             "--mqar_n_queries=12", "--train_episodes=64", "--eval_iters=2", "--n_layer=1", "--n_embd=16",
             "--device=cpu"]  # fmt: skip
     by_task = {r["task"]: r for r in benchmark.main(args)}
     mqar, recall = by_task["mqar4"], by_task["recall"]
-    assert mqar["settings"]["scored"] == "acc_first" and 0.0 <= mqar["eval"]["4"]["acc_first"] <= 1.0
-    assert "scored" not in recall["settings"] and "acc_first" not in recall["eval"]["4"]
-    assert all("val_acc_first" in e for e in mqar["curve"])
+    assert mqar["settings"]["scored"] == "acc_open"
+    assert 0.0 <= mqar["eval"]["4"]["acc_first"] <= 1.0 and 0.0 <= mqar["eval"]["4"]["acc_open"] <= 1.0
+    assert "scored" not in recall["settings"] and not {"acc_first", "acc_open"} & set(recall["eval"]["4"])
+    assert all("val_acc_first" in e and "val_acc_open" in e for e in mqar["curve"])
+    assert benchmark.curve_key(mqar) == "val_acc_open"
+    table = (tmp_path / "table.md").read_text()
+    assert "### mqar4: per-value accuracy on opening questions (each episode's first" in table
+    assert "pairs stored (ARMT's estimator from the per-value accuracy on opening questions" in table
     # the data's prepare flags are part of the record (a recipe's data is not in train.py's settings)
     assert mqar["data"] == {"n_pairs": "4", "n_queries": "12", "queries": "drawn", "seed": "1337",
                             "train_episodes": "64", "val_episodes": "500", "train_min_pairs": "0"}  # fmt: skip
@@ -760,3 +766,23 @@ def test_recipes_are_compared_side_by_side(tmp_path: Path, capsys: pytest.Captur
     with pytest.raises(SystemExit) as e:
         benchmark.main([f"--compare={tmp_path / 'nope'}", f"--out_dir={out}"])
     assert e.value.code == 2 and "compare: '" in capsys.readouterr().err
+
+
+def test_opening_questions_count_before_first_asked_keys_where_every_record_has_them() -> None:
+    """A first-asked key's value can follow by elimination once the episode's other keys were answered, so the
+    pairs stored come from acc_open (each episode's first question) where every record of a task has it, from
+    acc_first where every record has that, else from every answer; a record's line says both."""
+
+    def rec(variant: str, seed: int, first: float, opening: float | None) -> dict[str, Any]:
+        e = {"acc_answer": 0.0, "acc_token": 0.99, "acc_first": first, **({"acc_open": opening} if opening else {})}
+        r = {**record("mqar4", variant, seed, {"4": e}), "chance_exact": 0.0625**12}
+        return {**r, "settings": {**r["settings"], "scored": "acc_open" if opening else "acc_first"}}
+
+    recs = [rec("k1", 1, 0.95, 0.875), rec("k1", 2, 0.99, 1.0)]
+    cells = summarize(recs)["mqar4"]
+    assert benchmark.capacity_key(cells) == "acc_open" and benchmark.scored_key(cells["k1"]) == "acc_open"
+    table = format_tables(summarize(recs))
+    assert "| k1 | 3.73 ± 0.38 (4.00) |" in table  # stored_pairs of 0.875 and 1.0: 3.47 and 4
+    assert "; first-asked keys {4: 0.950}; opening questions {4: 0.875} (" in benchmark.describe(recs[0], GridConfig())
+    older = summarize([*recs, rec("k1", 3, 0.9, None)])["mqar4"]
+    assert benchmark.capacity_key(older) == "acc_first"

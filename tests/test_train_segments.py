@@ -136,8 +136,8 @@ def test_episode_dir() -> None:
 
 
 def test_estimate_loss_accuracy_and_segment_losses(tmp_path: Path) -> None:
-    """On a hand-made episode dataset, answer accuracy (all answers, and first-asked ones alone) and the per-segment
-    loss equal a direct count."""
+    """On a hand-made episode dataset, answer accuracy (all answers, first-asked ones alone, and each episode's
+    first answer alone) and the per-segment loss equal a direct count."""
     T, S, E = 4, 2, 6
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 10, size=E * T * S).astype(np.uint16)
@@ -156,7 +156,7 @@ def test_estimate_loss_accuracy_and_segment_losses(tmp_path: Path) -> None:
 
     # the same batches by hand
     sampler = BatchSampler(len(tokens), T * S, seed=cfg.seed + 1, align=T * S)
-    right = total = exact = answers = first_right = first_total = 0
+    right = total = exact = answers = first_right = first_total = open_right = 0
     losses = []
     pos_sum, pos_count = torch.zeros(T * S), torch.zeros(T * S)
     for _ in range(cfg.eval_iters):
@@ -169,6 +169,7 @@ def test_estimate_loss_accuracy_and_segment_losses(tmp_path: Path) -> None:
         first = torch.stack([torch.from_numpy(mask[o + 1 : o + 1 + T * S] == 1) for o in offsets.tolist()])
         first_right, first_total = first_right + int((hit & first).sum()), first_total + int(first.sum())
         exact += sum(bool(hit[b][valid[b]].all()) for b in range(len(Y)))
+        open_right += sum(bool(hit[b][valid[b]][0]) for b in range(len(Y)))  # each episode's first answer
         answers += len(Y)
         losses.append(torch.nn.functional.cross_entropy(logits[valid], Y[valid], reduction="sum").item())
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), Y, ignore_index=-1, reduction="none")
@@ -176,6 +177,7 @@ def test_estimate_loss_accuracy_and_segment_losses(tmp_path: Path) -> None:
     assert out["val_acc_token"] == pytest.approx(right / total)
     assert out["val_acc_first"] == pytest.approx(first_right / first_total) and first_total < total
     assert out["val_acc_answer"] == pytest.approx(exact / answers)
+    assert out["val_acc_open"] == pytest.approx(open_right / answers)
     assert out["val"] == pytest.approx(sum(losses) / total, rel=1e-5)
     # the loss at each position: answer positions only (the others have no target), each equal to a direct count
     by_hand = (pos_sum / pos_count.clamp_min(1)).tolist()

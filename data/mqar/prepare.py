@@ -21,7 +21,9 @@ is the measure. With --queries drawn the last segment asks n_pairs keys drawn wi
 not at all) instead of every key once, so that no answer follows by elimination (data/common.py, MQAR_QUERIES);
 --n_queries Q then asks Q of them (the last 2Q tokens, in the last ceil(2Q / block_size) segments), more answers
 to learn from per episode. A key asked twice has its first answer in context, so the mask marks the second answer 2
-(REPEAT): it trains like any other, and the accuracy on first-asked keys alone (acc_first) is what memory holds.
+(REPEAT): it trains like any other, and the accuracy on first-asked keys alone is acc_first. Once the other keys
+were answered, a first-asked key's value can still follow by elimination, so what memory holds is acc_open, the
+accuracy on each episode's first question (evaluate.py).
 With --train_min_pairs m, each training episode holds between m and n_pairs pairs (uniformly, laid out the same
 way), so training also sees easy episodes, while val keeps n_pairs in every episode. Writes train.bin, val.bin,
 train_mask.bin, val_mask.bin and meta.json; see data/README.md for the reading contract.

@@ -30,8 +30,8 @@ With every key asked once (--queries shuffled, the default) the last answers fol
 the episode not yet given), which a model learns before any lookup (EXPERIMENTS.md, 2026-12-03, on mqar). With
 --queries drawn the last segment asks n_queries keys (0 = as many as there are keys) drawn with replacement from the
 episode's keys, so no answer follows from the others; its size is then the same at every length. A key asked again
-has its answer in context: the mask marks that answer 2 (REPEAT), and acc_first, the accuracy on first-asked keys,
-is what memory holds.
+has its answer in context: the mask marks that answer 2 (REPEAT), and acc_first is the accuracy on first-asked keys;
+what memory holds is acc_open, the accuracy on each episode's first question, which no answer before it informs.
 
 The measure is the per-answer accuracy (train.py's acc_token, chance 1/16); the pairs a model holds follow from it
 (benchmark.py's stored_pairs). Writes train.bin, val.bin, train_mask.bin, val_mask.bin and meta.json; see
