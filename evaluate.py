@@ -35,7 +35,6 @@ class FixedBatches:
     seed: int
 
 
-@torch.no_grad()
 def opening_answers(valid: torch.Tensor) -> torch.Tensor:
     """(B, L) answer positions -> (B, L) bool, True at each row's first answer position (rows are episodes): the
     opening question's answer, which no earlier answer of its episode can inform."""
@@ -45,6 +44,7 @@ def opening_answers(valid: torch.Tensor) -> torch.Tensor:
     return opening
 
 
+@torch.no_grad()
 def estimate_loss(
     model: GPT,
     data_dir: str,

@@ -178,6 +178,13 @@ def test_estimate_loss_accuracy_and_segment_losses(tmp_path: Path) -> None:
     assert out["val_acc_first"] == pytest.approx(first_right / first_total) and first_total < total
     assert out["val_acc_answer"] == pytest.approx(exact / answers)
     assert out["val_acc_open"] == pytest.approx(open_right / answers)
+    # evaluation builds no autograd graph: with one, the sums it keeps would hold every batch's activations (a
+    # 7 GB process at batch 256 before this was tested)
+    grad_modes: list[bool] = []
+    forward = model.forward_segments
+    model.forward_segments = lambda *a, **k: grad_modes.append(torch.is_grad_enabled()) or forward(*a, **k)  # type: ignore[method-assign]
+    estimate_loss(model, str(tmp_path), T * S, cfg, "cpu", "float32", align=T * S)
+    assert grad_modes and not any(grad_modes)
     assert out["val"] == pytest.approx(sum(losses) / total, rel=1e-5)
     # the loss at each position: answer positions only (the others have no target), each equal to a direct count
     by_hand = (pos_sum / pos_count.clamp_min(1)).tolist()
