@@ -182,7 +182,12 @@ def test_estimate_loss_accuracy_and_segment_losses(tmp_path: Path) -> None:
     # 7 GB process at batch 256 before this was tested)
     grad_modes: list[bool] = []
     forward = model.forward_segments
-    model.forward_segments = lambda *a, **k: grad_modes.append(torch.is_grad_enabled()) or forward(*a, **k)  # type: ignore[method-assign]
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        grad_modes.append(torch.is_grad_enabled())
+        return forward(*args, **kwargs)
+
+    model.forward_segments = recording  # type: ignore[method-assign]
     estimate_loss(model, str(tmp_path), T * S, cfg, "cpu", "float32", align=T * S)
     assert grad_modes and not any(grad_modes)
     assert out["val"] == pytest.approx(sum(losses) / total, rel=1e-5)
