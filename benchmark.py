@@ -100,8 +100,8 @@ TEXT = {"shakespeare_char": "config/train_gmm_shakespeare.py", "pycode_char": "c
 LEARNED = 0.9  # answer accuracy at the trained length from which a run counts as having learned its task
 # what a drawn-questions task can be scored on (records' settings["scored"]), and what each counts; acc_open is the
 # grid's: once the other keys were answered, a first-asked key's value can follow by elimination
-SCORED = {"acc_first": "first-asked keys (a key asked again has its answer in context)",
-          "acc_open": "opening questions (each episode's first: no answer before it can inform it)"}  # fmt: skip
+SCORED = {"acc_first": ("first-asked keys", "a key asked again has its answer in context"),
+          "acc_open": ("opening questions", "each episode's first: no answer before it can inform it")}  # fmt: skip
 NUM = r"\d+(?:\.\d+)?"  # a number in a variant name: 2, 0.5, 0.003 ('-' joins ablations, so none is negative)
 # ablations that are a word, and ablations that carry a number: name -> the train.py settings they set
 FLAGS: dict[str, dict[str, Any]] = {
@@ -818,7 +818,7 @@ def describe(rec: dict[str, Any], cfg: GridConfig) -> str:
     key, what = ("acc_token", "answer-token accuracy") if several else ("acc_answer", "answer accuracy")
     accs = ", ".join(f"{n}: {e[key]:.3f}" for n, e in rec["eval"].items())
     scored = ""
-    for key, label in (("acc_first", "first-asked keys"), ("acc_open", "opening questions")):
+    for key, (label, _) in SCORED.items():
         if all(key in e for e in rec["eval"].values()) and rec["settings"].get("scored") in SCORED:
             scored += f"; {label} {{" + ", ".join(f"{n}: {e[key]:.3f}" for n, e in rec["eval"].items()) + "}"
     return f"{name}: {what} by segments {{{accs}}}{scored} ({rec['train_seconds']:.0f} s)"
@@ -1030,19 +1030,15 @@ def capacity_table(task: str, n_values: int, cells: dict[str, Any], trained: str
         rows.append(f"| {variant} | " + " | ".join(row) + " |")
     first = []
     if key in SCORED:
-        first = accuracy_table(f"{task}: per-value accuracy on {SCORED[key]}", cells, key, counts, trained)
-    source = SCORED[key].split(" (")[0] if key in SCORED else "every answer"
+        label, why = SCORED[key]
+        first = accuracy_table(f"{task}: per-value accuracy on {label} ({why})", cells, key, counts, trained)
+    source = SCORED[key][0] if key in SCORED else "every answer"
+    title = (f"{task}: pairs stored (ARMT's estimator from the per-value accuracy on {source}, {n_values} values; "
+             "mean ± std over seeds, best seed in brackets)")  # fmt: skip
+    columns = ["variant", *(f"{n} seg, of {asked[n]}" for n in counts)]
     return [
         *first,
-        f"### {task}: pairs stored (ARMT's estimator from the per-value accuracy on {source}, {n_values} values; "
-        "mean ± std over seeds, best seed in brackets)",
-        "",
-        trained,
-        "",
-        "| variant | " + " | ".join(f"{n} seg, of {asked[n]}" for n in counts) + " |",
-        "|---|" + "---|" * len(counts),
-        *rows,
-        "",
+        *table_section(title, trained, columns, rows),
         *paired_capacity_table(task, asked, n_values, cells, trained, key),
     ]
 
@@ -1187,16 +1183,17 @@ def sign_flip_p(diffs: list[float]) -> float:
 def accuracy_table(title: str, cells: dict[str, Any], key: str, counts: list[str], trained: str) -> list[str]:
     """A table of one accuracy of a synthetic task's cells, a row per variant and a column per segment count."""
     chance = next(iter(cells.values()))["chance"]
-    return [
-        f"### {title} (mean ± std over seeds; best seed in brackets), chance {chance:.4f}",
-        "",
+    return table_section(
+        f"{title} (mean ± std over seeds; best seed in brackets), chance {chance:.4f}",
         trained,
-        "",
-        "| variant | params | " + " | ".join(f"{n} seg" for n in counts) + " |",
-        "|---|---|" + "---|" * len(counts),
-        *(accuracy_row(variant, cell, key, counts) for variant, cell in cells.items()),
-        "",
-    ]
+        ["variant", "params", *(f"{n} seg" for n in counts)],
+        [accuracy_row(variant, cell, key, counts) for variant, cell in cells.items()],
+    )
+
+
+def table_section(title: str, trained: str, columns: list[str], rows: list[str]) -> list[str]:
+    """A table.md section: its '### title', the line saying how the runs were trained, then the table."""
+    return ["### " + title, "", trained, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows, ""]
 
 
 def accuracy_row(variant: str, cell: dict[str, Any], key: str, counts: list[str]) -> str:
@@ -1431,8 +1428,11 @@ def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
         setup = next(iter(cells.values()))["setup"]
         trained = [*json.loads(setup["segment_curriculum"]), int(setup["n_segments"])]
         ax.axvspan(min(trained) - 0.2, max(trained) + 0.2, color="gray", alpha=0.1, label="trained lengths")
-        ylabel = {"acc_token": "answer-token accuracy", "acc_first": "accuracy on first-asked keys",
-                  "acc_open": "accuracy on opening questions"}.get(key, "answer accuracy")  # fmt: skip
+        ylabel = (
+            f"accuracy on {SCORED[key][0]}"
+            if key in SCORED
+            else {"acc_token": "answer-token accuracy"}.get(key, "answer accuracy")
+        )
         ax.set(title=task, xlabel="segments per episode", ylabel=ylabel, ylim=(-0.03, 1.03))
         ax.set_xscale("log", base=2)
         ax.set_xticks(counts, [str(n) for n in counts])
@@ -1492,11 +1492,12 @@ PER_RUN = ("seed", "out_dir", "data_dir", "eval_interval", "log_interval", "devi
 
 
 def scored_key(cell: dict[str, Any]) -> str:
-    """The accuracy a synthetic cell is judged by: first-asked keys where recorded (a key asked again has its
-    answer in context), per answer token where answers have several tokens, else per answer."""
-    if scored := next((k for k in ("acc_open", "acc_first") if k in cell), None):
-        return scored
-    return "acc_token" if "acc_token" in cell and cell["chance_exact"] < cell["chance"] else "acc"
+    """The accuracy a synthetic cell is judged by: what its pairs stored are counted from where it asks a key
+    again (capacity_key: opening questions, else first-asked keys), per answer token where answers have several
+    tokens (multi_token), else per answer."""
+    if (key := capacity_key({"": cell})) in SCORED:
+        return key
+    return "acc_token" if multi_token({"": cell}) else "acc"
 
 
 def recipe_rows(folders: list[str]) -> list[dict[str, Any]]:

@@ -78,7 +78,6 @@ def main(argv: list[str]) -> int:
             cmd = [python, "bench.py", *args, *device, f"--json={path}", f"--out_dir={tmp}"]
             report[name] = run_part(name, cmd, path, 900)
             Path(out).write_text(json.dumps(report, indent=1))
-    Path(out).write_text(json.dumps(report, indent=1))
     failed = [k for k, v in report.items() if isinstance(v, dict) and v["exit"] != 0]
     print(f"wrote {out}; {'all parts ran' if not failed else 'failed: ' + ', '.join(failed)}")
     return 1 if failed else 0
