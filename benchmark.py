@@ -507,19 +507,36 @@ def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
             if any(have.get(k, v) != v for k, v in want.items() if k not in ("--n_segments", "--block_size")):
                 raise ValueError(f"{base} was prepared with other settings ({' '.join(prepared)}): remove it first")
         if unmarked(base):
-            reprepare(base)
+            reprepare(base, "was prepared before repeated questions were marked in its masks")
         ensure_data(base, dataset, args)
         with open(os.path.join(base, "meta.json")) as f:
             meta = json.load(f)
-        counts = {n_segments, *curriculum, *evals}
-        dirs[task] = {n: episode_dir(base, meta, n, cfg.block_size) for n in sorted(counts)}
+        trained = {n_segments, *curriculum}
+        dirs[task] = {n: episode_dir(base, meta, n, cfg.block_size) for n in sorted(trained | set(evals))}
         for n, folder in dirs[task].items():
             if unmarked(folder):
-                reprepare(folder)
-            ensure_data(
-                folder, dataset, [*meta["prepare_args"], "--n_segments", str(n), "--block_size", str(cfg.block_size)]
-            )
+                reprepare(folder, "was prepared before repeated questions were marked in its masks")
+            elif n in trained and too_few_episodes(folder, meta["train_episodes"]):
+                reprepare(folder, "was prepared for evaluation alone and is now trained on")
+            # a length only evaluated gets its val episodes (the same whatever the train count) and one train episode
+            args = meta["prepare_args"] if n in trained else with_flag(meta["prepare_args"], "--train_episodes", "1")
+            ensure_data(folder, dataset, [*args, "--n_segments", str(n), "--block_size", str(cfg.block_size)])
     return dirs
+
+
+def with_flag(args: list[str], flag: str, value: str) -> list[str]:
+    """A prepare.py argv (flag, value pairs) with flag set to value."""
+    return [*(a for k, v in zip(args[::2], args[1::2], strict=True) if k != flag for a in (k, v)), flag, value]
+
+
+def too_few_episodes(folder: str, train_episodes: int) -> bool:
+    """Whether a prepared episode folder holds fewer training episodes than its task's (one prepared for evaluation
+    alone, which a later grid trains at)."""
+    path = os.path.join(folder, "meta.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f)["train_episodes"] < train_episodes
 
 
 def unmarked(folder: str) -> bool:
@@ -532,10 +549,10 @@ def unmarked(folder: str) -> bool:
         return "repeat_mark" not in json.load(f)
 
 
-def reprepare(folder: str) -> None:
-    """Remove an unmarked folder's files, so that ensure_data prepares it again: the same episodes (the same settings
-    and seed), with the repeats marked."""
-    print(f"{folder} was prepared before repeated questions were marked in its masks: preparing it again")
+def reprepare(folder: str, why: str) -> None:
+    """Remove a folder's files, so that ensure_data prepares it again: the same episodes (the same settings and
+    seed), now with the repeats marked or the full training set."""
+    print(f"{folder} {why}: preparing it again")
     for name in ("meta.json", "train.bin", "val.bin", "train_mask.bin", "val_mask.bin"):  # meta.json first
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name))
@@ -689,26 +706,26 @@ def plan_runs(
             evaluation = {"eval_segments": evals, "eval_iters": eval_iters}
             if asks_again(task, cfg):  # older records of these tasks lack acc_open: evaluated again, or trained
                 evaluation["scored"] = "acc_open"
-        for variant in cfg.variants_for(task):
-            for seed in cfg.seeds:
-                run_dir = os.path.join(cfg.out_dir, "runs", task, variant, f"seed{seed}")
-                argv = train_args(task, variant, seed, cfg, run_dir)
-                settings = {"argv": argv, **evaluation}
-                if task in TEXT:  # the config file's contents too: editing it changes what a text run trains
-                    settings["text_config"] = {k: repr(v) for k, v in conf.items()}
-                path = record_path(cfg, task, variant, seed)
-                old = read_record(path)
-                if old is not None and old.get("settings") == settings and "error" not in old:
-                    records.append(old)
-                    continue
-                tracking, tracking_env = tracking_args(cfg, task, variant, seed)
-                trained = old if same_training(old, settings, path, run_dir) else None
-                todo.append(
-                    dict(task=task, variant=variant, seed=seed, settings=settings, argv=argv, run_dir=run_dir,
-                         eval_dirs=eval_dirs, segment_len=T, eval_iters=eval_iters, batch_size=batch_size,
-                         device=cfg.device, dtype=cfg.dtype, threads=threads, tracking=tracking,
-                         tracking_env=tracking_env, trained=trained)
-                )  # fmt: skip
+        # seed by seed: a grid cut short holds every variant at its first seeds, comparable pair by pair
+        for seed, variant in itertools.product(cfg.seeds, cfg.variants_for(task)):
+            run_dir = os.path.join(cfg.out_dir, "runs", task, variant, f"seed{seed}")
+            argv = train_args(task, variant, seed, cfg, run_dir)
+            settings = {"argv": argv, **evaluation}
+            if task in TEXT:  # the config file's contents too: editing it changes what a text run trains
+                settings["text_config"] = {k: repr(v) for k, v in conf.items()}
+            path = record_path(cfg, task, variant, seed)
+            old = read_record(path)
+            if old is not None and old.get("settings") == settings and "error" not in old:
+                records.append(old)
+                continue
+            tracking, tracking_env = tracking_args(cfg, task, variant, seed)
+            trained = old if same_training(old, settings, path, run_dir) else None
+            todo.append(
+                dict(task=task, variant=variant, seed=seed, settings=settings, argv=argv, run_dir=run_dir,
+                     eval_dirs=eval_dirs, segment_len=T, eval_iters=eval_iters, batch_size=batch_size,
+                     device=cfg.device, dtype=cfg.dtype, threads=threads, tracking=tracking,
+                     tracking_env=tracking_env, trained=trained)
+            )  # fmt: skip
     return records, todo
 
 

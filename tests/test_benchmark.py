@@ -413,6 +413,16 @@ def test_a_grid_prepares_as_many_training_episodes_as_asked(tmp_path: Path) -> N
             assert (meta["train_episodes"], meta["n_segments"]) == (300, n)
     with pytest.raises(ValueError, match="was prepared with other settings .* remove it first"):
         benchmark.prepare_data(replace(cfg, train_episodes=400))
+    # a length evaluated only gets one training episode, and the same val episodes as a full folder would
+    evals = benchmark.prepare_data(replace(cfg, tasks="mqar4", eval_segments=[4, 8]))["mqar4"]
+    meta = json.loads((Path(evals[8]) / "meta.json").read_text())
+    assert (meta["train_episodes"], meta["n_segments"]) == (1, 8)
+    full = benchmark.prepare_data(replace(cfg, tasks="mqar4", data_dir=str(tmp_path / "full"), segment_curriculum=[8],
+                                          n_segments=8, eval_segments=[8]))["mqar4"]  # fmt: skip
+    assert (Path(full[8]) / "val.bin").read_bytes() == (Path(evals[8]) / "val.bin").read_bytes()
+    # ... and is prepared again, whole, once a grid trains at it
+    benchmark.prepare_data(replace(cfg, tasks="mqar4", segment_curriculum=[2, 4, 8], n_segments=8))
+    assert json.loads((Path(evals[8]) / "meta.json").read_text())["train_episodes"] == 300
     # mqar trained on 1 to 4 pairs, measured on 4: a folder of its own
     mixed = benchmark.prepare_data(replace(cfg, tasks="mqar4", mqar_train_min_pairs=1, data_dir=str(tmp_path / "mix")))
     meta = json.loads((Path(mixed["mqar4"][4]) / "meta.json").read_text())
