@@ -536,7 +536,7 @@ def too_few_episodes(folder: str, train_episodes: int) -> bool:
     if not os.path.exists(path):
         return False
     with open(path) as f:
-        return json.load(f)["train_episodes"] < train_episodes
+        return bool(json.load(f)["train_episodes"] < train_episodes)
 
 
 def unmarked(folder: str) -> bool:
