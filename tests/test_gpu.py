@@ -13,6 +13,7 @@ And, on any machine, that gpu_check.py --quick runs each of its parts into one J
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,16 @@ from model import GPT, GPTConfig
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 MEMORY = dict(block_size=64, vocab_size=512, n_layer=4, n_head=4, n_embd=128, gmm_experts=4, gmm_slots=8,
               gmm_top_k=2, gmm_shared_expert=True)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def float32_matmuls() -> Iterator[None]:
+    """Each test starts with full float32 matmuls, as a fresh process does: train.main (the float16 test) turns on
+    TF32 for its process, which would loosen the float32 comparisons of the tests after it to ~5e-4."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 def model_on_cuda(**overrides: object) -> GPT:
