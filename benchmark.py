@@ -44,7 +44,10 @@ the accuracy at the trained length per seed, mean +- std, the seeds at >= 0.95, 
 recipes.png (accuracy against episodes seen, and each seed's final accuracy against its run's seconds).
 A run whose record exists with the same settings is not run again, so an interrupted grid continues where it stopped
 and a larger grid reuses the cells it shares with a smaller one; one asked only for other evaluation lengths or
-batches is evaluated again from its checkpoint (runs/...), not trained again.
+batches is evaluated again from its checkpoint (runs/...), not trained again. Runs start seed by seed (every variant
+at seed 1, then at seed 2, ...), so a grid cut short can still be compared pair by pair. A synthetic task's data is
+prepared under data_dir at each length it trains at (train_episodes) and at each length only evaluated (its val
+episodes, with one train episode).
 """
 
 from __future__ import annotations
