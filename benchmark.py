@@ -488,6 +488,9 @@ def train_args(task: str, variant: str, seed: int, cfg: GridConfig, run_dir: str
     return [f"--{k}={str(v).replace(' ', '')}" for k, v in overrides.items()]
 
 
+UNMARKED = "was prepared before repeated questions were marked in its masks"  # why unmarked folders are prepared again
+
+
 def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
     """Prepare every synthetic task at every length the grid trains or evaluates on, before any run starts (runs
     in parallel must not race to write the same folder). Returns task -> segment count -> data folder."""
@@ -501,24 +504,23 @@ def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
         n_segments = max(cfg.n_segments, min_segments(task, cfg))
         args = [*task_prepare_args(task, cfg), "--train_episodes", str(cfg.train_episodes), "--n_segments",
                 str(n_segments), "--block_size", str(cfg.block_size)]  # fmt: skip
-        if os.path.exists(os.path.join(base, "meta.json")):  # made by an earlier grid: its task settings must agree
-            with open(os.path.join(base, "meta.json")) as f:
-                prepared = json.load(f)["prepare_args"]
+        if earlier := prepared_meta(base):  # made by an earlier grid: its task settings must agree
+            prepared = earlier["prepare_args"]
             # a setting older folders do not name holds its default there
             have = {**PREPARE_DEFAULTS, **dict(zip(prepared[::2], prepared[1::2], strict=True))}
             want = dict(zip(args[::2], args[1::2], strict=True))
             if any(have.get(k, v) != v for k, v in want.items() if k not in ("--n_segments", "--block_size")):
                 raise ValueError(f"{base} was prepared with other settings ({' '.join(prepared)}): remove it first")
         if unmarked(base):
-            reprepare(base, "was prepared before repeated questions were marked in its masks")
+            reprepare(base, UNMARKED)
         ensure_data(base, dataset, args)
-        with open(os.path.join(base, "meta.json")) as f:
-            meta = json.load(f)
+        meta = prepared_meta(base)
+        assert meta is not None  # ensure_data made it or raised
         trained = {n_segments, *curriculum}
         dirs[task] = {n: episode_dir(base, meta, n, cfg.block_size) for n in sorted(trained | set(evals))}
         for n, folder in dirs[task].items():
             if unmarked(folder):
-                reprepare(folder, "was prepared before repeated questions were marked in its masks")
+                reprepare(folder, UNMARKED)
             elif n in trained and too_few_episodes(folder, meta["train_episodes"]):
                 reprepare(folder, "was prepared for evaluation alone and is now trained on")
             # a length only evaluated gets its val episodes (the same whatever the train count) and one train episode
@@ -532,24 +534,27 @@ def with_flag(args: list[str], flag: str, value: str) -> list[str]:
     return [*(a for k, v in zip(args[::2], args[1::2], strict=True) if k != flag for a in (k, v)), flag, value]
 
 
-def too_few_episodes(folder: str, train_episodes: int) -> bool:
-    """Whether a prepared episode folder holds fewer training episodes than its task's (one prepared for evaluation
-    alone, which a later grid trains at)."""
+def prepared_meta(folder: str) -> dict[str, Any] | None:
+    """A prepared episode folder's meta.json, or None where the folder holds none yet."""
     path = os.path.join(folder, "meta.json")
     if not os.path.exists(path):
-        return False
+        return None
     with open(path) as f:
-        return bool(json.load(f)["train_episodes"] < train_episodes)
+        return dict(json.load(f))
 
 
 def unmarked(folder: str) -> bool:
     """Whether an episode folder was prepared before its masks marked the answers to repeated questions (REPEAT): its
     meta.json has no repeat_mark, so acc_first would count those answers too."""
-    path = os.path.join(folder, "meta.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return "repeat_mark" not in json.load(f)
+    meta = prepared_meta(folder)
+    return meta is not None and "repeat_mark" not in meta
+
+
+def too_few_episodes(folder: str, train_episodes: int) -> bool:
+    """Whether a prepared episode folder holds fewer training episodes than its task's (one prepared for evaluation
+    alone, which a later grid trains at)."""
+    meta = prepared_meta(folder)
+    return meta is not None and int(meta["train_episodes"]) < train_episodes
 
 
 def reprepare(folder: str, why: str) -> None:
@@ -1448,11 +1453,8 @@ def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
         setup = next(iter(cells.values()))["setup"]
         trained = [*json.loads(setup["segment_curriculum"]), int(setup["n_segments"])]
         ax.axvspan(min(trained) - 0.2, max(trained) + 0.2, color="gray", alpha=0.1, label="trained lengths")
-        ylabel = (
-            f"accuracy on {SCORED[key][0]}"
-            if key in SCORED
-            else {"acc_token": "answer-token accuracy"}.get(key, "answer accuracy")
-        )
+        plain = "answer-token accuracy" if key == "acc_token" else "answer accuracy"
+        ylabel = f"accuracy on {SCORED[key][0]}" if key in SCORED else plain
         ax.set(title=task, xlabel="segments per episode", ylabel=ylabel, ylim=(-0.03, 1.03))
         ax.set_xscale("log", base=2)
         ax.set_xticks(counts, [str(n) for n in counts])
