@@ -72,6 +72,7 @@ QUICK_START_MODEL: dict[str, Any] = dict(n_layer=4, n_head=4, n_embd=128, block_
 LOGITS_BENCH: dict[str, Any] = dict(batch_size=8, n_segments=4, iters=3, warmup_iters=1)
 LOGITS_MODEL: dict[str, Any] = dict(n_layer=2, n_head=4, n_embd=128, block_size=256, gmm_experts=1, gmm_slots=8)
 MODES = ("train", "sample", "memory", "context", "parallel", "logits")
+TOP_OPS = 10  # operators listed by profile = True, the most self time first
 # glibc keeps freed blocks in its arenas, so a CPU process's peak RSS counts memory no tensor holds any more (two runs
 # of one setting differed by 0.25 GiB); with these, blocks of 64 KiB and more are mapped and unmapped on their own
 # and trimmed at once, so the peak follows what tensors hold. Set for the processes that measure; no effect on CUDA
@@ -259,14 +260,25 @@ class PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def finish_profile(prof: Any, out_dir: str, mode: str) -> dict[str, Any]:
-    """Stop the profiler, if one ran, and write its Chrome trace; the result dict names the file."""
+def finish_profile(prof: Any, out_dir: str, mode: str, device: str) -> dict[str, Any]:
+    """Stop the profiler, if one ran, and write its Chrome trace; the result dict names the file and says where the
+    time went (top_ops)."""
     if prof is None:
         return {}
     prof.stop()
     os.makedirs(out_dir, exist_ok=True)
     prof.export_chrome_trace(trace_path(out_dir, mode))
-    return {"trace": trace_path(out_dir, mode)}
+    return {"trace": trace_path(out_dir, mode), "top_ops": top_ops(prof, device)}
+
+
+def top_ops(prof: Any, device: str, n: int = TOP_OPS) -> list[dict[str, Any]]:
+    """The n operators with the most self time (the GPU's on CUDA, else the CPU's) over what was profiled, in ms and
+    as a share of all operators' self time: where the time goes."""
+    on_gpu = device.startswith("cuda")
+    ops = [(e.key, e.self_device_time_total if on_gpu else e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(us for _, us in ops) or 1.0
+    ops.sort(key=lambda op: -op[1])
+    return [{"op": name, "ms": us / 1000, "share": us / total} for name, us in ops[:n]]
 
 
 def trace_path(out_dir: str, mode: str) -> str:
@@ -335,7 +347,7 @@ def bench_train(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
     if prof is not None:
         prof.start()
     times = time_steps(step, cfg.iters, device, say)
-    result = finish_profile(prof, cfg.out_dir, "train") if ranks.master else {}
+    result = finish_profile(prof, cfg.out_dir, "train", device) if ranks.master else {}
     result.update(
         train_figures(cfg, raw_model, times, device, dtype, compile),
         memory_bytes=memory.peak(),
@@ -473,7 +485,7 @@ def bench_sample(cfg: BenchConfig, model_cfg: GPTConfig) -> dict[str, Any]:
             synchronize(device)
             seconds[name] = time.perf_counter() - t0
         print(f"{name}: {seconds[name]:.3f} s")
-    result = finish_profile(prof, cfg.out_dir, "sample")
+    result = finish_profile(prof, cfg.out_dir, "sample", device)
     same = torch.equal(outputs["kv_cache"], outputs["no_cache"])
     differ = (outputs["kv_cache"] != outputs["no_cache"]).any(dim=0).nonzero()
     n_new = cfg.batch_size * cfg.new_tokens
@@ -879,6 +891,14 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def top_ops_table(ops: list[dict[str, Any]], steps: int) -> str:
+    """Where the profiled time went, the operator with the most self time first; in ms a step when steps > 0."""
+    unit = "ms a step" if steps else "ms"
+    lines = [f"| operator | {unit} | share |", "|---|---|---|"]
+    lines += [f"| {op['op']} | {op['ms'] / max(steps, 1):.2f} | {op['share']:.1%} |" for op in ops]
+    return "\n".join(lines)
+
+
 def memory_table(result: dict[str, Any]) -> str:
     """Memory mode's rows as a markdown table, each figure with its ratio to the first row, and what was measured."""
     rows = result["rows"]
@@ -966,6 +986,8 @@ def main(argv: list[str]) -> dict[str, Any]:
 def report(result: dict[str, Any], cfg: BenchConfig, model_cfg: GPTConfig) -> None:
     """The table on stdout; the profiler trace, the context plot and the JSON file where they were asked for."""
     print(format_table(result))
+    if "top_ops" in result:
+        print(top_ops_table(result["top_ops"], cfg.iters if cfg.mode == "train" else 0))
     if "trace" in result:
         print(f"profiler trace written to {result['trace']}")
     if cfg.mode == "context":

@@ -2,10 +2,11 @@
 
 Proves that bench_train reports a positive median step time, tokens/s consistent with it, an MFU and the process RSS
 on CPU, on synthetic tokens and on a prepared dataset; that bench_sample times generation with and without the KV
-cache, past block_size, and finds the same greedy tokens; that profile=True writes a Chrome trace; that the script
-prints its table and writes --json; that memory mode prints one row per k, whose parameter counts are GPT's own and
-grow by exactly the memory's, with ratios of 1.0 for k = 0, in one process and with a process per k; that its defaults
-are the GMM quick start's shape; and that a bad setting or a bad k list is one line and exit 2.
+cache, past block_size, and finds the same greedy tokens; that profile=True writes a Chrome trace and lists the
+operators with the most self time (a table in ms a step); that the script prints its table and writes --json; that
+memory mode prints one row per k, whose parameter counts are GPT's own and grow by exactly the memory's, with ratios
+of 1.0 for k = 0, in one process and with a process per k; that its defaults are the GMM quick start's shape; and that
+a bad setting or a bad k list is one line and exit 2.
 """
 
 import ast
@@ -72,6 +73,18 @@ def test_profile_writes_chrome_trace(mode: str, tmp_path: Path) -> None:
     assert trace == tmp_path / f"bench_{mode}.pt.trace.json"
     events = json.loads(trace.read_text())["traceEvents"]
     assert any("aten::" in e.get("name", "") for e in events)
+    ops = r["top_ops"]  # where the time went: the operators with the most self time, most first
+    assert 0 < len(ops) <= bench.TOP_OPS
+    assert [op["ms"] for op in ops] == sorted((op["ms"] for op in ops), reverse=True)
+    assert all(op["ms"] >= 0 for op in ops) and 0 < sum(op["share"] for op in ops) <= 1 + 1e-9
+    assert any(op["op"] in ("aten::mm", "aten::addmm", "aten::bmm") for op in ops)  # a GPT's time is in its matmuls
+
+
+def test_profile_table_per_step(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bench.main([*TINY_ARGS, "--device=cpu", "--iters=2", "--warmup_iters=1", "--profile=True", f"--out_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "| operator | ms a step | share |" in out and "profiler trace written to" in out
+    assert re.search(r"^\| aten::\w+ \| \d+\.\d\d \| \d+\.\d%", out, re.MULTILINE)
 
 
 @pytest.mark.slow  # a fresh python importing torch: ~5 s on 2 cores
