@@ -77,7 +77,7 @@ def transformers_config(config: GPTConfig) -> Any:
         n_embd=config.n_embd,
         n_layer=config.n_layer,
         n_head=config.n_head,
-        activation_function="gelu_new",  # the tanh GELU model.py uses, as GPT-2 does
+        activation_function="gelu_new" if config.gelu == "tanh" else "gelu",
         resid_pdrop=config.dropout,
         embd_pdrop=config.dropout,
         attn_pdrop=config.dropout,

@@ -36,6 +36,8 @@ GPT2_SIZES = {  # name -> (n_layer, n_head, n_embd); all have vocab 50257 and 10
     "gpt2-large": (36, 20, 1280),  # 774M params
     "gpt2-xl": (48, 25, 1600),  # 1558M params
 }
+# transformers' GPT-2 activation_function -> GPTConfig.gelu
+GELU_FORMS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
 
 
 @dataclass
@@ -57,6 +59,10 @@ class GPTConfig:
     # token then knows its predecessor before any attention, which associative recall needs (a value knows its key).
     # Within a segment: its first token has no predecessor. A fresh model equals one without it
     token_shift: bool = False
+    # the MLP's GELU: tanh (GPT-2's approximation, which its weights expect; transformers' gelu_new) | exact (the erf
+    # form, nanoGPT's; transformers' gelu): the two differ by < 1e-3, and on a CPU the exact one's forward and backward
+    # take about a third of the tanh one's time
+    gelu: str = "tanh"
     # Transformer-XL (https://arxiv.org/abs/1901.02860): each segment's attention also sees the previous segment's
     # keys and values, cached without gradient: the baseline the memory must beat. Needs rope and no memory
     xl_attention: bool = False
@@ -111,6 +117,7 @@ class GPTConfig:
             "gmm_write_input": ("read", "learned", "raw"),
             "gmm_read": ("mixture", "concat"),
             "pos_emb": ("learned", "rope"),
+            "gelu": ("tanh", "exact"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -284,7 +291,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's own GELU, so OpenAI's weights give OpenAI's logits
+        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")  # tanh: OpenAI's weights' own
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -712,6 +719,11 @@ class GPT(nn.Module):
             name_or_dir = str(folder)
         model_hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
         hf = model_hf.config
+        if hf.activation_function not in GELU_FORMS:
+            raise ValueError(
+                f"{name_or_dir}: activation_function = '{hf.activation_function}' must be one of "
+                f"{', '.join(GELU_FORMS)} (a GELU, tanh or exact, as model.py's MLP)"
+            )
         print(f"loading weights from pretrained gpt: {name_or_dir}")
         config = GPTConfig.from_dict(
             dict(
@@ -720,6 +732,7 @@ class GPT(nn.Module):
                 n_embd=hf.n_embd,
                 block_size=hf.n_positions,
                 vocab_size=hf.vocab_size,
+                gelu=GELU_FORMS[hf.activation_function],
                 bias=True,  # always True for GPT-2 checkpoints
                 **override_args,
             )

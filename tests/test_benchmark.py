@@ -97,6 +97,11 @@ def test_train_args() -> None:
     argv = train_args("recall", "k4-bptt2", 7, cfg, "runs/x")
     assert "--segment_curriculum=[2,4]" in argv and "--gmm_experts=4" in argv and "--bptt_segments=2" in argv
     assert "--seed=7" in argv and "--lr_decay_iters=100" in argv and "--gradient_accumulation_steps=1" in argv
+    # the GELU form reaches train.py only when it is not the default, so records made before the setting still match
+    assert not any(a.startswith("--gelu") for a in argv)
+    assert "--gelu=exact" in train_args("recall", "k4-bptt2", 7, replace(cfg, gelu="exact"), "runs/x")
+    with pytest.raises(ValueError, match="gelu = 'erf' must be one of tanh, exact"):
+        GridConfig(gelu="erf")
     # the text task trains the quick-start config; 'full' puts its 4 x 64 tokens in one segment without memory
     argv = train_args("shakespeare_char", "full", 1, cfg, "runs/y")
     assert argv[0] == "config/train_gmm_shakespeare.py"

@@ -8,7 +8,8 @@ changes neither loss nor gradients; that crop_block_size keeps the first positio
 decays exactly the >= 2-D parameters; that rotary position embeddings (pos_emb = 'rope') equal a direct complex-number
 computation, and KV-cache decoding with them equals the full forward; that sample_next's greedy, top-k and top-p
 (nucleus) filters keep exactly the tokens they should (a hand-computed case); that estimate_mfu equals a hand-computed
-value; and that a bad GPTConfig names its field.
+value; that the exact GELU (gelu = 'exact') round-trips through transformers; and that a bad GPTConfig names its
+field.
 """
 
 from pathlib import Path
@@ -100,6 +101,34 @@ def test_from_pretrained_overrides(hf_dir: Path) -> None:
         GPT.from_pretrained(str(hf_dir), {"dropout": 0.1, "block_size": 32})
     model = GPT.from_pretrained(str(hf_dir), {"dropout": 0.1, "gmm_experts": 0})
     assert model.config.dropout == 0.1 and model.config.n_layer == 2
+
+
+@pytest.mark.slow
+def test_the_exact_gelu_round_trips_through_transformers(tmp_path: Path) -> None:
+    """gelu = 'exact' exports as transformers' 'gelu' and loads back as 'exact', with the same logits both ways; the
+    two GELU forms give different logits (so the round trip checks the form, not only the weights); an activation
+    model.py has not is one line naming the allowed ones."""
+    import export
+
+    ours = tiny_gpt(std=0.5, bias=True, gelu="exact")
+    hf = export.to_transformers(ours).eval()
+    assert hf.config.activation_function == "gelu"
+    idx = torch.randint(50, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, _ = ours(idx, targets=idx)
+        torch.testing.assert_close(hf(idx).logits, expected, atol=1e-4, rtol=0)
+        tanh = tiny_gpt(std=0.5, bias=True)
+        tanh.load_state_dict(ours.state_dict())
+        assert (tanh(idx, targets=idx)[0] - expected).abs().max() > 5e-4  # 5x the tolerance of the checks
+    hf.save_pretrained(tmp_path / "exact")
+    back = GPT.from_pretrained(str(tmp_path / "exact")).eval()
+    assert back.config.gelu == "exact"
+    with torch.no_grad():
+        torch.testing.assert_close(back(idx, targets=idx)[0], expected, atol=1e-4, rtol=0)
+    hf.config.activation_function = "relu"
+    hf.save_pretrained(tmp_path / "relu")
+    with pytest.raises(ValueError, match="activation_function = 'relu' must be one of gelu_new, gelu_pytorch_tanh"):
+        GPT.from_pretrained(str(tmp_path / "relu"))
 
 
 # -----------------------------------------------------------------------------
@@ -342,6 +371,7 @@ def test_estimate_mfu_hand_computed() -> None:
         ({"vocab_size": 0}, "vocab_size"),
         ({"dropout": 1.0}, "dropout"),
         ({"pos_emb": "alibi"}, "pos_emb"),
+        ({"gelu": "relu"}, "gelu = 'relu' must be one of tanh, exact"),
         ({"pos_emb": "rope", "n_embd": 30, "n_head": 2}, "pos_emb"),
         ({"pos_emb": "rope", "rope_base": 0.0}, "rope_base"),
     ],
