@@ -1566,8 +1566,9 @@ def recipes_table(rows: list[dict[str, Any]], bar: float) -> str:
         mean, std = mean_std(vals) if vals else (math.nan, math.nan)
         per_seed = ", ".join(f"{v:.3f}" for v in vals) or "-"
         passed = f"{sum(v >= bar for v in vals)}/{len(vals)}"
+        spread = f"{mean:.3f} ± {std:.3f}" if len(vals) > 1 else f"{mean:.3f} (one seed)"
         lines.append(f"| {r['folder']} | {r['task']} | {r['variant']} | {r['recipe']} | {r['steps']} | {r['batch']} | "
-                     f"{r['episodes']:,} | {r['key']} at {r['trained']} seg | {per_seed} | {mean:.3f} ± {std:.3f} | "
+                     f"{r['episodes']:,} | {r['key']} at {r['trained']} seg | {per_seed} | {spread} | "
                      f"{passed} | {r['seconds']:.0f} ({r['device']}) |")  # fmt: skip
     return "\n".join(lines)
 
