@@ -196,7 +196,7 @@ class GridConfig:
     n_head: int = 2
     n_embd: int = 64
     gmm_slots: int = 4
-    # the MLP's GELU (model.py): tanh | exact, whose forward and backward cost a third of tanh's on a CPU. Handed to
+    # the MLP's GELU (model.py): tanh | exact, whose forward and backward cost half of tanh's on a CPU. Handed to
     # train.py only when exact, so that the records made before the setting stay valid
     gelu: str = "tanh"
     batch_size: int = 32

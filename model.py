@@ -61,7 +61,7 @@ class GPTConfig:
     token_shift: bool = False
     # the MLP's GELU: tanh (GPT-2's approximation, which its weights expect; transformers' gelu_new) | exact (the erf
     # form, nanoGPT's; transformers' gelu): the two differ by < 1e-3, and on a CPU the exact one's forward and backward
-    # take about a third of the tanh one's time
+    # take about half the tanh one's time
     gelu: str = "tanh"
     # Transformer-XL (https://arxiv.org/abs/1901.02860): each segment's attention also sees the previous segment's
     # keys and values, cached without gradient: the baseline the memory must beat. Needs rope and no memory
