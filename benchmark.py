@@ -87,7 +87,7 @@ from configurator import ConfigError, configure, read_config_file
 from data.common import MQAR_QUERIES, check_writable_dir
 from data.loader import ensure_data, episode_dir
 from evaluate import FixedBatches, estimate_loss
-from model import GPT
+from model import GELUS, GPT
 from tracking import TRACKERS
 
 ROOT = Path(__file__).resolve().parent
@@ -259,8 +259,8 @@ class GridConfig:
                 raise ValueError(f"{name}_queries = '{queries}' must be one of {', '.join(MQAR_QUERIES)}")
             if n_queries < 0 or (n_queries and queries != "drawn"):
                 raise ValueError(f"{name}_n_queries = {n_queries} must be >= 0, and > 0 only with {name}_queries=drawn")
-        if self.gelu not in ("tanh", "exact"):
-            raise ValueError(f"gelu = '{self.gelu}' must be one of tanh, exact")
+        if self.gelu not in GELUS:
+            raise ValueError(f"gelu = '{self.gelu}' must be one of {', '.join(GELUS)}")
         if self.mqar_train_min_pairs < 0:
             raise ValueError(f"mqar_train_min_pairs = {self.mqar_train_min_pairs} must be >= 0 (0 = every episode P)")
         if self.jobs < 0 or self.threads < 0:

@@ -36,6 +36,7 @@ GPT2_SIZES = {  # name -> (n_layer, n_head, n_embd); all have vocab 50257 and 10
     "gpt2-large": (36, 20, 1280),  # 774M params
     "gpt2-xl": (48, 25, 1600),  # 1558M params
 }
+GELUS = ("tanh", "exact")  # GPTConfig.gelu's forms
 # transformers' GPT-2 activation_function -> GPTConfig.gelu
 GELU_FORMS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
 
@@ -117,7 +118,7 @@ class GPTConfig:
             "gmm_write_input": ("read", "learned", "raw"),
             "gmm_read": ("mixture", "concat"),
             "pos_emb": ("learned", "rope"),
-            "gelu": ("tanh", "exact"),
+            "gelu": GELUS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
