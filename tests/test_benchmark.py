@@ -20,8 +20,10 @@ import pytest
 import torch
 
 import benchmark
-from benchmark import GridConfig, format_tables, summarize, train_args, variant_settings
+import report
+from benchmark import GridConfig, train_args, variant_settings
 from data.common import REPEAT
+from report import format_tables, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +63,7 @@ def test_variant_settings() -> None:
     assert variant_settings("k1-shift", text=False)["token_shift"] is True
     assert variant_settings("xl", text=True) == {"gmm_experts": 0, "pos_emb": "rope", "xl_attention": True}
     order = ["full-rope", "xl", "k4-top2-shared", "off-rope", "k1-rope", "off"]
-    assert sorted(order, key=benchmark.variant_order) == [
+    assert sorted(order, key=report.variant_order) == [
         "off",
         "off-rope",
         "k1-rope",
@@ -149,10 +151,8 @@ def test_mqar_tasks_get_their_own_data_and_lengths() -> None:
     )
     with pytest.raises(ValueError, match="mqar_n_queries = 12 must be >= 0, and > 0 only with mqar_queries=drawn"):
         replace(cfg, mqar_n_queries=12)
-    assert (
-        benchmark.is_synthetic("mqar4") and not benchmark.is_synthetic("mqar") and not benchmark.is_synthetic("mqar0")
-    )
-    assert sorted(["shakespeare_char", "mqar16", "mqar4", "recall"], key=benchmark.task_order) == [
+    assert report.is_synthetic("mqar4") and not report.is_synthetic("mqar") and not report.is_synthetic("mqar0")
+    assert sorted(["shakespeare_char", "mqar16", "mqar4", "recall"], key=report.task_order) == [
         "recall", "mqar4", "mqar16", "shakespeare_char"]  # fmt: skip
 
 
@@ -185,7 +185,8 @@ def test_bad_settings_fail_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
 def record(
     task: str, variant: str, seed: int, evals: dict[str, Any], curve: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    argv = ["--n_segments=4", "--block_size=16", "--segment_curriculum=[2,3,4]", "--max_iters=3000"]
+    # a synthetic run's argv always names its slots (train_args): the read slots paired comparisons match on
+    argv = ["--n_segments=4", "--block_size=16", "--segment_curriculum=[2,3,4]", "--max_iters=3000", "--gmm_slots=4"]
     return {"task": task, "variant": variant, "seed": seed, "params": 1000, "train_seconds": 1.0, "chance": 0.0625,
             "eval": evals, "settings": {"argv": argv}, "curve": curve or []}  # fmt: skip
 
@@ -207,14 +208,14 @@ def test_multi_token_answers_get_a_per_token_table() -> None:
     # a multi-token task has learned when its answer tokens are right, not when every episode is exact
     curve = [{"iter": 100, "val_acc_answer": 0.2, "val_acc_token": 0.7}, {"iter": 200, "val_acc_answer": 0.5,
              "val_acc_token": 0.93}]  # fmt: skip
-    assert benchmark.learned_at({**recs[0], "curve": curve}) == 200
-    assert benchmark.learned_at({**recs[0], "curve": curve, "chance_exact": 0.0625}) is None  # one answer token
+    assert report.learned_at({**recs[0], "curve": curve}) == 200
+    assert report.learned_at({**recs[0], "curve": curve, "chance_exact": 0.0625}) is None  # one answer token
     # drawn questions: learned when the first-asked keys are right, not the repeats, whose answers are in context
     first = [{**e, "val_acc_first": f} for e, f in zip(curve, [0.3, 0.6], strict=True)]
     scored = {**recs[0], "curve": first, "settings": {**recs[0]["settings"], "scored": "acc_first"}}
-    assert benchmark.learned_at(scored) is None and benchmark.learned_at({**recs[0], "curve": first}) == 200
-    assert benchmark.learning_curve([scored])["mean"] == [0.3, 0.6]
-    assert benchmark.learning_curve([scored, {**recs[0], "curve": first}])["mean"] == [0.7, 0.93]  # mixed: all
+    assert report.learned_at(scored) is None and report.learned_at({**recs[0], "curve": first}) == 200
+    assert report.learning_curve([scored])["mean"] == [0.3, 0.6]
+    assert report.learning_curve([scored, {**recs[0], "curve": first}])["mean"] == [0.7, 0.93]  # mixed: all
     assert "answer-token accuracy by segments {4: 0.400} (" in benchmark.describe(recs[1], GridConfig())
     scored = {**recs[1], "settings": {"scored": "acc_first"}, "eval": {"4": {"acc_token": 0.4, "acc_first": 0.25}}}
     assert "{4: 0.400}; first-asked keys {4: 0.250} (" in benchmark.describe(scored, GridConfig())
@@ -223,8 +224,8 @@ def test_multi_token_answers_get_a_per_token_table() -> None:
 def test_mqar_reports_the_pairs_each_variant_stores() -> None:
     """ARMT's capacity estimator: 0 pairs at chance, all of them at accuracy 1, linear between; an mqar grid's
     table.md gets it per variant and segment count."""
-    assert benchmark.stored_pairs(4, 16, 1.0) == 4 and benchmark.stored_pairs(4, 16, 1 / 16) == 0
-    assert benchmark.stored_pairs(4, 16, 0.5) == pytest.approx(4 * 7 / 15)  # 1.87: about 2 of 4 pairs
+    assert report.stored_pairs(4, 16, 1.0) == 4 and report.stored_pairs(4, 16, 1 / 16) == 0
+    assert report.stored_pairs(4, 16, 0.5) == pytest.approx(4 * 7 / 15)  # 1.87: about 2 of 4 pairs
     recs = [
         {**record("mqar4", "k1", seed, {"4": {"acc_answer": 0.0, "acc_token": a}}), "chance_exact": 0.0625**4}
         for seed, a in [(1, 1.0), (2, 0.5)]
@@ -246,7 +247,7 @@ def test_mqar_reports_the_pairs_each_variant_stores() -> None:
     assert "| k1 | 4.00 ± 0.00 (4.00) | 4.00 ± 0.00 (4.00) | - |" in table
     assert "| k4 | k1 | +0.00 ± 0.00 [0/1], p 1 / 1 | +0.00 ± 0.00 [0/1], p 1 / 1 | - |" in table
     # the same numbers, per segment count and seed, are what pairs_stored.png draws
-    assert benchmark.stored_by_length("mqar4", summarize(recs)["mqar4"]["k1"], 16, "acc_token") == {
+    assert report.stored_by_length("mqar4", summarize(recs)["mqar4"]["k1"], 16, "acc_token") == {
         "4": [4.0, pytest.approx(4 * 7 / 15)]}  # fmt: skip
 
 
@@ -262,7 +263,7 @@ def test_pairs_stored_count_first_asked_keys_where_the_records_have_them(tmp_pat
     recs = [rec("k1", 1, 0.9, 0.5), rec("k1", 2, 0.9, 1.0), rec("k4", 1, 1.0, 1.0), rec("k4", 2, 1.0, 1.0)]
     summary = summarize(recs)
     assert summary["mqar4"]["k1"]["acc_first"]["4"]["values"] == [0.5, 1.0]
-    assert benchmark.capacity_key(summary["mqar4"]) == "acc_first"
+    assert report.capacity_key(summary["mqar4"]) == "acc_first"
     table = format_tables(summary)
     assert "### mqar4: per-value accuracy on first-asked keys" in table
     assert "| k1 | 0.001M | 0.750 ± 0.354 (1.00) |" in table
@@ -270,10 +271,10 @@ def test_pairs_stored_count_first_asked_keys_where_the_records_have_them(tmp_pat
     assert "| k1 | 2.93 ± 1.51 (4.00) |" in table  # stored_pairs of 0.5 and 1.0: 1.87 and 4
     # k4 minus k1 by seed: 4 - 1.87 = 2.13 and 0
     assert "| k4 | k1 | +1.07 ± 1.51 [1/2], p 0.5 / 1 |" in table
-    paths = benchmark.plot(summary, str(tmp_path))  # accuracy against segments drawn from acc_first too
+    paths = report.plot(summary, str(tmp_path))  # accuracy against segments drawn from acc_first too
     assert len(paths) == 3 and all(os.path.getsize(p) > 10_000 for p in paths)
     older = summarize([*recs, rec("k4", 3, 1.0, None)])
-    assert "acc_first" not in older["mqar4"]["k4"] and benchmark.capacity_key(older["mqar4"]) == "acc_token"
+    assert "acc_first" not in older["mqar4"]["k4"] and report.capacity_key(older["mqar4"]) == "acc_token"
     table = format_tables(older)
     assert "first-asked" not in table and "per-value accuracy on every answer" in table
     assert "| k1 | 3.57 ± 0.00 (3.57) |" in table  # acc_token 0.9 on both seeds
@@ -290,16 +291,16 @@ def test_tasks_with_pairs_get_a_plot_of_the_pairs_stored(tmp_path: Path) -> None
         for v, seed, a in [("k1", 1, 0.9), ("k1", 2, 0.7), ("k4", 1, 0.5)]
     ]
     summary = summarize(recs)
-    assert benchmark.stored_by_length("spread", summary["spread"]["k4"], 16, "acc_token") == {
+    assert report.stored_by_length("spread", summary["spread"]["k4"], 16, "acc_token") == {
         "4": [pytest.approx(3 * 7 / 15)],
         "8": [pytest.approx(7 * 7 / 15)],
     }  # fmt: skip: 3 and 7 pairs asked
-    paths = benchmark.plot(summary, str(tmp_path))
+    paths = report.plot(summary, str(tmp_path))
     assert [os.path.basename(p) for p in paths] == [
         "accuracy_vs_segments.png", "accuracy_vs_episodes.png", "pairs_stored.png"]  # fmt: skip
     assert os.path.getsize(tmp_path / "pairs_stored.png") > 10_000
     (tmp_path / "recall").mkdir()
-    without = benchmark.plot({"recall": summary["recall"]}, str(tmp_path / "recall"))
+    without = report.plot({"recall": summary["recall"]}, str(tmp_path / "recall"))
     assert "pairs_stored.png" not in map(os.path.basename, without)
 
 
@@ -311,16 +312,16 @@ def test_mixtures_are_compared_with_one_bank_seed_by_seed() -> None:
         n = df + 1
         spread = np.array([(-1.0) ** i for i in range(n)]) - (0.0 if n % 2 == 0 else 1 / n)
         diffs = spread / spread.std(ddof=1) + t / np.sqrt(n)
-        assert benchmark.paired_t_p(list(diffs)) == pytest.approx(0.05, abs=2e-4)
-    assert benchmark.paired_t_p([0.3]) == 1.0 and benchmark.paired_t_p([0.2, 0.2]) == 0.0
+        assert report.paired_t_p(list(diffs)) == pytest.approx(0.05, abs=2e-4)
+    assert report.paired_t_p([0.3]) == 1.0 and report.paired_t_p([0.2, 0.2]) == 0.0
     # sign flips: 5 positive differences leave only the all-positive and all-negative patterns: 2/32
-    assert benchmark.sign_flip_p([1, 2, 3, 4, 5]) == 0.0625
-    assert benchmark.sign_flip_p([1, -1]) == 1.0 and benchmark.sign_flip_p([1, 2, -0.5]) == 0.5  # |mean| >= 2/3:
+    assert report.sign_flip_p([1, 2, 3, 4, 5]) == 0.0625
+    assert report.sign_flip_p([1, -1]) == 1.0 and report.sign_flip_p([1, 2, -0.5]) == 0.5  # |mean| >= 2/3:
     # (+,+,-), (-,-,+), (+,+,+), (-,-,-)
-    assert benchmark.one_bank("k4-top2-shared-shift", {"k1-shift": 0, "k1": 0}) == "k1-shift"
-    assert benchmark.one_bank("k1-shift-slots16", {"k1-shift": 0}) == "k1-shift"
-    assert benchmark.one_bank("k1-shift", {"k1-shift": 0}) is None and benchmark.one_bank("off", {"k1": 0}) is None
-    assert benchmark.one_bank("k4-rope", {"k1": 0}) is None  # no one bank of the same positions
+    assert report.one_bank("k4-top2-shared-shift", {"k1-shift": 0, "k1": 0}) == "k1-shift"
+    assert report.one_bank("k1-shift-slots16", {"k1-shift": 0}) == "k1-shift"
+    assert report.one_bank("k1-shift", {"k1-shift": 0}) is None and report.one_bank("off", {"k1": 0}) is None
+    assert report.one_bank("k4-rope", {"k1": 0}) is None  # no one bank of the same positions
     accs = {"k1-shift": [1.0, 0.5, 0.75], "k4-shift": [1.0, 0.75, 1.0]}
     recs = [
         {**record("mqar4", v, seed, {"4": {"acc_answer": 0.0, "acc_token": a}}), "chance_exact": 0.0625**4}
@@ -343,12 +344,12 @@ def test_concat_is_also_compared_with_one_bank_of_as_many_read_slots() -> None:
 
     cells = {"k1-shift": setup(1, 4), "k1-shift-slots16": setup(1, 16), "k4-shift": setup(4, 4),
              "k4-shift-concat": setup(4, 4, concat=True), "k1-slots16": setup(1, 16)}  # fmt: skip
-    assert [benchmark.read_slots(c) for c in cells.values()] == [4, 16, 4, 16, 16]
-    assert benchmark.same_read_slots_bank("k4-shift-concat", cells) == "k1-shift-slots16"  # not k1-slots16
-    assert benchmark.same_read_slots_bank("k4-shift", cells) is None
-    assert benchmark.same_read_slots_bank("k1-shift-slots16", cells) is None  # its one bank is k1-shift
+    assert [report.read_slots(c) for c in cells.values()] == [4, 16, 4, 16, 16]
+    assert report.same_read_slots_bank("k4-shift-concat", cells) == "k1-shift-slots16"  # not k1-slots16
+    assert report.same_read_slots_bank("k4-shift", cells) is None
+    assert report.same_read_slots_bank("k1-shift-slots16", cells) is None  # its one bank is k1-shift
     del cells["k1-shift-slots16"]
-    assert benchmark.same_read_slots_bank("k4-shift-concat", cells) is None
+    assert report.same_read_slots_bank("k4-shift-concat", cells) is None
     accs = {"k1-shift": [0.5, 0.5], "k1-shift-slots16": [1.0, 0.75], "k4-shift-concat": [1.0, 1.0]}
     argv = {"k1-shift": ["--gmm_experts=1", "--gmm_slots=4"], "k1-shift-slots16": ["--gmm_experts=1", "--gmm_slots=16"],
             "k4-shift-concat": ["--gmm_experts=4", "--gmm_slots=4", "--gmm_read=concat"]}  # fmt: skip
@@ -370,7 +371,7 @@ def test_spread_tasks_in_the_grid() -> None:
     the pairs each length asks for; a bad K or a too long spread is one line."""
     cfg = GridConfig(tasks="spread,rewrite2,mqar4", block_size=16, eval_segments=[4, 8, 16], n_segments=4,
                      segment_curriculum=[1, 2, 3, 4])  # fmt: skip
-    assert [benchmark.spread_keys(t) for t in ("spread", "rewrite2", "mqar4", "rewrite")] == [0, 2, None, None]
+    assert [report.spread_keys(t) for t in ("spread", "rewrite2", "mqar4", "rewrite")] == [0, 2, None, None]
     assert benchmark.task_dataset("spread") == ("spread", "k0") and benchmark.task_dataset("rewrite2") == (
         "spread",
         "k2",
@@ -387,10 +388,10 @@ def test_spread_tasks_in_the_grid() -> None:
     # 3 pairs in one segment hold rewrite2's 2 keys and a rewrite: its curriculum starts there; not rewrite4's
     assert benchmark.task_lengths("rewrite2", drawn) == ([1, 3, 3, 4], [4, 8, 16])
     assert benchmark.task_lengths("rewrite4", drawn) == ([5, 5, 5, 5], [8, 16])
-    assert [benchmark.pairs_asked("spread", n) for n in (1, 4, 8)] == [1, 3, 7]
-    assert benchmark.pairs_asked("rewrite2", 16) == 2 and benchmark.pairs_asked("mqar4", 8) == 4
-    assert benchmark.pairs_asked("recall", 4) is None
-    assert sorted(["rewrite2", "spread", "pycode_char", "mqar4", "recall"], key=benchmark.task_order) == [
+    assert [report.pairs_asked("spread", n) for n in (1, 4, 8)] == [1, 3, 7]
+    assert report.pairs_asked("rewrite2", 16) == 2 and report.pairs_asked("mqar4", 8) == 4
+    assert report.pairs_asked("recall", 4) is None
+    assert sorted(["rewrite2", "spread", "pycode_char", "mqar4", "recall"], key=report.task_order) == [
         "recall", "mqar4", "spread", "rewrite2", "pycode_char"]  # fmt: skip
     with pytest.raises(ValueError, match="rewrite<K> takes 1 <= K <= 16 keys"):
         GridConfig(tasks="rewrite9", block_size=16)
@@ -536,7 +537,7 @@ def test_summary_tables_and_plots_by_hand(tmp_path: Path) -> None:
     )
     assert "seeds [1, 2] (a cell with ± 0.000 has one); iterations [10]" in table
     # the plots: a panel per synthetic task in one figure; per text task, loss per segment (and per position)
-    paths = benchmark.plot(summary, str(tmp_path))
+    paths = report.plot(summary, str(tmp_path))
     assert [os.path.basename(p) for p in paths] == [
         "accuracy_vs_segments.png", "accuracy_vs_episodes.png", "pycode_char_loss.png",
         "shakespeare_char_loss.png"]  # fmt: skip
@@ -548,22 +549,22 @@ def test_each_variant_is_compared_with_no_memory_and_full_attention_of_its_own_p
     learned-position one against off and full; paired differences and the gap use the seeds both sides have."""
     names = ["off", "off-rope", "k1", "k1-rope", "k1-rope-gate", "xl", "full", "full-rope", "full-rope-warmup"]
     cells = {v: {"later_loss": (1.0 if v != "full-rope-warmup" else 0.5, 0.0)} for v in names}
-    assert [benchmark.baseline(v, cells) for v in names] == [None, None, "off", "off-rope", "off-rope", "off-rope",
+    assert [report.baseline(v, cells) for v in names] == [None, None, "off", "off-rope", "off-rope", "off-rope",
                                                              "off", "off-rope", "off-rope"]  # fmt: skip
-    assert benchmark.upper_bound("k1-rope", cells) == benchmark.upper_bound("xl", cells) == "full-rope-warmup"
+    assert report.upper_bound("k1-rope", cells) == report.upper_bound("xl", cells) == "full-rope-warmup"
     # with a warm-up, against off with the same warm-up (the same batches) where the grid has it
     warm = {**cells, "off-rope-warmup": {}, "k1-rope-warmup": {}}
-    assert benchmark.baseline("k1-rope-warmup", warm) == "off-rope-warmup"
-    assert benchmark.baseline("full-rope-warmup", warm) == "off-rope-warmup"
-    assert benchmark.baseline("k1-rope-warmup", cells) == "off-rope" and benchmark.baseline("xl", warm) == "off-rope"
-    assert benchmark.upper_bound("k1", cells) == "full" and benchmark.upper_bound("k1", {"off": {}}) is None
+    assert report.baseline("k1-rope-warmup", warm) == "off-rope-warmup"
+    assert report.baseline("full-rope-warmup", warm) == "off-rope-warmup"
+    assert report.baseline("k1-rope-warmup", cells) == "off-rope" and report.baseline("xl", warm) == "off-rope"
+    assert report.upper_bound("k1", cells) == "full" and report.upper_bound("k1", {"off": {}}) is None
     base = {"later_by_seed": {"1": 2.0, "2": 2.0, "3": 2.0}}
     bound = {"later_by_seed": {"1": 1.0, "2": 1.0}}
     cell = {"later_by_seed": {"1": 1.8, "2": 2.1, "4": 0.0}}  # seed 4 has no baseline: left out
-    assert benchmark.paired_difference(cell, base, "later_by_seed") == "-0.050 ± 0.212 [1/2]"
-    assert benchmark.gap_closed(cell, base, bound, "later_by_seed") == "5%"
-    assert benchmark.gap_closed(cell, base, None, "later_by_seed") == "-"
-    assert benchmark.gap_closed(cell, base, {"later_by_seed": {"1": 2.5}}, "later_by_seed") == "-"  # no gap
+    assert report.paired_difference(cell, base, "later_by_seed") == "-0.050 ± 0.212 [1/2]"
+    assert report.gap_closed(cell, base, bound, "later_by_seed") == "5%"
+    assert report.gap_closed(cell, base, None, "later_by_seed") == "-"
+    assert report.gap_closed(cell, base, {"later_by_seed": {"1": 2.5}}, "later_by_seed") == "-"  # no gap
 
 
 @pytest.mark.slow
@@ -645,7 +646,7 @@ def test_drawn_questions_record_the_accuracy_on_opening_questions(tmp_path: Path
     assert 0.0 <= mqar["eval"]["4"]["acc_first"] <= 1.0 and 0.0 <= mqar["eval"]["4"]["acc_open"] <= 1.0
     assert "scored" not in recall["settings"] and not {"acc_first", "acc_open"} & set(recall["eval"]["4"])
     assert all("val_acc_first" in e and "val_acc_open" in e for e in mqar["curve"])
-    assert benchmark.curve_key(mqar) == "val_acc_open"
+    assert report.curve_key(mqar) == "val_acc_open"
     table = (tmp_path / "table.md").read_text()
     assert "### mqar4: per-value accuracy on opening questions (each episode's first" in table
     assert "pairs stored (ARMT's estimator from the per-value accuracy on opening questions" in table
@@ -739,11 +740,11 @@ def test_a_second_signal_cannot_cut_the_stop_short() -> None:
 
 def test_records_are_whole_or_absent(tmp_path: Path) -> None:
     path = str(tmp_path / "recall_k1_seed1.json")
-    assert benchmark.read_record(path) is None
+    assert report.read_record(path) is None
     benchmark.write_record(path, {"task": "recall", "seed": 1})
-    assert benchmark.read_record(path) == {"task": "recall", "seed": 1} and not Path(path + ".tmp").exists()
+    assert report.read_record(path) == {"task": "recall", "seed": 1} and not Path(path + ".tmp").exists()
     Path(path).write_text('{"task": "rec')  # what a kill during a plain write could have left: run it again
-    assert benchmark.read_record(path) is None
+    assert report.read_record(path) is None
 
 
 def test_recipes_are_compared_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -796,9 +797,9 @@ def test_opening_questions_count_before_first_asked_keys_where_every_record_has_
 
     recs = [rec("k1", 1, 0.95, 0.875), rec("k1", 2, 0.99, 1.0)]
     cells = summarize(recs)["mqar4"]
-    assert benchmark.capacity_key(cells) == "acc_open" and benchmark.scored_key(cells["k1"]) == "acc_open"
+    assert report.capacity_key(cells) == "acc_open" and report.scored_key(cells["k1"]) == "acc_open"
     table = format_tables(summarize(recs))
     assert "| k1 | 3.73 ± 0.38 (4.00) |" in table  # stored_pairs of 0.875 and 1.0: 3.47 and 4
     assert "; first-asked keys {4: 0.950}; opening questions {4: 0.875} (" in benchmark.describe(recs[0], GridConfig())
     older = summarize([*recs, rec("k1", 3, 0.9, None)])["mqar4"]
-    assert benchmark.capacity_key(older) == "acc_first"
+    assert report.capacity_key(older) == "acc_first"
