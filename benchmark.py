@@ -8,6 +8,7 @@ $ python benchmark.py --out_dir=results/pycode --tasks=pycode_char --variants=of
 $ python benchmark.py --device=cuda --jobs=1 --n_layer=4 --n_embd=128 --max_iters=10000   # scaled up on a GPU
 $ python benchmark.py --tracker=trackio && python dashboard.py --trackio_dir=results/trackio   # watch it train
 $ python benchmark.py --compare=results/a,results/b:k1 --out_dir=results   # recipes side by side, nothing trained
+$ python benchmark.py --capacity=results/p4,results/p8 --out_dir=results   # pairs stored against P, nothing trained
 
 The grid is tasks x variants x seeds. Each cell is one `train.py` run (in its own process, `jobs` at a time), whose
 checkpoint is then evaluated on the validation episodes at every segment count in `eval_segments`; counts beyond the
@@ -42,6 +43,8 @@ With --compare=<out_dir>[:<variant>],... nothing trains: the folders' records ar
 (a row per folder and variant: the settings that differ from the same variant's other rows, steps, batch, episodes,
 the accuracy at the trained length per seed, mean +- std, the seeds at >= 0.95, seconds a run and device) and
 recipes.png (accuracy against episodes seen, and each seed's final accuracy against its run's seconds).
+With --capacity=<out_dir>,... nothing trains either: the folders' mqar<P> records (one folder per P) give
+out_dir/capacity.md and capacity.png, the pairs each variant stores against P (report.compare_capacity).
 A run whose record exists with the same settings is not run again, so an interrupted grid continues where it stopped
 and a larger grid reuses the cells it shares with a smaller one; one asked only for other evaluation lengths or
 batches is evaluated again from its checkpoint (runs/...), not trained again. Runs start seed by seed (every variant
@@ -92,6 +95,7 @@ from report import (
     SCORED,
     SYNTHETIC,
     WHOLE_MODEL,
+    compare_capacity,
     compare_recipes,
     is_synthetic,
     mqar_pairs,
@@ -210,6 +214,10 @@ class GridConfig:
     # comma-separated grid folders (or folder:variant): train nothing, compare their recipes in out_dir/recipes.md
     # and recipes.png
     compare: str = ""
+    # comma-separated grid folders holding mqar<P> records (one folder per P): train nothing, write the pairs each
+    # variant stores against P, at each segment count, and each variant minus one bank paired by seed, to
+    # out_dir/capacity.md and capacity.png
+    capacity: str = ""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "n_segments", "max_iters", "eval_iters", "batch_size", "recall_pairs", "copy_len",
@@ -819,6 +827,9 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     try:
         if cfg.compare:
             return compare_recipes([f for f in cfg.compare.split(",") if f], cfg.out_dir)
+        if cfg.capacity:
+            compare_capacity([f for f in cfg.capacity.split(",") if f], cfg.out_dir)
+            return []
         return run_grid(cfg)
     except ValueError as e:  # a bad setting, data prepared otherwise, or failed runs: one line
         fail(str(e))

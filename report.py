@@ -369,12 +369,7 @@ def paired_capacity_table(
                 row.append("-")
                 continue
             diffs = seed_diffs(*(by_seed_values(task, c, n, n_values, key) for c in (cell, cells[base])))
-            if not diffs:
-                row.append("-")
-                continue
-            mean, std = mean_std(diffs)
-            above = f"[{sum(d > 0 for d in diffs)}/{len(diffs)}]"
-            row.append(f"{mean:+.2f} ± {std:.2f} {above}, p {paired_t_p(diffs):.2g} / {sign_flip_p(diffs):.2g}")
+            row.append(paired_pairs_cell(diffs))
         rows.append("| " + " | ".join(row) + " |")
     if not rows:
         return []
@@ -393,6 +388,16 @@ def paired_capacity_table(
         "smallest possible value is 2 / 2^seeds, 0.0625 at 5 seeds)",
         "",
     ]
+
+
+def paired_pairs_cell(diffs: list[float]) -> str:
+    """'+0.61 ± 0.51 [5/5], p 0.056 / 0.062': the differences in pairs stored, mean ± std, the seeds above, and the
+    two-sided p of a paired t-test / of an exact sign-flip test; '-' for none."""
+    if not diffs:
+        return "-"
+    mean, std = mean_std(diffs)
+    above = f"[{sum(d > 0 for d in diffs)}/{len(diffs)}]"
+    return f"{mean:+.2f} ± {std:.2f} {above}, p {paired_t_p(diffs):.2g} / {sign_flip_p(diffs):.2g}"
 
 
 def by_seed_values(task: str, cell: dict[str, Any], n: str, n_values: int, key: str) -> dict[str, float]:
@@ -851,6 +856,147 @@ def compare_recipes(folders: list[str], out_dir: str, bar: float = 0.95) -> list
     print(table)
     print(f"wrote {plot_recipes(rows, out_dir)}")
     return rows
+
+
+# -----------------------------------------------------------------------------
+# capacity against the number of pairs: the mqar<P> grids of several folders side by side
+
+
+def grids_by_pairs(folders: list[str]) -> dict[int, dict[str, Any]]:
+    """P -> {"folder", "task", "cells"} for every mqar<P> task whose records in the folders have per-value accuracy,
+    in increasing P. A P found in two folders is a ValueError: which of the two recipes is meant is the user's call."""
+    found: dict[int, dict[str, Any]] = {}
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise ValueError(f"capacity: '{folder}' is not a folder (name grid out_dirs, comma-separated)")
+        for task, cells in summarize(read_records(folder)).items():
+            P = mqar_pairs(task)
+            if P is None or not capacity_cells(cells):
+                continue
+            if P in found:
+                raise ValueError(f"capacity: {task} is in both {found[P]['folder']} and {folder}: name one of them")
+            found[P] = {"folder": folder, "task": task, "cells": cells}
+    if not found:
+        raise ValueError(f"capacity: no mqar<P> records in {', '.join(folders)}")
+    return dict(sorted(found.items()))
+
+
+def stored_by_pairs(grids: dict[int, dict[str, Any]]) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
+    """segment count -> variant -> P -> {seed: pairs stored} (ARMT's estimator of each P's capacity_key accuracy)."""
+    out: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
+    for P, grid in grids.items():
+        task, cells = grid["task"], grid["cells"]
+        key, n_values = capacity_key(cells), round(1 / next(iter(cells.values()))["chance"])
+        for variant, cell in cells.items():
+            for n in cell[key]:
+                seeds = by_seed_values(task, cell, n, n_values, key)
+                out.setdefault(n, {}).setdefault(variant, {})[P] = seeds
+    ordered = {n: out[n] for n in sorted(out, key=int)}
+    return {
+        n: dict(sorted(by_variant.items(), key=lambda kv: variant_order(kv[0]))) for n, by_variant in ordered.items()
+    }
+
+
+def grid_recipe(P: int, grid: dict[str, Any]) -> str:
+    """One line of what a P was trained with, so that a reader sees where the recipes of two P differ."""
+    cells = grid["cells"]
+    setup, data = next(iter(cells.values()))["setup"], next(iter(cells.values()))["data"]
+    steps, batch = int(setup["max_iters"]), int(setup["batch_size"])
+    key = capacity_key(cells)
+    scored = SCORED[key][0] if key in SCORED else "every answer"
+    asked = data.get("n_queries", "0")
+    queries = f"{asked if asked != '0' else 'P'} {data.get('queries', 'shuffled')} questions, " if data else ""
+    return (f"- P = {P}: `{grid['folder']}` ({grid['task']}), {steps} steps x batch {batch} ({steps * batch:,} "
+            f"episodes), lr {setup['learning_rate']}, segments of {setup['block_size']} tokens, trained on "
+            f"{setup['n_segments']} (curriculum {setup['segment_curriculum']}), {queries}scored on {scored}, "
+            f"{setup.get('device', 'cpu')}")  # fmt: skip
+
+
+def capacity_report(grids: dict[int, dict[str, Any]]) -> str:
+    """capacity.md: per segment count, the pairs each variant stores at each P (mean ± std, seeds), then each
+    memory variant minus its one bank (and minus the one bank reading as many slots) paired by seed at each P."""
+    stored = stored_by_pairs(grids)
+    Ps = list(grids)
+    lines = ["### What each P was trained with", "", *(grid_recipe(P, g) for P, g in grids.items()), ""]
+    for n, by_variant in stored.items():
+        lines += [f"### pairs stored at {n} segments, by pairs asked (mean ± std over seeds, seeds in brackets)", "",
+                  "| variant | " + " | ".join(f"P = {P}" for P in Ps) + " |", "|---|" + "---|" * len(Ps)]  # fmt: skip
+        for variant, by_P in by_variant.items():
+            row = [stored_cell(list(by_P[P].values())) if P in by_P else "-" for P in Ps]
+            lines.append(f"| {variant} | " + " | ".join(row) + " |")
+        lines += ["", *paired_by_pairs(grids, n, by_variant, Ps)]
+    return "\n".join(lines)
+
+
+def stored_cell(stored: list[float]) -> str:
+    """Pairs stored over seeds: '3.84 ± 0.14 (5)', or '8.35 (1)' for one seed, which has no spread."""
+    mean, std = mean_std(stored)
+    return f"{mean:.2f} ± {std:.2f} ({len(stored)})" if len(stored) > 1 else f"{mean:.2f} (1)"
+
+
+def paired_by_pairs(
+    grids: dict[int, dict[str, Any]], n: str, by_variant: dict[str, dict[int, dict[str, float]]], Ps: list[int]
+) -> list[str]:
+    """At one segment count, each memory variant minus its one bank (and the one bank of as many read slots) in
+    pairs stored, paired by seed, one column per P: the rows of paired_capacity_table across the folders."""
+    rows: dict[tuple[str, str], dict[int, str]] = {}
+    for P in Ps:
+        cells = grids[P]["cells"]
+        for variant in cells:
+            for base in (one_bank(variant, cells), same_read_slots_bank(variant, cells)):
+                if base is not None and P in by_variant.get(variant, {}) and P in by_variant.get(base, {}):
+                    diffs = seed_diffs(by_variant[variant][P], by_variant[base][P])
+                    rows.setdefault((variant, base), {})[P] = paired_pairs_cell(diffs)
+    if not rows:
+        return []
+    return [
+        f"### minus one bank at {n} segments, paired by seed (positive: the variant holds more)",
+        "",
+        "| variant | one bank | " + " | ".join(f"P = {P}" for P in Ps) + " |",
+        "|---|---|" + "---|" * len(Ps),
+        *(f"| {v} | {b} | " + " | ".join(by_P.get(P, "-") for P in Ps) + " |" for (v, b), by_P in rows.items()),
+        "",
+        "each cell: mean ± std of the differences over the seeds both have, [seeds where the variant holds more / "
+        "seeds], then two-sided p of a paired t-test / of an exact sign-flip test (its floor is 2 / 2^seeds)",
+        "",
+    ]
+
+
+def plot_capacity_by_pairs(grids: dict[int, dict[str, Any]], out_dir: str) -> str:
+    """capacity.png: pairs stored against pairs asked, one panel per segment count, mean +- std over seeds per
+    variant and every seed faint, beside all pairs stored (y = P)."""
+    from matplotlib.figure import Figure
+
+    stored = stored_by_pairs(grids)
+    fig = Figure(figsize=(5.5 * len(stored), 4))
+    axes = fig.subplots(1, len(stored), squeeze=False)
+    colors = variant_colors({v for by_variant in stored.values() for v in by_variant})
+    Ps = list(grids)
+    for ax, (n, by_variant) in zip(axes[0], stored.items(), strict=True):
+        for variant, by_P in by_variant.items():
+            points = {P: list(seeds.values()) for P, seeds in by_P.items()}
+            draw_seeds(ax, points, colors[variant], variant, (-math.inf, math.inf))
+        ax.plot(Ps, Ps, color="black", linestyle=":", linewidth=1, label="pairs asked (all stored)")
+        ax.axhline(0, color="gray", linestyle="--", linewidth=1, label="none stored (chance)")
+        ax.set(title=f"mqar at {n} segments", xlabel="pairs asked (P)", ylabel="pairs stored (ARMT's estimator)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(Ps, [str(P) for P in Ps])
+        ax.grid(alpha=0.3)
+    return finish_panels(fig, axes, "capacity.png", out_dir)
+
+
+def compare_capacity(folders: list[str], out_dir: str) -> str:
+    """Read the folders' mqar<P> records (nothing trains), write out_dir/capacity.md and capacity.png; returns the
+    table."""
+    grids = grids_by_pairs(folders)
+    check_writable_dir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    table = capacity_report(grids)
+    with open(os.path.join(out_dir, "capacity.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print(f"wrote {plot_capacity_by_pairs(grids, out_dir)}")
+    return table
 
 
 def write_outputs(out_dir: str) -> None:

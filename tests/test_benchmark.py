@@ -785,6 +785,38 @@ def test_recipes_are_compared_side_by_side(tmp_path: Path, capsys: pytest.Captur
     assert e.value.code == 2 and "compare: '" in capsys.readouterr().err
 
 
+def test_capacity_is_read_against_pairs_across_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--capacity reads the mqar<P> records of several folders (nothing trains): the pairs each variant stores at
+    each P and segment count, each variant minus one bank paired by seed with both tests, what each P trained with,
+    a plot; a P in two folders, or a name that is no folder, is one line and exit 2."""
+    argv = {"k1-shift": ["--gmm_experts=1"], "k4-shift-concat": ["--gmm_experts=4", "--gmm_read=concat"]}
+    accs = {"a": ("mqar4", {"k1-shift": [1.0, 0.5], "k4-shift-concat": [1.0, 1.0]}),
+            "b": ("mqar8", {"k1-shift": [0.5, 0.5], "k4-shift-concat": [1.0, 0.75]})}  # fmt: skip
+    for folder, (task, by_variant) in accs.items():
+        (tmp_path / folder).mkdir()
+        for variant, values in by_variant.items():
+            for seed, a in enumerate(values, start=1):
+                r = {**record(task, variant, seed, {"4": {"acc_answer": 0.0, "acc_token": a}}), "chance_exact": 1e-9}
+                r["settings"]["argv"] += [*argv[variant], "--learning_rate=0.003", "--batch_size=32", "--device=cpu"]
+                benchmark.write_record(str(tmp_path / folder / f"{task}_{variant}_seed{seed}.json"), r)
+    out = tmp_path / "cap"
+    assert benchmark.main([f"--capacity={tmp_path / 'a'},{tmp_path / 'b'}", f"--out_dir={out}"]) == []
+    table = (out / "capacity.md").read_text()
+    assert f"- P = 8: `{tmp_path / 'b'}` (mqar8), 3000 steps x batch 32 (96,000 episodes), lr 0.003," in table
+    # stored = n (16 a - 1) / 15: P = 4 at 1.0 and 0.5: 4 and 1.87; P = 8 at 0.5: 3.73, at 0.75: 5.87
+    assert "| variant | P = 4 | P = 8 |" in table
+    assert "| k1-shift | 2.93 ± 1.51 (2) | 3.73 ± 0.00 (2) |" in table
+    assert "| k4-shift-concat | 4.00 ± 0.00 (2) | 6.93 ± 1.51 (2) |" in table
+    # P = 8: differences 4.27 and 2.13: t = 3 at 1 degree of freedom, p = 1 - 2 atan(3) / pi = 0.20; sign flips 2/4
+    assert "| k4-shift-concat | k1-shift | +1.07 ± 1.51 [1/2], p 0.5 / 1 | +3.20 ± 1.51 [2/2], p 0.2 / 0.5 |" in table
+    assert os.path.getsize(out / "capacity.png") > 10_000
+    assert not (tmp_path / "a" / "runs").exists()  # nothing trained
+    for folders, says in [(f"{tmp_path / 'a'},{tmp_path / 'a'}", "mqar4 is in both"), (f"{tmp_path / 'nope'}", "")]:
+        with pytest.raises(SystemExit) as e:
+            benchmark.main([f"--capacity={folders}", f"--out_dir={out}"])
+        assert e.value.code == 2 and "capacity: " in (err := capsys.readouterr().err) and says in err
+
+
 def test_opening_questions_count_before_first_asked_keys_where_every_record_has_them() -> None:
     """A first-asked key's value can follow by elimination once the episode's other keys were answered, so the
     pairs stored come from acc_open (each episode's first question) where every record of a task has it, from
