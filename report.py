@@ -619,6 +619,11 @@ def finish_panels(fig: Any, axes: Any, name: str, out_dir: str) -> str:
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
     axes[0][-1].legend(list(handles.values()), list(handles), fontsize=8, loc="center left",
                        bbox_to_anchor=(1.02, 0.5))  # fmt: skip
+    return save_figure(fig, out_dir, name)
+
+
+def save_figure(fig: Any, out_dir: str, name: str) -> str:
+    """Lay the figure out tight and save it as out_dir/name (120 dpi); returns the path."""
     fig.tight_layout()
     path = os.path.join(out_dir, name)
     fig.savefig(path, dpi=120)
@@ -668,10 +673,7 @@ def plot_learning(synthetic: dict[str, Any], out_dir: str) -> str:
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "accuracy_vs_episodes.png")
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, out_dir, "accuracy_vs_episodes.png")
 
 
 def plot_synthetic(synthetic: dict[str, Any], out_dir: str) -> str:
@@ -734,10 +736,7 @@ def plot_text(task: str, cells: dict[str, Any], out_dir: str) -> str:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{task}_loss.png")
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, out_dir, f"{task}_loss.png")
 
 
 def read_records(out_dir: str) -> list[dict[str, Any]]:
@@ -833,10 +832,7 @@ def plot_recipes(rows: list[dict[str, Any]], out_dir: str) -> str:
             ax.set_xscale("log")
             ax.grid(alpha=0.3)
         curves.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "recipes.png")
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, out_dir, "recipes.png")
 
 
 def compare_recipes(folders: list[str], out_dir: str, bar: float = 0.95) -> list[dict[str, Any]]:
