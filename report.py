@@ -37,6 +37,10 @@ NUM = r"\d+(?:\.\d+)?"  # a number in a variant name: 2, 0.5, 0.003 ('-' joins a
 WHOLE_MODEL = ("rope", "warmup", "shift")  # flags that apply without memory too (off-rope, full-rope), as lr<x> does
 
 
+# -----------------------------------------------------------------------------
+# task names: what a grid's task asks
+
+
 def mqar_pairs(task: str) -> int | None:
     """P for a multi-query associative recall task named mqar<P>, else None."""
     match = re.fullmatch(r"mqar([1-9]\d*)", task)
@@ -75,6 +79,10 @@ def pairs_asked(task: str, n_segments: int) -> int | None:
     return None if K is None else (K or max(1, n_segments - 1))
 
 
+# -----------------------------------------------------------------------------
+# records: one JSON a run, written by benchmark.py
+
+
 def read_record(path: str) -> dict[str, Any] | None:
     """A run's record, or None if there is none (or only an unreadable one, which is run again)."""
     try:
@@ -82,6 +90,19 @@ def read_record(path: str) -> dict[str, Any] | None:
             return dict(json.load(f))
     except (OSError, ValueError):
         return None
+
+
+def read_records(out_dir: str) -> list[dict[str, Any]]:
+    """Every whole run record in out_dir (<task>_<variant>_seed<S>.json), in name order."""
+    records = []
+    for name in sorted(os.listdir(out_dir)):
+        if re.fullmatch(r".+_seed-?\d+\.json", name) and (rec := read_record(os.path.join(out_dir, name))):
+            records.append(rec)
+    return records
+
+
+# -----------------------------------------------------------------------------
+# a folder's records summarised over seeds
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -225,6 +246,10 @@ def segment_starts(pos_loss: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray
     starts = np.concatenate([pos_loss[:, s * T : s * T + head] for s in range(1, S)], axis=1)
     rest = np.concatenate([pos_loss[:, s * T + head : (s + 1) * T] for s in range(1, S)], axis=1)
     return starts.mean(axis=1), (rest.mean(axis=1) if rest.size else starts.mean(axis=1))
+
+
+# -----------------------------------------------------------------------------
+# a folder's table.md: accuracy, pairs stored, paired tests
 
 
 def format_tables(summary: dict[str, Any]) -> str:
@@ -578,6 +603,10 @@ def pm(stat: Any) -> str:
     return "-" if stat is None else f"{stat[0]:.3f} ± {stat[1]:.3f}"
 
 
+# -----------------------------------------------------------------------------
+# a folder's plots
+
+
 def plot(summary: dict[str, Any], out_dir: str) -> list[str]:
     """accuracy_vs_segments.png (one panel per synthetic task) and <task>_loss.png per text task; returns the paths."""
     synthetic = {t: c for t, c in summary.items() if is_synthetic(t) and c}
@@ -739,14 +768,8 @@ def plot_text(task: str, cells: dict[str, Any], out_dir: str) -> str:
     return save_figure(fig, out_dir, f"{task}_loss.png")
 
 
-def read_records(out_dir: str) -> list[dict[str, Any]]:
-    """Every whole run record in out_dir (<task>_<variant>_seed<S>.json), in name order."""
-    records = []
-    for name in sorted(os.listdir(out_dir)):
-        if re.fullmatch(r".+_seed-?\d+\.json", name) and (rec := read_record(os.path.join(out_dir, name))):
-            records.append(rec)
-    return records
-
+# -----------------------------------------------------------------------------
+# recipes side by side (--compare)
 
 # settings that are no part of a recipe, or that recipes.md has a column for
 PER_RUN = ("seed", "out_dir", "data_dir", "eval_interval", "log_interval", "device", "max_iters", "lr_decay_iters",
@@ -993,6 +1016,10 @@ def compare_capacity(folders: list[str], out_dir: str) -> str:
     print(table)
     print(f"wrote {plot_capacity_by_pairs(grids, out_dir)}")
     return table
+
+
+# -----------------------------------------------------------------------------
+# a folder's outputs, all at once (benchmark.py calls it after every grid)
 
 
 def write_outputs(out_dir: str) -> None:
