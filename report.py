@@ -422,6 +422,8 @@ def paired_pairs_cell(diffs: list[float]) -> str:
         return "-"
     mean, std = mean_std(diffs)
     above = f"[{sum(d > 0 for d in diffs)}/{len(diffs)}]"
+    if len(diffs) == 1:  # no spread and no test
+        return f"{mean:+.2f} {above} (one seed)"
     return f"{mean:+.2f} ± {std:.2f} {above}, p {paired_t_p(diffs):.2g} / {sign_flip_p(diffs):.2g}"
 
 

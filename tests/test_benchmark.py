@@ -811,6 +811,8 @@ def test_capacity_is_read_against_pairs_across_folders(tmp_path: Path, capsys: p
     assert "| k4-shift-concat | k1-shift | +1.07 ± 1.51 [1/2], p 0.5 / 1 | +3.20 ± 1.51 [2/2], p 0.2 / 0.5 |" in table
     assert os.path.getsize(out / "capacity.png") > 10_000
     assert not (tmp_path / "a" / "runs").exists()  # nothing trained
+    # one seed has no spread and no test; no seed in common, no cell
+    assert report.paired_pairs_cell([1.5]) == "+1.50 [1/1] (one seed)" and report.paired_pairs_cell([]) == "-"
     for folders, says in [(f"{tmp_path / 'a'},{tmp_path / 'a'}", "mqar4 is in both"), (f"{tmp_path / 'nope'}", "")]:
         with pytest.raises(SystemExit) as e:
             benchmark.main([f"--capacity={folders}", f"--out_dir={out}"])
