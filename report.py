@@ -417,7 +417,8 @@ def paired_capacity_table(
 
 def paired_pairs_cell(diffs: list[float]) -> str:
     """'+0.61 ± 0.51 [5/5], p 0.056 / 0.062': the differences in pairs stored, mean ± std, the seeds above, and the
-    two-sided p of a paired t-test / of an exact sign-flip test; '-' for none."""
+    two-sided p of a paired t-test / of an exact sign-flip test; '+1.50 [1/1] (one seed)' for a single seed, which
+    has neither; '-' for none."""
     if not diffs:
         return "-"
     mean, std = mean_std(diffs)
