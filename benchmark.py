@@ -67,6 +67,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -472,39 +473,57 @@ UNMARKED = "was prepared before repeated questions were marked in its masks"  # 
 
 def prepare_data(cfg: GridConfig) -> dict[str, dict[int, str]]:
     """Prepare every synthetic task at every length the grid trains or evaluates on, before any run starts (runs
-    in parallel must not race to write the same folder). Returns task -> segment count -> data folder."""
-    dirs: dict[str, dict[int, str]] = {}
-    for task in cfg.task_list:
-        if task in TEXT:
-            continue
-        dataset, sub = task_dataset(task)
-        base = os.path.join(cfg.data_dir, sub, dataset)
-        curriculum, evals = task_lengths(task, cfg)
-        n_segments = max(cfg.n_segments, min_segments(task, cfg))
-        args = [*task_prepare_args(task, cfg), "--train_episodes", str(cfg.train_episodes), "--n_segments",
-                str(n_segments), "--block_size", str(cfg.block_size)]  # fmt: skip
-        if earlier := prepared_meta(base):  # made by an earlier grid: its task settings must agree
-            prepared = earlier["prepare_args"]
-            # a setting older folders do not name holds its default there
-            have = {**PREPARE_DEFAULTS, **dict(zip(prepared[::2], prepared[1::2], strict=True))}
-            want = dict(zip(args[::2], args[1::2], strict=True))
-            if any(have.get(k, v) != v for k, v in want.items() if k not in ("--n_segments", "--block_size")):
-                raise ValueError(f"{base} was prepared with other settings ({' '.join(prepared)}): remove it first")
-        if unmarked(base):
-            reprepare(base, UNMARKED)
-        ensure_data(base, dataset, args)
-        meta = prepared_meta(base)
-        assert meta is not None  # ensure_data made it or raised
-        trained = {n_segments, *curriculum}
-        dirs[task] = {n: episode_dir(base, meta, n, cfg.block_size) for n in sorted(trained | set(evals))}
-        for n, folder in dirs[task].items():
-            if unmarked(folder):
-                reprepare(folder, UNMARKED)
-            elif n in trained and too_few_episodes(folder, meta["train_episodes"]):
-                reprepare(folder, "was prepared for evaluation alone and is now trained on")
-            # a length only evaluated gets its val episodes (the same whatever the train count) and one train episode
-            args = meta["prepare_args"] if n in trained else with_flag(meta["prepare_args"], "--train_episodes", "1")
-            ensure_data(folder, dataset, [*args, "--n_segments", str(n), "--block_size", str(cfg.block_size)])
+    in parallel must not race to write the same folder), holding data_dir's lock (neither may two grids started
+    together on one data_dir). Returns task -> segment count -> data folder."""
+    with data_dir_lock(cfg.data_dir):
+        return {task: prepare_task(task, cfg) for task in cfg.task_list if task not in TEXT}
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: str) -> Iterator[None]:
+    """Hold an exclusive lock on data_dir/.prepare.lock: a second grid preparing there waits until the first is done,
+    then finds its folders made. Where fcntl is missing (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, ".prepare.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def prepare_task(task: str, cfg: GridConfig) -> dict[int, str]:
+    """Prepare one synthetic task at each length the grid uses; returns segment count -> data folder."""
+    dataset, sub = task_dataset(task)
+    base = os.path.join(cfg.data_dir, sub, dataset)
+    curriculum, evals = task_lengths(task, cfg)
+    n_segments = max(cfg.n_segments, min_segments(task, cfg))
+    args = [*task_prepare_args(task, cfg), "--train_episodes", str(cfg.train_episodes), "--n_segments",
+            str(n_segments), "--block_size", str(cfg.block_size)]  # fmt: skip
+    if earlier := prepared_meta(base):  # made by an earlier grid: its task settings must agree
+        prepared = earlier["prepare_args"]
+        # a setting older folders do not name holds its default there
+        have = {**PREPARE_DEFAULTS, **dict(zip(prepared[::2], prepared[1::2], strict=True))}
+        want = dict(zip(args[::2], args[1::2], strict=True))
+        if any(have.get(k, v) != v for k, v in want.items() if k not in ("--n_segments", "--block_size")):
+            raise ValueError(f"{base} was prepared with other settings ({' '.join(prepared)}): remove it first")
+    if unmarked(base):
+        reprepare(base, UNMARKED)
+    ensure_data(base, dataset, args)
+    meta = prepared_meta(base)
+    assert meta is not None  # ensure_data made it or raised
+    trained = {n_segments, *curriculum}
+    dirs = {n: episode_dir(base, meta, n, cfg.block_size) for n in sorted(trained | set(evals))}
+    for n, folder in dirs.items():
+        if unmarked(folder):
+            reprepare(folder, UNMARKED)
+        elif n in trained and too_few_episodes(folder, meta["train_episodes"]):
+            reprepare(folder, "was prepared for evaluation alone and is now trained on")
+        # a length only evaluated gets its val episodes (the same whatever the train count) and one train episode
+        args = meta["prepare_args"] if n in trained else with_flag(meta["prepare_args"], "--train_episodes", "1")
+        ensure_data(folder, dataset, [*args, "--n_segments", str(n), "--block_size", str(cfg.block_size)])
     return dirs
 
 

@@ -3,12 +3,14 @@ statistics and gap-closed figures match hand-computed values, and a grid runs en
 is reused, not rerun, when asked again: the recall grid in which four experts learn what no memory can."""
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -443,6 +445,23 @@ def test_a_grid_prepares_as_many_training_episodes_as_asked(tmp_path: Path) -> N
     assert benchmark.prepare_data(replace(cfg, tasks="mqar4")) == {"mqar4": dirs["mqar4"]}
     with pytest.raises(ValueError, match="was prepared with other settings .* remove it first"):
         benchmark.prepare_data(replace(cfg, tasks="mqar4", mqar_queries="drawn"))
+
+
+def test_two_grids_on_one_data_dir_prepare_it_one_after_the_other(tmp_path: Path) -> None:
+    """While one grid holds data_dir's lock, another grid's prepare_data waits and writes nothing (two grids started
+    together once raced on the same temp files); once the lock is free it prepares the data."""
+    cfg = GridConfig(tasks="mqar4", block_size=16, n_segments=2, segment_curriculum=[2], eval_segments=[2],
+                     train_episodes=50, data_dir=str(tmp_path))  # fmt: skip
+    found: dict[str, dict[int, str]] = {}
+    with benchmark.data_dir_lock(cfg.data_dir):
+        second = threading.Thread(target=lambda: found.update(benchmark.prepare_data(cfg)))
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive() and not list(tmp_path.glob("*/*/meta.json")) and not found
+    second.join(timeout=60)
+    assert not second.is_alive() and (Path(found["mqar4"][2]) / "meta.json").exists()
+    with open(tmp_path / ".prepare.lock") as f:  # and the lock is released after
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_folders_prepared_before_repeats_were_marked_are_prepared_again(tmp_path: Path, capsys: Any) -> None:
