@@ -2,8 +2,8 @@
 Routing analysis of a gated-memory-mixture model: how its writes are routed to the k experts, and what the experts
 end up holding.
 
-$ python analyze.py --out_dir=out-gmm-shakespeare
-$ python analyze.py --out_dir=out-gmm-shakespeare --batches=50 --n_segments=8   # longer sequences than trained on
+$ python analyze.py --out_dir=out-gmm-k4   # README: the quick start with four routed banks
+$ python analyze.py --out_dir=out-gmm-k4 --batches=50 --n_segments=8   # longer sequences than trained on
 
 It loads out_dir/ckpt.pt, runs the model over the evaluation batches of the data it was trained on, records each
 segment's routing probabilities p (B, k), write gates (B, k), the expert states after the write and the tokens

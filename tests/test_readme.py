@@ -169,6 +169,6 @@ def test_readme_commands_run(tmp_path: Path) -> None:
         ran += 1
     assert ran >= 20
     # the quick start and its baselines trained and logged; the samples came from their checkpoints
-    for out in ("out-gmm-shakespeare", "out-gmm-off", "out-gmm-k1", "out-shakespeare-char-cpu"):
+    for out in ("out-gmm-shakespeare", "out-gmm-off", "out-gmm-k4", "out-shakespeare-char-cpu"):
         assert (tmp_path / out / "ckpt.pt").is_file(), out
         assert (tmp_path / out / "metrics.jsonl").is_file(), out
