@@ -595,9 +595,9 @@ def test_grid_end_to_end_where_memory_learns_recall_and_no_memory_cannot(
     curriculum 1 -> 2 -> 3 -> 4 segments) with the quick start's memory (one bank), 1000 iterations instead of
     3000: at least 90% answer accuracy on 512 validation episodes at 4 segments, while memory off stays within 5
     points of chance. Seed 1: 1.000 at 1000 iterations, learned by step 500 (the top-2 + shared mixture it trained
-    before, by step 750); at 2000 iterations every seed of the reliability study reaches 1.00 (RESULTS.md). Two runs side by side, about a minute on a 2-core CPU. The
-    same grid checks what benchmark.py writes, that it reuses it, and that with tracker=trackio every run logs into
-    one project, grouped by task."""
+    before, by step 750); at 2000 iterations every seed of the reliability study reaches 1.00 (RESULTS.md). Two
+    runs side by side, about a minute on a 2-core CPU. The same grid checks what benchmark.py writes, that it
+    reuses it, and that with tracker=trackio every run logs into one project, grouped by task."""
     out = tmp_path / "results"
     args = [f"--out_dir={out}", "--variants=off,k1", "--seeds=1", "--max_iters=1000",
             "--eval_segments=2,4", "--device=cpu"]  # fmt: skip
