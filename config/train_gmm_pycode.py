@@ -1,7 +1,7 @@
 # Memory on text with long-range structure: a small character-level GPT on Python source (the standard library of
 # the running interpreter, data/pycode_char), reading 8 segments of 64 characters in a row, so a name defined in one
-# segment is used in a later one. The quick start's model with four routed banks
-# (top-2 and a shared bank), and its 2,048 tokens a step.
+# segment is used in a later one. The quick start's model with four routed banks (top-2 and a shared bank), and its
+# 2,048 tokens a step.
 # $ python data/pycode_char/prepare.py && python train.py config/train_gmm_pycode.py
 # Baselines on the same data and schedule: --gmm_experts=0 (no memory), --gmm_experts=1 (one bank, RMT), and full
 # attention over the same 512 characters: --gmm_experts=0 --block_size=512 --n_segments=1.
